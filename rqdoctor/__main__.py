@@ -1,0 +1,5 @@
+"""``python -m rqdoctor``."""
+
+from rqdoctor.cli import main
+
+main()

@@ -1,0 +1,126 @@
+"""Run the probes under one deadline and assemble the snapshot."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from rqdoctor import __version__
+from rqdoctor.config import Target
+from rqdoctor.deadline import Deadline
+from rqdoctor.diagnose.link import link
+from rqdoctor.errors import ProbeFailure
+from rqdoctor.model import DatabaseState, ProbeError, Snapshot
+from rqdoctor.redact import redact_text
+
+
+@dataclass
+class CollectOptions:
+    """What to gather, and how long it may take in total."""
+
+    timeout: float = 10.0
+    processes: bool = True
+    stacks: bool = False
+    stack_pids: list[int] = field(default_factory=list)
+    """Sample these pids too (``rqdoctor stack PID``)."""
+    samples: int = 3
+    interval: float = 0.4
+    blocking: bool = False
+    native: bool = False
+    with_locals: bool = False
+    database: bool = False
+    redis: bool = True
+
+
+def collect(target: Target, options: CollectOptions) -> Snapshot:
+    """Gather every requested fact; probe failures become ``snapshot.errors``, never exceptions."""
+    deadline = Deadline(options.timeout)
+    snapshot = Snapshot(host=socket.gethostname(), generated_at=time.time(), target=target.info(),
+                        rqdoctor_version=__version__)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rqdoctor-db") as pool:
+        database: Future[DatabaseState] | None = None
+        if options.database:
+            database = pool.submit(_database, target, deadline, snapshot.errors)
+        if options.redis:
+            _redis(target, deadline, snapshot)
+        if options.processes:
+            _guard(snapshot.errors, "processes", lambda: _processes(snapshot))
+        if options.stacks:
+            _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline))
+        if database is not None:
+            _guard(snapshot.errors, "database", lambda: _join_database(snapshot, database, deadline))
+    return snapshot
+
+
+def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
+    from rqdoctor.probes.redis_rq import connect, read_rq_state
+
+    def read() -> None:
+        client = connect(target.redis_url, deadline.timeout())
+        try:
+            snapshot.redis = read_rq_state(client, target.queue_filter, snapshot.errors)
+        finally:
+            client.close()
+
+    _guard(snapshot.errors, "redis", read)
+
+
+def _processes(snapshot: Snapshot) -> None:
+    from rqdoctor.probes.processes import probe_processes
+
+    workers = snapshot.redis.workers if snapshot.redis else []
+    snapshot.processes = probe_processes(workers, snapshot.host, snapshot.errors)
+
+
+def _stacks(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> None:
+    from rqdoctor.probes.stacks import probe_stacks
+
+    pids = list(dict.fromkeys([*stack_targets(snapshot), *options.stack_pids]))
+    if not pids:
+        return
+    stacks, errors = probe_stacks(pids, deadline, samples=options.samples, interval=options.interval,
+                                  blocking=options.blocking, native=options.native, with_locals=options.with_locals)
+    snapshot.stacks = stacks
+    snapshot.errors.extend(errors)
+
+
+def stack_targets(snapshot: Snapshot) -> list[int]:
+    """Pids worth a stack: every local process running a job, and busy workers with no job."""
+    links = link(snapshot)
+    pids = [j.runner.pid for j in links.jobs if j.runner is not None]
+    pids += [w.process.pid for w in links.workers
+             if w.process is not None and w.worker.state == "busy" and w.horse is None]
+    pids += [p.pid for p in links.orphans]
+    return list(dict.fromkeys(pids))
+
+
+def _database(target: Target, deadline: Deadline, errors: list[ProbeError]) -> DatabaseState:
+    from rqdoctor.probes.database import probe_databases
+
+    return probe_databases(target.db_targets, deadline, errors)
+
+
+def _join_database(snapshot: Snapshot, future: Future[DatabaseState], deadline: Deadline) -> None:
+    from rqdoctor.probes.database import client_processes
+
+    snapshot.database = future.result(timeout=deadline.timeout() + 1.0)
+    known = {p.pid for p in snapshot.processes}
+    wanted = {s.client_pid for s in snapshot.database.sessions if s.client_pid and s.client_pid not in known}
+    snapshot.processes.extend(client_processes(sorted(wanted)))
+
+
+def _guard(errors: list[ProbeError], probe: str, work: Callable[[], None]) -> None:
+    """Run one probe step; its failure becomes an error entry and the others go on."""
+    try:
+        work()
+    except ProbeFailure as exc:
+        errors.append(ProbeError(exc.probe, exc.kind, exc.message, exc.hint))
+    except TimeoutError:
+        errors.append(ProbeError(probe, "timeout", f"{probe} probe did not finish within the deadline",
+                                 "raise --timeout"))
+    except Exception as exc:
+        errors.append(ProbeError(probe, "internal", redact_text(f"{probe} probe failed: {type(exc).__name__}: {exc}"),
+                                 "please report this as a bug with the command line used"))

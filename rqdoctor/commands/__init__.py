@@ -1,0 +1,1 @@
+"""One module per subcommand: thin composition of config, collect, diagnose and render."""

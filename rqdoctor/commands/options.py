@@ -1,0 +1,36 @@
+"""Options shared by several subcommands."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Format(str, Enum):
+    """Output formats."""
+
+    text = "text"
+    markdown = "markdown"
+    json = "json"
+
+
+RedisUrl = Annotated[str | None, typer.Option(
+    "--redis-url", help="RQ's Redis, e.g. redis://:pw@host:6379/0, rediss://…, unix:///path?db=0. "
+    "Default: env RQDOCTOR_REDIS_URL, FRAPPE_REDIS_QUEUE, RQ_REDIS_URL, REDIS_URL, the bench's redis_queue.")]
+Bench = Annotated[Path | None, typer.Option(
+    "--bench", help="Bench root (holds sites/common_site_config.json). Default: env FRAPPE_BENCH_ROOT, the "
+    "current directory or a parent, the bench of running Frappe workers.")]
+AllQueues = Annotated[bool, typer.Option("--all-queues", help="Show every queue, not only this bench's.")]
+Timeout = Annotated[float, typer.Option(
+    "--timeout", min=1.0, max=600.0, help="Overall deadline in seconds; every probe fits inside it.")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")]
+FromFile = Annotated[Path | None, typer.Option(
+    "--from", help="Diagnose a saved snapshot (the JSON output of any command) instead of this host.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything (all frames, all workers).")]
+DbUrl = Annotated[list[str] | None, typer.Option(
+    "--db-url", help="Database to inspect (repeatable): mysql://user:pw@host:3306/ or postgresql://user@host/db. "
+    "An admin account sees every session. Default: each site's site_config.json.")]

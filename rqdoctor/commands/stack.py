@@ -1,0 +1,63 @@
+"""``rqdoctor stack PID|JOB_ID``: the ``hangs`` view for one process or one job."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from rqdoctor.commands.common import exit_code, snapshot_for
+from rqdoctor.commands.hangs import Blocking, Interval, Locals, MinAge, Native, NoDb, Samples, collect_options, render
+from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
+from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S
+from rqdoctor.diagnose.run import Diagnosis, diagnose
+from rqdoctor.errors import RqdoctorError
+from rqdoctor.views import activity_dict, job_rows, threads_of
+
+Subject = Annotated[str, typer.Argument(help="A process id, or an RQ job id (as stored in Redis).")]
+
+
+def process_row(diagnosis: Diagnosis, pid: int) -> dict[str, Any]:
+    """A ``hangs`` row for a process that runs no job (a worker parent, any Python process)."""
+    process = next((p for p in diagnosis.context.snapshot.processes if p.pid == pid), None)
+    worker = diagnosis.links.worker_for_pid(pid)
+    return {
+        "job_id": f"pid {pid}", "queue": "-", "site": None,
+        "method": " ".join(process.cmdline)[:80] if process else None,
+        "status": process.status if process else None, "running_for_s": None, "timeout_s": None,
+        "worker": worker.worker.name if worker else None, "host": diagnosis.context.snapshot.host,
+        "location": "local", "pid": pid, "runner_role": "worker" if worker else "process",
+        "cpu_percent": process.cpu_percent if process else None, "rss_bytes": process.rss if process else None,
+        "activity": activity_dict(diagnosis.activities.get(pid)), "blocker": None,
+        "children": [{"pid": c.pid, "cmdline": c.cmdline, "cpu_percent": c.cpu_percent, "status": c.status}
+                     for c in diagnosis.context.snapshot.processes if c.ppid == pid],
+        "threads": threads_of(diagnosis, pid), "findings": [],
+    }
+
+
+def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False,
+            timeout: Timeout = 15.0, fmt: FormatOpt = Format.text, output: Output = None,
+            from_file: FromFile = None, samples: Samples = 3, interval: Interval = 0.4, blocking: Blocking = False,
+            native: Native = False, with_locals: Locals = False, min_age: MinAge = DEFAULT_MIN_AGE_S,
+            db_url: DbUrl = None, no_db: NoDb = False) -> None:
+    """Show one process or one job: its live stack, what it waits on, and the fix."""
+    options = collect_options(timeout, samples, interval, blocking, native, with_locals, not no_db)
+    pid = int(subject) if subject.isdigit() else None
+    if pid is not None:
+        options.stack_pids = [pid]
+    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url)
+    diagnosis = diagnose(snapshot, min_age_s=min_age)
+    rows = [r for r in job_rows(diagnosis) if r["job_id"] == subject or (pid is not None and r["pid"] == pid)]
+    if not rows and pid is not None:
+        if not any(p.pid == pid for p in snapshot.processes) and not any(s.pid == pid for s in snapshot.stacks):
+            raise RqdoctorError(f"no process {pid} here", "list running jobs with `rqdoctor hangs`")
+        rows = [process_row(diagnosis, pid)]
+    if not rows:
+        raise RqdoctorError(f"no running job {subject!r} in {snapshot.target.redis_url}",
+                            "job ids are as stored in Redis (Frappe v15: site::id); `rqdoctor hangs` lists them")
+    codes = {c for r in rows for c in r["findings"]}
+    row = rows[0]
+    diagnosis.findings = [f for f in diagnosis.findings
+                          if f.code in codes and (f.job_id == row["job_id"] or f.pid == row["pid"])]
+    render("stack", snapshot, diagnosis, rows, fmt, output, verbose=True)
+    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis", "stacks")))

@@ -1,0 +1,22 @@
+"""``rqdoctor workers``: every RQ worker, its process, state, current job and heartbeat."""
+
+from __future__ import annotations
+
+import typer
+
+from rqdoctor.collect import CollectOptions
+from rqdoctor.commands.common import exit_code, report_table, snapshot_for
+from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
+from rqdoctor.diagnose.run import diagnose
+from rqdoctor.render import markdown, text
+from rqdoctor.views import worker_rows
+
+
+def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, timeout: Timeout = 10.0,
+            fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None) -> None:
+    """List RQ workers with their local process, state, current job, heartbeat age and horse."""
+    snapshot = snapshot_for(from_file, CollectOptions(timeout=timeout), redis_url, bench, all_queues)
+    diagnosis = diagnose(snapshot, codes={"RQD2"})
+    report_table("workers", snapshot, diagnosis, worker_rows(diagnosis), text.workers_table,
+                 markdown.workers_table, fmt, output)
+    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))

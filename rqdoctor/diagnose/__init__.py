@@ -1,0 +1,1 @@
+"""Diagnosis: pure functions from a snapshot to findings."""

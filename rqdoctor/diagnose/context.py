@@ -1,0 +1,92 @@
+"""What every rule reads: the snapshot, the job/process join and the stack activities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rqdoctor.diagnose.activity import Activity
+from rqdoctor.diagnose.dbjoin import LockGraph
+from rqdoctor.diagnose.link import JobLink, Links
+from rqdoctor.model import Snapshot, WorkerInfo
+
+DEFAULT_MIN_AGE_S = 10.0
+"""Jobs younger than this are never called stalled (a short wait is normal)."""
+
+
+def age(now: float, then: float | None) -> float | None:
+    """Seconds from ``then`` to ``now``, or None."""
+    return None if then is None else max(0.0, now - then)
+
+
+@dataclass
+class JobFacts:
+    """One running job with what the rules need about it."""
+
+    link: JobLink
+    activity: Activity | None
+    running_for_s: float | None
+    timeout_s: int | None
+
+    def identity(self) -> list[str]:
+        """Evidence lines naming the job and its process."""
+        job, runner = self.link.job, self.link.runner
+        lines = [f"{job.method or job.description or '?'} on site {job.site or '?'}, queue {job.queue}"]
+        if runner is not None:
+            lines.append(f"pid {runner.pid} ({self.link.runner_role}) of worker {job.worker_name or '?'}")
+        return lines
+
+    def stop_hint(self) -> str:
+        """How to stop this run by hand today (printed, never executed)."""
+        runner = self.link.runner
+        if runner is None:
+            return "its process is not on this host; stop it where it runs."
+        if self.link.runner_role == "worker":
+            return (f"`kill -TERM {runner.pid}` twice (warm, then cold shutdown); supervisor restarts the worker, "
+                    "and the job is failed by the next registry cleanup.")
+        return (f"`kill -KILL -{runner.pgid or runner.pid}` (the horse's process group, after checking pid "
+                f"{runner.pid} still runs this job); the worker then fails the job with "
+                "'waitpid returned 9' and takes the next one.")
+
+
+@dataclass
+class Context:
+    """Inputs of the rules (no I/O happens past this point)."""
+
+    snapshot: Snapshot
+    links: Links
+    activities: dict[int, Activity] = field(default_factory=dict)
+    """Activity of each sampled pid."""
+    min_age_s: float = DEFAULT_MIN_AGE_S
+    graph: LockGraph = field(default_factory=LockGraph)
+    """Database sessions, their roles and lock waits."""
+
+    @property
+    def now(self) -> float:
+        """The moment the snapshot describes (Redis server time when known)."""
+        if self.snapshot.redis is not None:
+            return self.snapshot.redis.server_time
+        return self.snapshot.generated_at
+
+    def redis_workers(self) -> list[WorkerInfo]:
+        """Workers read from Redis (empty when Redis could not be read)."""
+        return self.snapshot.redis.workers if self.snapshot.redis else []
+
+    def job_facts(self) -> list[JobFacts]:
+        """Every started job with its activity, age and effective timeout."""
+        facts = []
+        for link in self.links.jobs:
+            job = link.job
+            activity = self.activities.get(link.runner.pid) if link.runner else None
+            timeout = job.timeout
+            if timeout is None:
+                timeout = self.snapshot.target.queue_timeouts.get(job.queue.rsplit(":", 1)[-1])
+            facts.append(JobFacts(link, activity, age(self.now, job.started_at), timeout))
+        return facts
+
+    def long_running_jobs(self) -> list[JobFacts]:
+        """Jobs running for at least ``min_age_s``."""
+        return [f for f in self.job_facts() if f.running_for_s is not None and f.running_for_s >= self.min_age_s]
+
+    def stalled_jobs(self) -> list[JobFacts]:
+        """Long-running jobs whose stack did not move and which used no CPU."""
+        return [f for f in self.long_running_jobs() if f.activity is not None and f.activity.progress == "blocked"]

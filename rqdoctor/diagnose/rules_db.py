@@ -1,0 +1,114 @@
+"""RQD4xx: database sessions, lock waits and the transactions that block them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from rqdoctor.diagnose.context import Context
+from rqdoctor.diagnose.dbjoin import blocker_dict, holding, job_waits, kill_statement
+from rqdoctor.diagnose.findings import Finding, rule
+
+LONG_TRANSACTION_S = 300
+"""A transaction open longer than this holds its locks (and MVCC history) for too long."""
+
+
+@rule("RQD401", "critical", "Job waits on a database lock")
+def lock_wait_victim(ctx: Context) -> Iterator[Finding]:
+    for job_id, wait in job_waits(ctx.graph).items():
+        blocker = blocker_dict(ctx.graph, wait)
+        victim = ctx.graph.role(wait.server, wait.waiting_session)
+        what = "a metadata lock" if wait.kind == "metadata" else "a row lock"
+        evidence = [f"session {wait.waiting_session} (pid {victim.pid}) waits "
+                    f"{wait.wait_age_s or 0:.0f} s for {what}" + (f" on {wait.table}" if wait.table else ""),
+                    f"held by {blocker['summary']}"]
+        if blocker["job_id"]:
+            evidence.append(f"the blocker is RQ job {blocker['job_id']}")
+        yield Finding(
+            "RQD401", "critical", "Job waits on a database lock", f"job {job_id}", evidence=evidence,
+            job_id=job_id, pid=victim.pid, data={"blocker": blocker},
+            fix=f"End the blocker, not the victim: `{blocker['kill']}` on {wait.server} (printed, never run by "
+                "rqdoctor). The victim fails with 1205 after innodb_lock_wait_timeout (MariaDB default 50 s) "
+                "unless it is freed first; Frappe does not retry QueryTimeoutError. Then fix the blocker's code: "
+                "short transactions, commit in chunks, no network calls or sleeps inside a transaction.",
+        )
+
+
+@rule("RQD402", "critical", "Blocker is idle in transaction")
+def idle_blocker(ctx: Context) -> Iterator[Finding]:
+    seen: set[tuple[str, int]] = set()
+    for wait in ctx.graph.waits:
+        key = (wait.server, wait.blocking_session)
+        session = ctx.graph.session(*key)
+        if key in seen or session is None or holding(session).startswith("running"):
+            continue
+        seen.add(key)
+        role = ctx.graph.role(*key)
+        victims = [w.waiting_session for w in ctx.graph.waits if (w.server, w.blocking_session) == key]
+        yield Finding(
+            "RQD402", "critical", "Blocker is idle in transaction", f"db session {wait.blocking_session}",
+            evidence=[f"{role.description or role.role}: {holding(session)}, transaction open "
+                      f"{session.trx_age_s or 0:.0f} s", f"blocks session(s) {', '.join(map(str, victims))}"],
+            pid=role.pid, job_id=role.job_id, data={"server": wait.server, "session_id": wait.blocking_session},
+            fix=f"Its client holds a transaction open while doing something else (sleeping, a network call, an "
+                f"open console). End it now with `{kill_statement(*key)}`; then make that code commit before "
+                "slow work.",
+        )
+
+
+@rule("RQD403", "warning", "Long-running transaction")
+def long_transaction(ctx: Context) -> Iterator[Finding]:
+    for (server, sid), session in ctx.graph.sessions.items():
+        if session.trx_age_s is None or session.trx_age_s <= LONG_TRANSACTION_S:
+            continue
+        role = ctx.graph.role(server, sid)
+        yield Finding(
+            "RQD403", "warning", "Long-running transaction", f"db session {sid}",
+            evidence=[f"{role.description or role.role}: transaction open {session.trx_age_s:.0f} s, "
+                      f"{session.trx_rows_locked or 0} row(s) locked; {holding(session)}"],
+            pid=role.pid, job_id=role.job_id, data={"server": server, "session_id": sid},
+            fix="Long transactions hold row locks and block others: commit in chunks and keep network calls "
+                f"outside transactions. If it is stuck: `{kill_statement(server, sid)}`.",
+        )
+
+
+@rule("RQD404", "critical", "Metadata-lock wait")
+def metadata_lock_wait(ctx: Context) -> Iterator[Finding]:
+    for wait in ctx.graph.waits:
+        if wait.kind != "metadata":
+            continue
+        waiter = ctx.graph.session(wait.server, wait.waiting_session)
+        blocker = blocker_dict(ctx.graph, wait)
+        yield Finding(
+            "RQD404", "critical", "Metadata-lock wait", f"db session {wait.waiting_session}",
+            evidence=[f"`{(waiter.query if waiter else None) or '?'}` waits for a metadata lock"
+                      + (f" on {wait.table}" if wait.table else ""), f"held by {blocker['summary']}"],
+            pid=ctx.graph.role(wait.server, wait.waiting_session).pid, data={"blocker": blocker},
+            fix="DDL (a migrate, an ALTER) waits until every open transaction on the table ends, and every new "
+                f"query queues behind it. End the holder: `{blocker['kill']}` (an idle console or a long job), "
+                "then run migrations when no long job holds the table.",
+        )
+
+
+@rule("RQD405", "critical", "Lock-wait chain or cycle")
+def lock_chain(ctx: Context) -> Iterator[Finding]:
+    reported: set[tuple[int, ...]] = set()
+    for wait in ctx.graph.waits:
+        chain, cycle = ctx.graph.chain(wait)
+        if len(chain) < 3 and not cycle:
+            continue
+        key = tuple(sorted(set(chain))) if cycle else tuple(chain)
+        if key in reported or any(set(key) < set(k) for k in reported):
+            continue
+        reported.add(key)
+        kind = "cycle (a deadlock the server has not broken yet)" if cycle else "chain"
+        head = chain[-1]
+        yield Finding(
+            "RQD405", "critical", "Lock-wait chain or cycle", f"db sessions {' -> '.join(map(str, chain))}",
+            evidence=[f"lock-wait {kind}: " + " waits for ".join(
+                f"{sid} ({ctx.graph.role(wait.server, sid).description or ctx.graph.role(wait.server, sid).role})"
+                for sid in chain)],
+            data={"server": wait.server, "chain": chain, "cycle": cycle},
+            fix=f"End the session at the head of the chain: `{kill_statement(wait.server, head)}`; everything "
+                "behind it then proceeds." if not cycle else "The server's deadlock detector normally breaks "
+                f"cycles within seconds; if it persists end one member: `{kill_statement(wait.server, head)}`.",
+        )

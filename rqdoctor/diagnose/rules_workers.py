@@ -1,0 +1,81 @@
+"""RQD2xx: workers and their horses, as Redis and the process table see them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from rqdoctor.diagnose.context import Context, age
+from rqdoctor.diagnose.findings import Finding, rule
+
+BUSY_HEARTBEAT_LIMIT_S = 120
+"""A busy worker refreshes its heartbeat every job_monitoring_interval (30 s) with a 90 s TTL."""
+IDLE_HEARTBEAT_LIMIT_S = 540
+"""An idle worker heartbeats before each dequeue, which may block worker_ttl - 15 = 405 s."""
+
+
+@rule("RQD201", "warning", "Worker is registered in Redis but its process is gone")
+def dead_worker(ctx: Context) -> Iterator[Finding]:
+    for link in ctx.links.workers:
+        if link.location != "dead":
+            continue
+        w = link.worker
+        evidence = [f"Redis says pid {w.pid} on host {w.hostname}; no such process here"]
+        evidence += list(link.problems)
+        if w.current_job:
+            evidence.append(f"its current job {w.current_job} stays 'started' until a cleanup runs")
+        evidence.append(f"worker key expires in {w.ttl} s" if w.ttl and w.ttl > 0 else "worker key never expires")
+        yield Finding(
+            "RQD201", "warning", "Worker is registered in Redis but its process is gone", f"worker {w.name}",
+            evidence=evidence, worker=w.name, pid=w.pid,
+            fix="Find out why it died (logs/worker.error.log, `dmesg | grep -i -e oom -e killed`), then restart "
+                "the workers (`sudo supervisorctl restart all` or `bench restart`). Its job, if any, is moved "
+                "to the failed registry by the next maintenance run of a worker on that queue (see RQD503).",
+        )
+
+
+@rule("RQD202", "warning", "Ghost worker: a persistent partial worker hash")
+def ghost_worker(ctx: Context) -> Iterator[Finding]:
+    for w in ctx.redis_workers():
+        if w.key_type != "hash" or w.pid is not None or w.birth is not None or w.ttl != -1:
+            continue
+        yield Finding(
+            "RQD202", "warning", "Ghost worker: a persistent partial worker hash", f"worker {w.name}",
+            evidence=[f"{w.key} has no pid/birth and no TTL", "typical after an orphaned horse finished a job "
+                      "once its worker had died (rq#1276); `rq info` shows it as `(None None None): ?`"],
+            worker=w.name,
+            fix=f"After checking that no worker named {w.name} runs: `redis-cli -n <db> DEL {w.key}` and "
+                f"`redis-cli -n <db> SREM rq:workers {w.key}`. A new worker with that name would otherwise fail "
+                "with 'There exists an active worker named … already'.",
+        )
+
+
+@rule("RQD203", "warning", "Worker heartbeat is stale")
+def stale_heartbeat(ctx: Context) -> Iterator[Finding]:
+    for link in ctx.links.workers:
+        w = link.worker
+        if link.location == "dead" or w.last_heartbeat is None or w.death is not None:
+            continue
+        limit = BUSY_HEARTBEAT_LIMIT_S if w.state == "busy" else IDLE_HEARTBEAT_LIMIT_S
+        heartbeat_age = age(ctx.now, w.last_heartbeat)
+        if heartbeat_age is None or heartbeat_age <= limit:
+            continue
+        yield Finding(
+            "RQD203", "warning", "Worker heartbeat is stale", f"worker {w.name}",
+            evidence=[f"state {w.state}, last heartbeat {heartbeat_age:.0f} s ago (limit {limit} s)"],
+            worker=w.name, pid=w.pid,
+            fix="The worker's own loop is not running: look at it with `rqdoctor stack "
+                f"{w.pid or '<pid>'}` (a hung Redis connection or a stuck monitor loop); restart it if it is hung.",
+        )
+
+
+@rule("RQD204", "info", "Stale member of the worker set")
+def stale_worker_member(ctx: Context) -> Iterator[Finding]:
+    for w in ctx.redis_workers():
+        if w.ttl != -2 and w.key_type != "none":
+            continue
+        yield Finding(
+            "RQD204", "info", "Stale member of the worker set", f"worker {w.name}",
+            evidence=[f"rq:workers lists {w.key} but the key does not exist"], worker=w.name,
+            fix="Harmless: RQ's worker-registry cleanup removes it. To remove it now: "
+                f"`redis-cli -n <db> SREM rq:workers {w.key}`.",
+        )

@@ -1,0 +1,86 @@
+"""Apply every rule to a snapshot: the one entry point of diagnosis."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from rqdoctor.diagnose import rules_db, rules_jobs, rules_queues, rules_workers  # noqa: F401  (registers rules)
+from rqdoctor.diagnose.activity import KIND_DB_LOCK_WAIT, Activity
+from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S, Context
+from rqdoctor.diagnose.dbjoin import blocker_dict, build_graph, job_waits
+from rqdoctor.diagnose.findings import RULES, Finding, severity_rank
+from rqdoctor.diagnose.link import Links, link
+from rqdoctor.model import Snapshot
+
+
+@dataclass
+class Diagnosis:
+    """Findings plus the joins they were computed from (renderers show both)."""
+
+    context: Context
+    findings: list[Finding] = field(default_factory=list)
+    blockers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Job id -> what holds the database lock it waits for (see the database join)."""
+
+    @property
+    def links(self) -> Links:
+        """The job/worker/process join."""
+        return self.context.links
+
+    @property
+    def activities(self) -> dict[int, Activity]:
+        """Activity per sampled pid."""
+        return self.context.activities
+
+    def problems(self) -> list[Finding]:
+        """Findings of severity warning or worse."""
+        return [f for f in self.findings if severity_rank(f.severity) <= severity_rank("warning")]
+
+
+def diagnose(snapshot: Snapshot, codes: set[str] | None = None, min_age_s: float = DEFAULT_MIN_AGE_S) -> Diagnosis:
+    """Run the rules (all, or those whose code starts with one of ``codes``) on ``snapshot``."""
+    links = link(snapshot)
+    context = Context(snapshot, links, classify_all(snapshot), min_age_s, build_graph(snapshot, links))
+    blockers = mark_lock_waits(context)
+    findings: list[Finding] = []
+    for code, registered in sorted(RULES.items()):
+        if codes is None or any(code.startswith(c) for c in codes):
+            findings.extend(registered.check(context))
+    findings.sort(key=lambda f: (severity_rank(f.severity), f.code, f.subject))
+    return Diagnosis(context, findings, blockers)
+
+
+def mark_lock_waits(context: Context) -> dict[str, dict[str, Any]]:
+    """Jobs whose DB session waits on a lock get activity ``db_lock_wait``; returns job id -> blocker."""
+    blockers = {}
+    for job_id, wait in job_waits(context.graph).items():
+        blocker = blocker_dict(context.graph, wait)
+        blockers[job_id] = blocker
+        pid = context.graph.role(wait.server, wait.waiting_session).pid
+        if pid is None:
+            continue
+        detail = f"waiting {wait.wait_age_s or 0:.0f} s for a {wait.kind} lock" + (
+            f" on {wait.table}" if wait.table else "") + f"; held by {blocker['summary']}"
+        current = context.activities.get(pid)
+        if current is None:
+            context.activities[pid] = Activity(KIND_DB_LOCK_WAIT, detail, progress="blocked")
+        else:
+            context.activities[pid] = dataclasses.replace(current, kind=KIND_DB_LOCK_WAIT, detail=detail)
+    return blockers
+
+
+def classify_all(snapshot: Snapshot) -> dict[int, Activity]:
+    """Activity of every process that has stack samples."""
+    from rqdoctor.diagnose.activity import classify
+
+    processes = {p.pid: p for p in snapshot.processes}
+    activities = {}
+    for stacks in snapshot.stacks:
+        if not stacks.samples:
+            continue
+        process = processes.get(stacks.pid)
+        children = [p for p in snapshot.processes if p.ppid == stacks.pid]
+        activities[stacks.pid] = classify(stacks, process, children)
+    return activities

@@ -1,0 +1,384 @@
+"""The snapshot: plain, JSON-serialisable facts gathered by the probes.
+
+Every probe writes into one part of :class:`Snapshot`. Diagnosis and rendering read it, so a
+saved snapshot (``--format json`` then ``--from FILE``) can be re-diagnosed on any machine.
+Secrets are redacted before values are stored here (see :mod:`rqdoctor.redact`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+SCHEMA_VERSION = 1
+
+T = TypeVar("T")
+
+
+@dataclass
+class ProbeError:
+    """A fact that could not be gathered: the report says what is missing and why."""
+
+    probe: str
+    """Which probe failed: ``redis``, ``processes``, ``stacks``, ``database``, ``config``."""
+    kind: str
+    """Stable short cause: ``unreachable``, ``timeout``, ``permission``, ``missing_tool``, ``corrupt``, ``vanished``…"""
+    message: str
+    """One human line, secrets already masked."""
+    hint: str = ""
+    """What the user can do about it."""
+    subject: str = ""
+    """What it concerns (a key, a pid, a DSN), when narrower than the whole probe."""
+
+
+@dataclass
+class SiteInfo:
+    """One Frappe site of the bench (database credentials are kept only as redacted DSNs)."""
+
+    name: str
+    db_type: str = "mariadb"
+    db_host: str = ""
+    db_port: int | None = None
+    db_socket: str = ""
+    db_name: str = ""
+    db_user: str = ""
+
+
+@dataclass
+class TargetInfo:
+    """Where rqdoctor looked and why (the output of target discovery, passwords masked)."""
+
+    redis_url: str
+    redis_url_source: str
+    bench_path: str | None = None
+    bench_source: str = ""
+    bench_id: str | None = None
+    bench_id_source: str = ""
+    queue_filter: str | None = None
+    """Only queues starting with this prefix (``<bench_id>:``) are shown; None means all."""
+    queue_timeouts: dict[str, int] = field(default_factory=dict)
+    """Frappe queue type -> default timeout (short/default/long plus custom ``workers``)."""
+    sites: list[SiteInfo] = field(default_factory=list)
+    db_urls: list[str] = field(default_factory=list)
+    """Redacted database URLs given with ``--db-url``."""
+
+
+@dataclass
+class WorkerInfo:
+    """One ``rq:worker:<name>`` hash as read from Redis (missing fields are None)."""
+
+    name: str
+    key: str
+    hostname: str | None = None
+    pid: int | None = None
+    ip_address: str | None = None
+    state: str | None = None
+    queues: list[str] = field(default_factory=list)
+    current_job: str | None = None
+    current_job_working_time: float | None = None
+    executions: list[str] = field(default_factory=list)
+    """rq 3.0: members of ``rq:worker:<name>:executions`` (``job_id:execution_id``)."""
+    birth: float | None = None
+    last_heartbeat: float | None = None
+    death: float | None = None
+    shutdown_requested: float | None = None
+    version: str | None = None
+    python_version: str | None = None
+    successful_job_count: int | None = None
+    failed_job_count: int | None = None
+    total_working_time: float | None = None
+    ttl: int | None = None
+    """TTL of the worker key in seconds; -1 persistent (ghost), -2 gone."""
+    in_worker_set: bool = True
+    key_type: str = "hash"
+    """Redis type of the key; anything but ``hash`` means a corrupt or foreign key."""
+
+
+@dataclass
+class QueueInfo:
+    """One RQ queue with its registry counts."""
+
+    name: str
+    queued: int = 0
+    oldest_queued_job: str | None = None
+    oldest_enqueued_at: float | None = None
+    started: int = 0
+    failed: int = 0
+    finished: int = 0
+    deferred: int = 0
+    scheduled: int = 0
+    canceled: int = 0
+    intermediate: int = 0
+    """Ids in ``rq:queue:<q>:intermediate``: dequeued by a single-queue worker, not started yet (rq >= 1.15)."""
+    registered: bool = True
+    """Listed in ``rq:queues``."""
+
+
+@dataclass
+class JobInfo:
+    """A started job: its registry entry and the plain fields of ``rq:job:<id>`` (never ``data``)."""
+
+    job_id: str
+    queue: str
+    execution_id: str | None = None
+    registry_expires_at: float | None = None
+    """Score of the started-registry entry (heartbeat expiry)."""
+    exists: bool = True
+    """False when the registry names a job whose hash is gone."""
+    status: str | None = None
+    origin: str | None = None
+    description: str | None = None
+    """Call string, secret-looking kwargs masked."""
+    timeout: int | None = None
+    created_at: float | None = None
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    last_heartbeat: float | None = None
+    worker_name: str | None = None
+    site: str | None = None
+    method: str | None = None
+    execution_created_at: float | None = None
+    """rq >= 2: ``created_at`` of ``rq:execution:<job>:<execution>``, written by the worker just before the fork."""
+    execution_last_heartbeat: float | None = None
+    """rq >= 2: ``last_heartbeat`` of that execution hash (None when the hash is gone)."""
+
+
+@dataclass
+class RedisState:
+    """Everything read from RQ's Redis."""
+
+    server_time: float
+    redis_version: str | None = None
+    suspended: bool = False
+    workers: list[WorkerInfo] = field(default_factory=list)
+    queues: list[QueueInfo] = field(default_factory=list)
+    jobs: list[JobInfo] = field(default_factory=list)
+    round_trips: int = 0
+    commands: int = 0
+
+
+@dataclass
+class Connection:
+    """One TCP connection of a process (``host:port`` strings)."""
+
+    laddr: str
+    raddr: str
+    status: str = ""
+
+
+@dataclass
+class ProcessInfo:
+    """A local process that matters: a worker, a horse, a pool parent, or a horse's child."""
+
+    pid: int
+    ppid: int | None = None
+    pgid: int | None = None
+    sid: int | None = None
+    create_time: float | None = None
+    cmdline: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    status: str | None = None
+    """psutil status (``sleeping``, ``running``, ``stopped``, ``zombie``…), or ``vanished``: it exited while read."""
+    username: str | None = None
+    cpu_percent: float | None = None
+    cpu_time: float | None = None
+    """User + system CPU seconds at the time of the probe."""
+    rss: int | None = None
+    num_threads: int | None = None
+    supervisor_program: str | None = None
+    worker_like: bool = False
+    """Its argv or title looks like an RQ / Frappe worker."""
+    connections: list[Connection] = field(default_factory=list)
+
+
+@dataclass
+class Frame:
+    """One Python frame from py-spy."""
+
+    name: str
+    filename: str
+    line: int = 0
+    module: str | None = None
+    locals: dict[str, str] | None = None
+    code: str | None = None
+    """Source line of the frame (read by the stacks probe from the file, redacted), when readable."""
+
+
+@dataclass
+class ThreadStack:
+    """One thread of one sample, innermost frame first (py-spy order)."""
+
+    thread_id: int
+    name: str | None = None
+    active: bool = False
+    owns_gil: bool = False
+    frames: list[Frame] = field(default_factory=list)
+    os_thread_id: int | None = None
+    """Kernel thread id (Linux TID) when py-spy reports it."""
+    wchan: str | None = None
+    """Kernel wait channel of the thread at the sample (``/proc/PID/task/TID/wchan``; ``0`` = running)."""
+
+
+@dataclass
+class StackSample:
+    """One ``py-spy dump`` of a process."""
+
+    taken_at: float
+    threads: list[ThreadStack] = field(default_factory=list)
+    cpu_time: float | None = None
+    """Process CPU seconds when the sample was taken."""
+
+
+@dataclass
+class ProcessStacks:
+    """Several samples of one process over a short window."""
+
+    pid: int
+    samples: list[StackSample] = field(default_factory=list)
+    mode: str = "nonblocking"
+    resumed_stopped: bool = False
+    """A blocking dump left the process stopped and rqdoctor sent SIGCONT."""
+    error: ProbeError | None = None
+
+
+@dataclass
+class DbSession:
+    """One database session (MariaDB/MySQL thread or PostgreSQL backend)."""
+
+    server: str
+    """Redacted DSN of the server the session lives on."""
+    session_id: int
+    user: str | None = None
+    db: str | None = None
+    client_host: str | None = None
+    client_port: int | None = None
+    client_pid: int | None = None
+    """From the ``_pid`` connection attribute or a matched local socket."""
+    client_match: str = ""
+    """How client_pid was found (``tcp``/``unix``/``_pid``) or why not (``remote``/``hidden``/``unix_ambiguous``/…)."""
+    command: str | None = None
+    state: str | None = None
+    time_s: float | None = None
+    query: str | None = None
+    trx_age_s: float | None = None
+    trx_rows_locked: int | None = None
+    idle_in_transaction: bool = False
+    wait_event: str | None = None
+
+
+@dataclass
+class LockWait:
+    """One waiter → blocker edge of the lock-wait graph."""
+
+    server: str
+    waiting_session: int
+    blocking_session: int
+    kind: str = "row"
+    """``row`` or ``metadata``."""
+    table: str | None = None
+    lock_mode: str | None = None
+    wait_age_s: float | None = None
+    inferred: bool = False
+    """The blocker is a best guess (MariaDB metadata lock without METADATA_LOCK_INFO), not read from the server."""
+
+
+@dataclass
+class DatabaseState:
+    """What the database probe saw, on every server it reached."""
+
+    servers: list[str] = field(default_factory=list)
+    sessions: list[DbSession] = field(default_factory=list)
+    lock_waits: list[LockWait] = field(default_factory=list)
+    limited_view: list[str] = field(default_factory=list)
+    """Servers seen only through per-site accounts (other users' sessions may be hidden)."""
+
+
+@dataclass
+class Snapshot:
+    """The contract between probes, diagnosis and renderers."""
+
+    host: str
+    generated_at: float
+    target: TargetInfo
+    schema_version: int = SCHEMA_VERSION
+    rqdoctor_version: str = ""
+    redis: RedisState | None = None
+    processes: list[ProcessInfo] = field(default_factory=list)
+    stacks: list[ProcessStacks] = field(default_factory=list)
+    database: DatabaseState | None = None
+    errors: list[ProbeError] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Snapshot:
+        """Rebuild a snapshot from :meth:`to_dict` output; unknown keys are ignored."""
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if type(version) is not int or version != SCHEMA_VERSION:
+            raise ValueError(f"unsupported snapshot schema_version {version!r} "
+                             f"(this rqdoctor reads {SCHEMA_VERSION})")
+        return from_plain(cls, data)
+
+
+def from_plain(cls: type[T], data: Any) -> T:
+    """Build dataclass ``cls`` from plain JSON data, recursively, following its type hints.
+
+    Unknown keys are ignored; a value of the wrong shape raises ``ValueError`` naming its path
+    (``redis.workers.pid: expected int, found str``).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"expected an object ({cls.__name__}), found {_json_type(data)}")
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            try:
+                kwargs[f.name] = _convert(hints[f.name], data[f.name])
+            except ValueError as exc:
+                sep = ": " if str(exc).startswith("expected") else "."
+                raise ValueError(f"{f.name}{sep}{exc}") from None
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(str(exc).replace(".__init__()", ":")) from None
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _json_type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value) if len(args) == 1 else value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, found {_json_type(value)}")
+        (item,) = typing.get_args(hint)
+        return [_convert(item, v) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected an object, found {_json_type(value)}")
+        _, item = typing.get_args(hint)
+        return {k: _convert(item, v) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return from_plain(hint, value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (str, int, float, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise ValueError(f"expected {hint.__name__}, found {_json_type(value)}")
+    return value

@@ -1,0 +1,1 @@
+"""Probes gather read-only facts into the snapshot; they never print and never judge."""

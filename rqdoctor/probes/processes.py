@@ -1,0 +1,224 @@
+"""Process probe: the local worker processes, their horses and the horses' children (psutil only)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import psutil
+
+from rqdoctor.diagnose.link import BIRTH_SLACK, VANISHED
+from rqdoctor.model import Connection, ProbeError, ProcessInfo, WorkerInfo
+from rqdoctor.redact import MASK, is_secret_name, redact_text
+
+PROBE = "processes"
+MAX_DEPTH = 4
+"""Generations collected below a worker (worker → horse → child → grandchild)."""
+MAX_PROCESSES = 500
+"""Hard cap, so a mis-matched pid (say 1) cannot pull in the whole host."""
+_WORKER_COMMANDS = {"worker", "worker-pool"}
+
+
+class _Row(NamedTuple):
+    proc: psutil.Process
+    ppid: int | None
+    argv: list[str]
+    create_time: float | None
+
+
+def is_worker_argv(argv: list[str]) -> bool:
+    """True when ``argv`` (or the process title it holds) looks like an RQ or Frappe worker."""
+    if not argv:
+        return False
+    if " ".join(argv).startswith("rq:worker:"):
+        return True
+    for i, arg in enumerate(argv):
+        base = os.path.basename(arg)
+        if base in ("rqworker", "rqworker-pool"):
+            return True
+        if arg == "frappe.utils.bench_helper":
+            rest = argv[i + 1 :]
+            return bool(rest) and rest[0] == "frappe" and _subcommand(rest[1:]) in _WORKER_COMMANDS
+        if base == "rq" or (arg == "rq.cli" and i > 0 and argv[i - 1] == "-m"):
+            return _subcommand(argv[i + 1 :]) in _WORKER_COMMANDS
+    return False
+
+
+def _subcommand(args: list[str]) -> str | None:
+    """First positional argument, skipping options (and the value of ``--site``)."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--site":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """Mask secrets in a command line, including the value after a secret-looking ``--option``."""
+    out: list[str] = []
+    mask_next = False
+    for arg in argv:
+        out.append(MASK if mask_next else redact_text(arg))
+        mask_next = not mask_next and arg.startswith("--") and "=" not in arg and is_secret_name(arg)
+    return out
+
+
+def probe_processes(
+    workers: list[WorkerInfo], hostname: str, errors: list[ProbeError], cpu_window: float = 0.2
+) -> list[ProcessInfo]:
+    """Collect worker-like local processes, this host's Redis worker pids, and their descendants.
+
+    CPU percent is measured over one shared ``cpu_window`` for all processes. A process that
+    vanishes or denies access gives partial data plus an entry in ``errors``, never an exception.
+    """
+    table = _scan()
+    pids = _select(table, workers, hostname, errors)
+    started = time.monotonic()
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            table[pid].proc.cpu_percent(None)
+    denied: dict[int, list[str]] = {}
+    infos = [_describe(table[pid], denied, errors) for pid in pids]
+    time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
+    for info in infos:
+        if info.status != VANISHED:
+            _measure_cpu(table[info.pid].proc, info, denied, errors)
+    if denied:
+        errors.append(_denied_error(denied))
+    return infos
+
+
+def _scan() -> dict[int, _Row]:
+    """One pass over every process: pid → (Process, ppid, argv, create_time)."""
+    table = {}
+    for proc in psutil.process_iter(["ppid", "cmdline", "create_time"], ad_value=None):
+        info = proc.info
+        table[proc.pid] = _Row(proc, info["ppid"], info["cmdline"] or [], info["create_time"])
+    return table
+
+
+def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, errors: list[ProbeError]) -> list[int]:
+    """Worker-like processes and this host's Redis worker pids, then their descendants (depth-limited).
+
+    A Redis pid whose process started after the worker's birth (a reused pid) is kept but not expanded.
+    Worker-like parents (pool parents) are themselves worker-like, so they are seeds too.
+    """
+    children: dict[int, list[int]] = {}
+    for pid, row in table.items():
+        if row.ppid is not None:
+            children.setdefault(row.ppid, []).append(pid)
+    seeds = {pid: None for pid, row in sorted(table.items()) if is_worker_argv(row.argv)}
+    expand = set(seeds)
+    for w in workers:
+        row = table.get(w.pid) if w.hostname == hostname and w.pid is not None else None
+        if row is None:
+            continue
+        seeds[row.proc.pid] = None
+        if w.birth is None or row.create_time is None or row.create_time <= w.birth + BIRTH_SLACK:
+            expand.add(row.proc.pid)
+    order = dict(seeds)
+    frontier = [pid for pid in order if pid in expand]
+    for _ in range(MAX_DEPTH):
+        frontier = [c for pid in frontier for c in sorted(children.get(pid, ())) if c not in order]
+        order.update(dict.fromkeys(frontier))
+    pids = list(order)
+    if len(pids) > MAX_PROCESSES:
+        message = f"{len(pids)} worker-related processes found; only the first {MAX_PROCESSES} are shown"
+        errors.append(ProbeError(PROBE, "truncated", message))
+    return pids[:MAX_PROCESSES]
+
+
+def _describe(row: _Row, denied: dict[int, list[str]], errors: list[ProbeError]) -> ProcessInfo:
+    """Everything but CPU usage; a field that cannot be read stays at its default."""
+    proc = row.proc
+    info = ProcessInfo(
+        pid=proc.pid,
+        ppid=row.ppid,
+        create_time=row.create_time,
+        cmdline=redact_argv(row.argv),
+        worker_like=is_worker_argv(row.argv),
+    )
+    readers: dict[str, Callable[[], Any]] = {
+        "status": proc.status,
+        "username": proc.username,
+        "rss": lambda: proc.memory_info().rss,
+        "num_threads": proc.num_threads,
+        "cwd": proc.cwd,
+        "supervisor_program": lambda: proc.environ().get("SUPERVISOR_PROCESS_NAME"),
+        "connections": lambda: _connections(proc),
+    }
+    try:
+        info.pgid = os.getpgid(proc.pid)
+        info.sid = os.getsid(proc.pid)
+    except ProcessLookupError:
+        _vanished(info, errors)
+        return info
+    except OSError:
+        denied.setdefault(proc.pid, []).append("pgid")
+    try:
+        with proc.oneshot():
+            for name, read in readers.items():
+                try:
+                    setattr(info, name, read())
+                except psutil.ZombieProcess:
+                    pass  # a zombie keeps pid, ppid and status; cwd and environ are gone
+                except psutil.AccessDenied:
+                    denied.setdefault(proc.pid, []).append(name)
+    except psutil.NoSuchProcess:
+        _vanished(info, errors)
+    return info
+
+
+def _measure_cpu(
+    proc: psutil.Process, info: ProcessInfo, denied: dict[int, list[str]], errors: list[ProbeError]
+) -> None:
+    """CPU percent since the priming call, and user + system CPU seconds."""
+    try:
+        with proc.oneshot():
+            info.cpu_percent = proc.cpu_percent(None)
+            times = proc.cpu_times()
+            info.cpu_time = times.user + times.system
+    except psutil.NoSuchProcess:
+        _vanished(info, errors)
+    except psutil.AccessDenied:
+        denied.setdefault(proc.pid, []).append("cpu")
+
+
+def _connections(proc: psutil.Process) -> list[Connection]:
+    """TCP connections as ``ip:port`` strings (``[ip]:port`` for IPv6); psutil < 6 calls it ``connections``."""
+    get = getattr(proc, "net_connections", None) or proc.connections
+    return [Connection(_addr(c.laddr), _addr(c.raddr), c.status) for c in get(kind="tcp")]
+
+
+def _addr(addr: Any) -> str:
+    if not addr:
+        return ""
+    ip, port = addr[0], addr[1]
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _vanished(info: ProcessInfo, errors: list[ProbeError]) -> None:
+    info.status = VANISHED
+    message = f"process {info.pid} exited while it was being read"
+    errors.append(ProbeError(PROBE, "vanished", message, subject=f"pid {info.pid}"))
+
+
+def _denied_error(denied: dict[int, list[str]]) -> ProbeError:
+    """One error for every process with unreadable fields; ``subject`` lists all their pids."""
+    fields = sorted({name for names in denied.values() for name in names})
+    pids = sorted(denied)
+    shown = ", ".join(map(str, pids[:10])) + (f" and {len(pids) - 10} more" if len(pids) > 10 else "")
+    return ProbeError(
+        PROBE,
+        "permission",
+        f"could not read {', '.join(fields)} of {len(pids)} process(es): {shown}",
+        hint="run rqdoctor as the user that runs the workers, or with sudo",
+        subject="pids " + ",".join(map(str, pids)),
+    )

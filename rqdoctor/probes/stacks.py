@@ -1,0 +1,326 @@
+"""Stack probe: several ``py-spy dump --json`` samples of each process, as plain facts.
+
+Every dump runs under a hard timeout derived from the deadline; failures become
+:class:`~rqdoctor.model.ProbeError` values, one process never affects another, and a
+blocking dump never leaves its target stopped. Besides py-spy's frames, each sample records
+the process CPU time, each thread's kernel wait channel, and each frame's source line, so
+diagnosis can tell a sleep from a socket read when the wait happens inside a C call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from rqdoctor.deadline import Deadline
+from rqdoctor.model import Frame, ProbeError, ProcessStacks, StackSample, ThreadStack
+from rqdoctor.redact import redact_mapping, redact_text
+
+PROBE = "stacks"
+DUMP_TIMEOUT_CAP = 10.0
+"""No single dump may take longer than this, whatever the deadline."""
+MIN_ROUND_BUDGET = 0.3
+"""Seconds of deadline a further sampling round needs, beyond its wait, to be started."""
+RESUME_WATCH_S = 0.1
+"""How long after a blocking dump the target is watched for a stop py-spy left behind."""
+MAX_SOURCE_BYTES = 2_000_000
+MAX_CODE_CHARS = 200
+
+HINT_MISSING = "pip install py-spy (into rqdoctor's environment) or put py-spy on PATH"
+HINT_PERMISSION = (
+    "run rqdoctor as root or as the workers' user; py-spy needs ptrace: CAP_SYS_PTRACE "
+    "(Docker: --cap-add SYS_PTRACE) or a permissive kernel.yama.ptrace_scope"
+)
+HINT_UNSUPPORTED = "py-spy reads CPython processes only; upgrade it (pip install -U py-spy) for new Python versions"
+HINT_FAILED = "retry; a nonblocking dump can fail while the target is changing its stack"
+HINT_VANISHED = "the process exited (job finished or was killed); run rqdoctor again"
+HINT_TIMEOUT_NONBLOCKING = "retry with a longer --timeout; the machine may be overloaded"
+HINT_TIMEOUT_BLOCKING = "retry without blocking mode (nonblocking never pauses the target) or with a longer --timeout"
+
+_PERMANENT = {"missing_tool", "permission", "unsupported", "vanished", "timeout"}
+"""Failure kinds after which a pid is not sampled again."""
+
+
+def find_py_spy() -> str | None:
+    """Path of py-spy: next to the running interpreter first (same venv), then on PATH."""
+    local = Path(sys.executable).parent / "py-spy"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which("py-spy")
+
+
+def py_spy_command(exe: str, pid: int, blocking: bool, native: bool, with_locals: bool) -> list[str]:
+    """argv of one dump; ``--native`` only in blocking mode (py-spy rejects it with ``--nonblocking``)."""
+    cmd = [exe, "dump", "--json", "--pid", str(pid)]
+    if not blocking:
+        cmd.append("--nonblocking")
+    elif native:
+        cmd.append("--native")
+    if with_locals:
+        cmd.append("--locals")
+    return cmd
+
+
+def dump_mode(blocking: bool, native: bool) -> str:
+    """The ``ProcessStacks.mode`` string for these options."""
+    if not blocking:
+        return "nonblocking"
+    return "blocking+native" if native else "blocking"
+
+
+def parse_dump(data: Any) -> list[ThreadStack]:
+    """Model threads from py-spy's JSON (a top-level array of thread objects); locals are redacted.
+
+    Raises ``ValueError`` when the data does not have py-spy's shape.
+    """
+    if not isinstance(data, list):
+        raise ValueError("py-spy JSON is not an array of threads")
+    threads = []
+    for raw in data:
+        if not isinstance(raw, dict) or not isinstance(raw.get("frames"), list):
+            raise ValueError("py-spy thread without frames")
+        threads.append(
+            ThreadStack(
+                thread_id=int(raw["thread_id"]),
+                name=raw.get("thread_name"),
+                active=bool(raw.get("active")),
+                owns_gil=bool(raw.get("owns_gil")),
+                frames=[_frame(f) for f in raw["frames"]],
+                os_thread_id=raw.get("os_thread_id"),
+            )
+        )
+    return threads
+
+
+def _frame(raw: dict[str, Any]) -> Frame:
+    local_vars = raw.get("locals")
+    return Frame(
+        name=str(raw.get("name", "?")),
+        filename=str(raw.get("filename", "?")),
+        line=int(raw.get("line") or 0),
+        module=raw.get("module"),
+        locals=None if local_vars is None else redact_mapping({v["name"]: v.get("repr") or "" for v in local_vars}),
+    )
+
+
+@dataclass
+class _Options:
+    exe: str
+    blocking: bool
+    native: bool
+    with_locals: bool
+    deadline: Deadline
+    sources: dict[str, list[str] | None] = field(default_factory=dict)
+    """Lines of the source files read so far (None: unreadable)."""
+
+
+@dataclass
+class _Result:
+    sample: StackSample | None = None
+    error: ProbeError | None = None
+    resumed: bool = False
+
+
+def probe_stacks(
+    pids: list[int],
+    deadline: Deadline,
+    samples: int = 3,
+    interval: float = 0.4,
+    blocking: bool = False,
+    native: bool = False,
+    with_locals: bool = False,
+    max_parallel: int = 8,
+) -> tuple[list[ProcessStacks], list[ProbeError]]:
+    """Sample every pid ``samples`` times, ``interval`` seconds apart, all pids in parallel.
+
+    Returns one :class:`ProcessStacks` per pid (``error`` set when no sample could be taken)
+    and the errors for ``snapshot.errors``. ``native`` is honoured only with ``blocking``.
+    """
+    mode = dump_mode(blocking, native)
+    results = {pid: ProcessStacks(pid=pid, mode=mode) for pid in dict.fromkeys(pids)}
+    exe = find_py_spy()
+    if exe is None:
+        error = ProbeError(PROBE, "missing_tool", "py-spy not found: no Python stacks", HINT_MISSING)
+        for stacks in results.values():
+            stacks.error = error
+        return list(results.values()), [error] if results else []
+
+    options = _Options(exe, blocking, native, with_locals, deadline)
+    last_error: dict[int, ProbeError] = {}
+    live = list(results)
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(live)))) as pool:
+        for round_no in range(max(1, samples)):
+            if round_no:
+                wait = start + round_no * interval - time.monotonic()
+                if not live or deadline.remaining() < max(0.0, wait) + MIN_ROUND_BUDGET:
+                    break
+                time.sleep(max(0.0, wait))
+            futures = {pid: pool.submit(_take_sample, pid, options) for pid in live}
+            for pid, future in futures.items():
+                result = future.result()
+                stacks = results[pid]
+                stacks.resumed_stopped |= result.resumed
+                if result.sample is not None:
+                    stacks.samples.append(result.sample)
+                if result.error is not None:
+                    last_error[pid] = result.error
+                    if result.error.kind in _PERMANENT:
+                        live.remove(pid)
+
+    errors = []
+    for pid, stacks in results.items():
+        if not stacks.samples and pid in last_error:
+            stacks.error = last_error[pid]
+            errors.append(stacks.error)
+    return list(results.values()), errors
+
+
+def _take_sample(pid: int, options: _Options) -> _Result:
+    """One dump of one process, with its CPU time, wait channels and source lines."""
+    if options.deadline.expired():
+        return _Result(error=_timeout_error(pid, 0.0, options.blocking))
+    try:
+        proc = psutil.Process(pid)
+        was_stopped = proc.status() == psutil.STATUS_STOPPED
+        cpu = _cpu_time(proc)
+    except psutil.NoSuchProcess:
+        return _Result(error=_vanished(pid))
+    except psutil.AccessDenied:
+        was_stopped, cpu = False, None
+
+    taken_at = time.time()
+    timeout = options.deadline.timeout(cap=DUMP_TIMEOUT_CAP)
+    cmd = py_spy_command(options.exe, pid, options.blocking, options.native, options.with_locals)
+    env = {**os.environ, "RUST_BACKTRACE": "0"}
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:  # run() has killed and reaped py-spy
+        return _Result(error=_timeout_error(pid, timeout, options.blocking), resumed=_resume(pid, options, was_stopped))
+    except OSError as exc:
+        error = ProbeError(PROBE, "missing_tool", f"cannot run py-spy: {exc}", HINT_MISSING, str(pid))
+        return _Result(error=error)
+    resumed = _resume(pid, options, was_stopped)
+
+    if done.returncode != 0:
+        return _Result(error=_failure(pid, done.stderr.decode(errors="replace")), resumed=resumed)
+    try:
+        threads = parse_dump(json.loads(done.stdout))
+    except (ValueError, KeyError, TypeError) as exc:
+        error = ProbeError(PROBE, "corrupt", f"unreadable py-spy output for pid {pid}: {exc}", "", str(pid))
+        return _Result(error=error, resumed=resumed)
+    for thread in threads:
+        thread.wchan = _wchan(pid, thread, len(threads))
+        for frame in thread.frames:
+            frame.code = _source_line(pid, frame, options.sources)
+    return _Result(StackSample(taken_at=taken_at, threads=threads, cpu_time=cpu), resumed=resumed)
+
+
+def _cpu_time(proc: psutil.Process) -> float | None:
+    try:
+        times = proc.cpu_times()
+    except psutil.AccessDenied:
+        return None
+    return times.user + times.system
+
+
+def _resume(pid: int, options: _Options, was_stopped: bool) -> bool:
+    """After a blocking dump: SIGCONT the target if py-spy left it stopped (and it was not before).
+
+    A SIGSTOP still in flight when py-spy exits takes effect a moment later, so the state is
+    watched for :data:`RESUME_WATCH_S`.
+    """
+    if not options.blocking or was_stopped:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        until = time.monotonic() + RESUME_WATCH_S
+        while proc.status() != psutil.STATUS_STOPPED:
+            if time.monotonic() >= until:
+                return False
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGCONT)
+    except (psutil.Error, OSError):
+        return False
+    return True
+
+
+def _wchan(pid: int, thread: ThreadStack, thread_count: int) -> str | None:
+    """Kernel wait channel of a thread (its TID is the pid for the main thread)."""
+    tid = thread.os_thread_id
+    if tid is None and (thread.name == "MainThread" or thread_count == 1):
+        tid = pid
+    if tid is None:
+        return None
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/wchan").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _source_line(pid: int, frame: Frame, sources: dict[str, list[str] | None]) -> str | None:
+    """The frame's source line, read through the target's root (containers) or the plain path."""
+    if frame.line <= 0 or not frame.filename.endswith(".py") or not frame.filename.startswith("/"):
+        return None
+    if frame.filename not in sources:
+        sources[frame.filename] = _read_source(pid, frame.filename)
+    lines = sources[frame.filename]
+    if lines is None or frame.line > len(lines):
+        return None
+    return redact_text(lines[frame.line - 1].strip()[:MAX_CODE_CHARS]) or None
+
+
+def _read_source(pid: int, filename: str) -> list[str] | None:
+    for path in (Path(f"/proc/{pid}/root{filename}"), Path(filename)):
+        with contextlib.suppress(OSError):
+            if path.stat().st_size <= MAX_SOURCE_BYTES:
+                return path.read_text(errors="replace").splitlines()
+    return None
+
+
+def _failure(pid: int, stderr: str) -> ProbeError:
+    """Classify py-spy's stderr (free text, exit code 1) into a stable kind."""
+    line = next((s.strip() for s in stderr.splitlines() if s.strip()), "py-spy failed without a message")
+    text = stderr.lower()
+    if not psutil.pid_exists(pid) or _is_zombie(pid):
+        return _vanished(pid)
+    if "permission denied" in text or "operation not permitted" in text:
+        return ProbeError(PROBE, "permission", f"not allowed to read pid {pid}: {line}", HINT_PERMISSION, str(pid))
+    if "process is running" in text or "no such process" in text:
+        return _vanished(pid)
+    if "python version" in text or "python interpreter" in text or "unsupported version" in text:
+        return ProbeError(
+            PROBE, "unsupported", f"pid {pid} is not a readable Python process: {line}", HINT_UNSUPPORTED, str(pid)
+        )
+    return ProbeError(PROBE, "failed", f"py-spy failed on pid {pid}: {line}", HINT_FAILED, str(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def _vanished(pid: int) -> ProbeError:
+    return ProbeError(PROBE, "vanished", f"process {pid} is gone", HINT_VANISHED, str(pid))
+
+
+def _timeout_error(pid: int, timeout: float, blocking: bool) -> ProbeError:
+    message = f"py-spy dump of pid {pid} did not finish within {timeout:.1f}s (deadline)"
+    hint = HINT_TIMEOUT_BLOCKING if blocking else HINT_TIMEOUT_NONBLOCKING
+    return ProbeError(PROBE, "timeout", message, hint, str(pid))

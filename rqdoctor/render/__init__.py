@@ -1,0 +1,1 @@
+"""Renderers: present a diagnosis as text (rich), Markdown or JSON; they never decide anything."""

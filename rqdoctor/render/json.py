@@ -1,0 +1,31 @@
+"""The JSON report: the snapshot plus views and findings, with a schema version."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rqdoctor.diagnose.run import Diagnosis
+from rqdoctor.model import SCHEMA_VERSION
+
+
+def report(command: str, diagnosis: Diagnosis, **sections: Any) -> dict[str, Any]:
+    """``{schema_version, command, host, generated_at, <sections>, findings, errors, snapshot}``."""
+    snapshot = diagnosis.context.snapshot
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "host": snapshot.host,
+        "generated_at": snapshot.generated_at,
+        **sections,
+        "findings": [finding_dict(f) for f in diagnosis.findings],
+        "errors": [dataclasses.asdict(e) for e in snapshot.errors],
+        "snapshot": snapshot.to_dict(),
+    }
+
+
+def finding_dict(finding: Any) -> dict[str, Any]:
+    """A finding with its documentation link."""
+    data = dataclasses.asdict(finding)
+    data["more_info"] = finding.more_info
+    return data

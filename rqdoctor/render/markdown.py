@@ -1,0 +1,64 @@
+"""Markdown for incident tickets: a summary, tables, findings, then details."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rqdoctor.diagnose.findings import Finding
+from rqdoctor.model import ProbeError
+from rqdoctor.render.fmt import duration, short_queue, value
+
+
+def cell(v: Any) -> str:
+    """A table cell: pipes escaped, newlines flattened."""
+    return value(v).replace("|", "\\|").replace("\n", " ")
+
+
+def table(columns: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def findings(items: list[Finding]) -> str:
+    """Findings as a list with evidence and fix."""
+    if not items:
+        return "No problems found.\n"
+    out = ["## Findings\n"]
+    for f in items:
+        out.append(f"- **{f.code}** ({f.severity}) {f.title}: `{f.subject}`")
+        out += [f"  - {e}" for e in f.evidence]
+        if f.fix:
+            out.append(f"  - **Fix:** {f.fix}")
+    return "\n".join(out) + "\n"
+
+
+def errors(items: list[ProbeError]) -> str:
+    """What could not be seen."""
+    if not items:
+        return ""
+    lines = ["## Could not see\n"]
+    lines += [f"- **{e.probe}**: {e.message}" + (f" _(hint: {e.hint})_" if e.hint else "") for e in items]
+    return "\n".join(lines) + "\n"
+
+
+def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> str:
+    """Workers as a Markdown table."""
+    return table(
+        ["worker", "host", "pid", "where", "state", "queues", "current job", "running", "heartbeat", "horse",
+         "findings"],
+        [[r["name"], r["host"], r["pid"], r["location"], r["state"], [short_queue(q, prefix) for q in r["queues"]],
+          r["current_job"], duration(r["job_running_for_s"]), duration(r["heartbeat_age_s"]), r["horse_pid"],
+          r["findings"]] for r in rows],
+    )
+
+
+def queues_table(rows: list[dict[str, Any]], prefix: str | None) -> str:
+    """Queues as a Markdown table."""
+    return table(
+        ["queue", "queued", "oldest", "started", "failed", "finished", "deferred", "scheduled", "workers",
+         "findings"],
+        [[short_queue(r["name"], prefix), r["queued"], duration(r["oldest_queued_age_s"]), r["started"], r["failed"],
+          r["finished"], r["deferred"], r["scheduled"], r["listening_workers"], r["findings"]] for r in rows],
+    )

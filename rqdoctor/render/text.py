@@ -1,0 +1,118 @@
+"""Terminal output with rich: summary, tables, findings, and what could not be seen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from rqdoctor.diagnose.findings import Finding
+from rqdoctor.model import ProbeError, TargetInfo
+from rqdoctor.render.fmt import duration, short_queue, value
+
+SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def summary(line: str, findings: list[Finding]) -> Text:
+    """The first line of every report."""
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_STYLE}
+    text = Text(line + " — ", style="bold")
+    if not any(counts.values()):
+        text.append("no problems found", style="green")
+        return text
+    text.append(", ".join(f"{n} {s}" for s, n in counts.items() if n),
+                style=SEVERITY_STYLE["critical" if counts["critical"] else "warning"])
+    return text
+
+
+def finding(f: Finding) -> RenderableType:
+    """One finding: code, title, subject, evidence, fix."""
+    head = Text()
+    head.append(f"{f.code} ", style=SEVERITY_STYLE.get(f.severity, ""))
+    head.append(f"[{f.severity}] ", style=SEVERITY_STYLE.get(f.severity, ""))
+    head.append(f.title, style="bold")
+    head.append(f"  ({f.subject})", style="dim")
+    lines: list[RenderableType] = [head]
+    lines += [Text(f"    • {e}") for e in f.evidence]
+    if f.fix:
+        fix = Text("    fix: ", style="green")
+        fix.append(f.fix)
+        lines.append(fix)
+    return Group(*lines)
+
+
+def findings(items: list[Finding]) -> list[RenderableType]:
+    """All findings, or nothing."""
+    if not items:
+        return []
+    return [Text("Findings", style="bold underline"), *(finding(f) for f in items)]
+
+
+def errors(items: list[ProbeError]) -> list[RenderableType]:
+    """What could not be seen, and why."""
+    if not items:
+        return []
+    out: list[RenderableType] = [Text("Could not see", style="bold underline")]
+    for e in items:
+        line = Text(f"  {e.probe}: ", style="magenta")
+        line.append(e.message)
+        if e.hint:
+            line.append(f"  (hint: {e.hint})", style="dim")
+        out.append(line)
+    return out
+
+
+def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> Table:
+    """A plain rich table."""
+    t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for row in rows:
+        t.add_row(*(value(v) for v in row))
+    return t
+
+
+def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> Table:
+    """The ``rqdoctor workers`` table."""
+    return table(
+        ["worker", "host", "pid", "where", "state", "queues", "current job", "running", "heartbeat",
+         "horse", "supervisor", "findings"],
+        [[r["name"][:12], r["host"], r["pid"], r["location"], r["state"],
+          [short_queue(q, prefix) for q in r["queues"]], r["current_job"], duration(r["job_running_for_s"]),
+          duration(r["heartbeat_age_s"]), r["horse_pid"], r["supervisor_program"], r["findings"]] for r in rows],
+    )
+
+
+def queues_table(rows: list[dict[str, Any]], prefix: str | None) -> Table:
+    """The ``rqdoctor queues`` table."""
+    return table(
+        ["queue", "queued", "oldest", "started", "failed", "finished", "deferred", "scheduled", "workers",
+         "findings"],
+        [[short_queue(r["name"], prefix), r["queued"], duration(r["oldest_queued_age_s"]), r["started"],
+          r["failed"], r["finished"], r["deferred"], r["scheduled"], r["listening_workers"], r["findings"]]
+         for r in rows],
+    )
+
+
+def target(info: TargetInfo) -> RenderableType:
+    """Where rqdoctor looks and why."""
+    t = Table(show_header=False, show_edge=False, box=None)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("redis", f"{info.redis_url}  (from {info.redis_url_source})")
+    t.add_row("bench", f"{info.bench_path}  (from {info.bench_source})" if info.bench_path else "none found")
+    if info.bench_id:
+        t.add_row("bench id", f"{info.bench_id}  ({info.bench_id_source})")
+    t.add_row("queues", f"{info.queue_filter}*" if info.queue_filter else "all")
+    if info.queue_timeouts:
+        t.add_row("timeouts", ", ".join(f"{q} {s}s" for q, s in info.queue_timeouts.items()))
+    for site in info.sites:
+        where = f"socket {site.db_socket}" if site.db_socket else f"{site.db_host}:{site.db_port or 'default'}"
+        t.add_row("site", f"{site.name}: {site.db_type} {where} db {site.db_name} user {site.db_user}")
+    for url in info.db_urls:
+        t.add_row("db", url)
+    return Panel(t, title="rqdoctor target", title_align="left")
+

@@ -1,0 +1,133 @@
+"""Presentation rows computed from a diagnosis: shared by the text, Markdown and JSON renderers."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rqdoctor.diagnose.activity import Activity
+from rqdoctor.diagnose.context import age
+from rqdoctor.diagnose.run import Diagnosis
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _flags_by_subject(diagnosis: Diagnosis) -> dict[str, list[str]]:
+    flags: dict[str, list[str]] = {}
+    for f in diagnosis.findings:
+        flags.setdefault(f.subject, []).append(f.code)
+    return flags
+
+
+def worker_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
+    """One row per Redis worker: identity, process, state, current job, heartbeat, horse."""
+    ctx = diagnosis.context
+    flags = _flags_by_subject(diagnosis)
+    jobs = {j.job.job_id: j.job for j in diagnosis.links.jobs}
+    rows = []
+    for link in diagnosis.links.workers:
+        w = link.worker
+        current = w.current_job or (w.executions[0].rsplit(":", 1)[0] if w.executions else None)
+        job = jobs.get(current) if current else None
+        rows.append({
+            "name": w.name,
+            "host": w.hostname,
+            "pid": w.pid,
+            "location": link.location,
+            "state": w.state,
+            "queues": w.queues,
+            "current_job": current,
+            "job_running_for_s": _round(age(ctx.now, job.started_at)) if job else None,
+            "heartbeat_age_s": _round(age(ctx.now, w.last_heartbeat)),
+            "ttl_s": w.ttl,
+            "horse_pid": link.horse.pid if link.horse else None,
+            "pool_parent_pid": link.pool_parent.pid if link.pool_parent else None,
+            "supervisor_program": link.process.supervisor_program if link.process else None,
+            "cpu_percent": link.process.cpu_percent if link.process else None,
+            "rss_bytes": link.process.rss if link.process else None,
+            "rq_version": w.version,
+            "findings": flags.get(f"worker {w.name}", []),
+        })
+    return rows
+
+
+def queue_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
+    """One row per queue: counts, oldest queued age and listening workers."""
+    ctx = diagnosis.context
+    redis = ctx.snapshot.redis
+    if redis is None:
+        return []
+    flags = _flags_by_subject(diagnosis)
+    rows = []
+    for q in redis.queues:
+        listening = [lk.worker.name for lk in diagnosis.links.workers
+                     if q.name in lk.worker.queues and lk.location != "dead"]
+        rows.append({
+            "name": q.name,
+            "queued": q.queued,
+            "oldest_queued_age_s": _round(age(ctx.now, q.oldest_enqueued_at)),
+            "started": q.started,
+            "failed": q.failed,
+            "finished": q.finished,
+            "deferred": q.deferred,
+            "scheduled": q.scheduled,
+            "canceled": q.canceled,
+            "listening_workers": len(listening),
+            "findings": flags.get(f"queue {q.name}", []),
+        })
+    return rows
+
+
+def threads_of(diagnosis: Diagnosis, pid: int | None) -> list[dict[str, Any]]:
+    """Threads of the last stack sample of ``pid``, frames innermost first."""
+    stacks = next((s for s in diagnosis.context.snapshot.stacks if s.pid == pid), None)
+    if stacks is None or not stacks.samples:
+        return []
+    return [{"thread_id": t.thread_id, "name": t.name, "active": t.active, "owns_gil": t.owns_gil,
+             "frames": [{"name": f.name, "filename": f.filename, "line": f.line,
+                         **({"locals": f.locals} if f.locals else {})} for f in t.frames]}
+            for t in stacks.samples[-1].threads]
+
+
+def activity_dict(activity: Activity | None) -> dict[str, Any] | None:
+    """An activity as plain JSON data."""
+    if activity is None:
+        return None
+    return dataclasses.asdict(activity)
+
+
+def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
+    """Every started job joined to its process, stack activity and findings (the ``hangs`` view)."""
+    ctx = diagnosis.context
+    codes: dict[str, list[str]] = {}
+    for f in diagnosis.findings:
+        if f.job_id:
+            codes.setdefault(f.job_id, []).append(f.code)
+    rows = []
+    for facts in ctx.job_facts():
+        job, link, runner = facts.link.job, facts.link, facts.link.runner
+        rows.append({
+            "job_id": job.job_id,
+            "queue": job.queue,
+            "site": job.site,
+            "method": job.method,
+            "status": job.status,
+            "running_for_s": _round(facts.running_for_s),
+            "timeout_s": facts.timeout_s,
+            "worker": job.worker_name,
+            "host": link.worker.hostname if link.worker else None,
+            "location": link.location,
+            "pid": runner.pid if runner else None,
+            "runner_role": link.runner_role,
+            "cpu_percent": runner.cpu_percent if runner else None,
+            "rss_bytes": runner.rss if runner else None,
+            "activity": activity_dict(facts.activity),
+            "blocker": diagnosis.blockers.get(job.job_id),
+            "children": [{"pid": c.pid, "cmdline": c.cmdline, "cpu_percent": c.cpu_percent, "status": c.status}
+                         for c in link.children],
+            "threads": threads_of(diagnosis, runner.pid if runner else None),
+            "findings": codes.get(job.job_id, []),
+        })
+    return rows

@@ -1,0 +1,1 @@
+"""Integration-test harness: rq venvs, Frappe-like benches, real worker processes."""
