@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psutil
+from redis.connection import parse_url
 
 from rqdoctor.errors import ConfigError
 from rqdoctor.model import SiteInfo, TargetInfo
@@ -124,7 +125,7 @@ class Target:
         return TargetInfo(
             redis_url=redact_url(self.redis_url),
             redis_url_source=self.redis_url_source,
-            bench_path=str(self.bench) if self.bench else None,
+            bench_path=os.path.realpath(self.bench) if self.bench else None,
             bench_source=self.bench_source,
             bench_id=self.bench_id,
             bench_id_source=self.bench_id_source,
@@ -151,6 +152,7 @@ def discover(
     if bench_path is not None:
         common = read_json(bench_path / COMMON_CONFIG)
     url, url_source = _redis_url(redis_url, env, common, bench_path)
+    check_redis_url(url, url_source)
     target = Target(redis_url=url, redis_url_source=url_source, bench=bench_path, bench_source=bench_source,
                     all_queues=all_queues, env=env)
     if bench_path is not None:
@@ -223,6 +225,15 @@ def _redis_url(flag: str | None, env: Mapping[str, str], common: dict[str, Any],
     if common.get("redis_queue"):
         return str(common["redis_queue"]), f"{bench / COMMON_CONFIG} redis_queue" if bench else "bench"
     return DEFAULT_REDIS_URL, "default"
+
+
+def check_redis_url(url: str, source: str) -> None:
+    """A one-line ConfigError naming where the URL came from when redis-py cannot use it (the URL is not echoed)."""
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"Redis URL from {source}: {exc}", "use redis://[:password@]host:port/db, "
+                          "rediss://… (TLS) or unix:///path/to.sock?db=N") from None
 
 
 def _apply_bench(target: Target, bench: Path, common: dict[str, Any]) -> None:

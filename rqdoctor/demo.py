@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import shutil
 import signal
@@ -35,6 +34,8 @@ from rqdoctor.config import DB_DEFAULT_PORTS, DbTarget
 from rqdoctor.errors import RqdoctorError
 from rqdoctor.redact import redact_url
 
+MODULE = "rqdoctor.demo"
+"""This module's dotted path: workers run ``python -m rqdoctor.demo worker``, PostgreSQL jobs live here."""
 QUEUE_PREFIX = "rqdoctor-demo:"
 JOB_TIMEOUT_S = 300
 """RQ timeout of every scenario job (plus ``--keep``): the jobs end by themselves after it."""
@@ -221,7 +222,7 @@ class DemoDatabase:
     def functions(self) -> tuple[str, str]:
         """Dotted paths of the (hold, wait) job functions."""
         if self.server.kind == "postgres":
-            return f"{__name__}.pg_hold_lock", f"{__name__}.pg_lock_wait"
+            return f"{MODULE}.pg_hold_lock", f"{MODULE}.pg_lock_wait"
         return "rqdoctor.scenarios.mysql_hold_lock", "rqdoctor.scenarios.mysql_lock_wait"
 
 
@@ -382,7 +383,7 @@ class Demo:
         return plan
 
     def _create_database(self) -> DemoDatabase | None:
-        db, reason = reachable_database(self.db_candidates, f"rqdoctor_demo_{os.getpid()}")
+        db, reason = reachable_database(self.db_candidates, f"rqdoctor_demo_{os.getpid()}_{os.urandom(2).hex()}")
         if db is None:
             if reason:
                 self.say(f"no database scenario: {reason}")
@@ -400,7 +401,7 @@ class Demo:
     def _spawn(self, scenario: Scenario) -> Worker:
         assert self._logs is not None
         log = self._logs / f"{scenario.name}.log"
-        argv = [sys.executable, "-m", __name__, "worker", "--url", self.redis_url, "--queue", scenario.queue,
+        argv = [sys.executable, "-m", MODULE, "worker", "--url", self.redis_url, "--queue", scenario.queue,
                 "--name", f"demo-{scenario.name}", "--max-idle", str(self.job_timeout)]
         with open(log, "wb") as out:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -451,9 +452,7 @@ class Demo:
 
     def db_targets(self) -> list[DbTarget]:
         """The database server the demo used, to be probed like ``--db-url``."""
-        if self.database is None:
-            return []
-        return [dataclasses.replace(self.database.server, source="--db-url")]
+        return [self.database.server] if self.database is not None else []
 
     def pids(self) -> set[int]:
         """Every process the demo started (workers, horses, their children) seen so far."""
@@ -519,7 +518,7 @@ class Demo:
 
 def worker_main(argv: list[str]) -> int:
     """Run one forking RQ worker on one queue until it has been idle ``--max-idle`` seconds."""
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}")
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run one RQ worker for the demo")
     worker.add_argument("--url", required=True)

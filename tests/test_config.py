@@ -122,6 +122,17 @@ def test_redis_url_forms_are_accepted_and_masked(tmp_path: Path, url: str, shown
         assert "s3cr3t" not in repr(target)
 
 
+@pytest.mark.parametrize("url", ["http://h:6379", "127.0.0.1:6379", "user:hunter2@h", "redis://h:port",
+                                 "redis://h:99999", "redis://[::1", "redis://:hunter2@h?db=x"])
+def test_unusable_redis_url_is_a_config_error_naming_its_source(tmp_path: Path, url: str) -> None:
+    for kwargs, source in (({"redis_url": url}, "--redis-url"), ({"env": {"RQ_REDIS_URL": url}}, "env RQ_REDIS_URL"),
+                           ({"bench": str(make_bench(tmp_path / "b", {"redis_queue": url}))}, "redis_queue")):
+        with pytest.raises(ConfigError) as err:
+            find(tmp_path, **kwargs)
+        assert source in err.value.message and "hunter2" not in err.value.message
+        assert "\n" not in err.value.message and err.value.hint
+
+
 # --- where the bench comes from ----------------------------------------------------------------------------------
 
 def test_bench_flag_beats_env_and_cwd(tmp_path: Path) -> None:

@@ -77,8 +77,9 @@ def command(redis_url: DemoRedisUrl = DEFAULT_REDIS_URL, fmt: FormatOpt = Format
         _say("running `rqdoctor hangs` on them…")
         _report(demo, fmt, timeout, verbose)
         if keep:
+            db_urls = "".join(f" --db-url {d.redacted()}" for d in demo.db_targets())
             _say(f"the scenarios keep running for {keep:.0f} s (Ctrl-C ends it): try "
-                 f"`rqdoctor hangs --redis-url {redact_url(demo.redis_url)}`")
+                 f"`rqdoctor hangs --redis-url {redact_url(demo.redis_url)} --all-queues{db_urls}`")
             time.sleep(keep)
     finally:
         _say(demo.cleanup())

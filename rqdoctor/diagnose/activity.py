@@ -303,7 +303,7 @@ def _read(thread: ThreadStack, has_children: bool) -> _Reading:
             return _Reading(kind, "", what, "source", thread, prefix)
     wchan = thread.wchan or ""
     for prefixes, kind, what in _WCHAN_KINDS:
-        if wchan.startswith(prefixes) or (prefixes == ("futex",) and "futex" in wchan):
+        if wchan.startswith(prefixes):
             return _Reading(kind, "", what, "wchan", thread, prefix)
     if "pipe" in wchan and has_children:
         return _Reading(KIND_SUBPROCESS, "", "reading a child's output", "wchan", thread, prefix)
@@ -433,8 +433,7 @@ def classify_threads(
 
 
 _POLLED = {KIND_REDIS, KIND_DB_QUERY, KIND_HTTP, KIND_SOCKET, KIND_CPU, KIND_UNKNOWN}
-
-
+"""Kinds a polling loop may be caught in between its sleeps."""
 _SLEEP_LITERAL = re.compile(r"\bsleep\s*\(\s*(\d+(?:\.\d*)?|\.\d+)\s*\)")
 
 

@@ -16,9 +16,9 @@ IDLE_HEARTBEAT_LIMIT_S = 540
 @rule("RQD201", "warning", "Worker is registered in Redis but its process is gone")
 def dead_worker(ctx: Context) -> Iterator[Finding]:
     for link in ctx.links.workers:
-        if link.location != "dead":
-            continue
         w = link.worker
+        if link.location != "dead" or w.death is not None:
+            continue
         evidence = [f"Redis says pid {w.pid} on host {w.hostname}; no such process here"]
         evidence += list(link.problems)
         if w.current_job:

@@ -191,7 +191,7 @@ def probe_stacks(
 def _take_sample(pid: int, options: _Options) -> _Result:
     """One dump of one process, with its CPU time, wait channels and source lines."""
     if options.deadline.expired():
-        return _Result(error=_timeout_error(pid, 0.0, options.blocking))
+        return _Result(error=_timeout_error(pid, None, options.blocking))
     try:
         proc = psutil.Process(pid)
         was_stopped = proc.status() == psutil.STATUS_STOPPED
@@ -320,7 +320,11 @@ def _vanished(pid: int) -> ProbeError:
     return ProbeError(PROBE, "vanished", f"process {pid} is gone", HINT_VANISHED, str(pid))
 
 
-def _timeout_error(pid: int, timeout: float, blocking: bool) -> ProbeError:
-    message = f"py-spy dump of pid {pid} did not finish within {timeout:.1f}s (deadline)"
+def _timeout_error(pid: int, timeout: float | None, blocking: bool) -> ProbeError:
+    """A dump cut off after ``timeout`` seconds, or never started (None: the deadline had passed)."""
+    if timeout is None:
+        message = f"no time left before the deadline to dump pid {pid}"
+    else:
+        message = f"py-spy dump of pid {pid} did not finish within {timeout:.1f}s (deadline)"
     hint = HINT_TIMEOUT_BLOCKING if blocking else HINT_TIMEOUT_NONBLOCKING
     return ProbeError(PROBE, "timeout", message, hint, str(pid))
