@@ -43,8 +43,8 @@ START_WAIT_S = 25.0
 """How long the scenarios may take to start and reach their hang."""
 STOP_GRACE_S = 3.0
 """Seconds between SIGTERM and SIGKILL at cleanup."""
-AUTO_DBS = range(15, 0, -1)
-"""Redis DBs tried, highest first, when the URL names none (DB 0 is never used)."""
+AUTO_DBS = [*range(8, 0, -1), *range(15, 8, -1)]
+"""Redis DBs tried in this order when the URL names none: 8 down to 1, then 15 down to 9 (DB 0 is never used)."""
 LOCK_KEY = "rqdoctor-demo:lock:nightly-report"
 LOCAL_DATABASES = ("mysql://root@127.0.0.1:3306/", "postgresql://postgres@127.0.0.1:5432/postgres")
 """Servers the demo tries when no ``--db-url`` is given (MariaDB first, as on a Frappe bench)."""

@@ -42,7 +42,7 @@ def is_worker_argv(argv: list[str]) -> bool:
         if arg == "frappe.utils.bench_helper":
             rest = argv[i + 1 :]
             return bool(rest) and rest[0] == "frappe" and _subcommand(rest[1:]) in _WORKER_COMMANDS
-        if base == "rq" or (arg == "rq.cli" and i > 0 and argv[i - 1] == "-m"):
+        if base == "rq" or (arg in ("rq.cli", "rqdoctor.demo") and i > 0 and argv[i - 1] == "-m"):
             return _subcommand(argv[i + 1 :]) in _WORKER_COMMANDS
     return False
 

@@ -13,8 +13,18 @@ from pathlib import Path
 
 import redis
 
-from rqdoctor.model import (Connection, DatabaseState, DbSession, LockWait, ProcessInfo, ProcessStacks, SiteInfo,
-                            Snapshot, StackSample, TargetInfo)
+from rqdoctor.model import (
+    Connection,
+    DatabaseState,
+    DbSession,
+    LockWait,
+    ProcessInfo,
+    ProcessStacks,
+    SiteInfo,
+    Snapshot,
+    StackSample,
+    TargetInfo,
+)
 from rqdoctor.probes.redis_rq import connect, read_rq_state
 from rqdoctor.probes.stacks import parse_dump
 from tests.test_redis_probe import load_keys
