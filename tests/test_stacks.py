@@ -32,6 +32,7 @@ DATA = Path(__file__).parent / "data" / "stacks"
 TARGETS = DATA / "targets.py"
 PY_SPY = find_py_spy()
 needs_py_spy = pytest.mark.skipif(PY_SPY is None, reason="py-spy is not installed")
+real_processes = pytest.mark.integration
 
 
 def _dump(name: str) -> list:
@@ -124,9 +125,12 @@ def _start(name: str, *args: str) -> Target:
     popen = subprocess.Popen(
         [sys.executable, str(TARGETS), name, *args], stdout=subprocess.PIPE, start_new_session=True
     )
+    target = Target(name, popen)
     ready, _, _ = select.select([popen.stdout], [], [], 20)
-    assert ready and popen.stdout.readline().strip() == b"ready", f"target {name} did not start"
-    return Target(name, popen)
+    if not (ready and popen.stdout.readline().strip() == b"ready"):
+        _stop(target)
+        pytest.fail(f"target {name} did not start")
+    return target
 
 
 def _stop(target: Target) -> None:
@@ -174,8 +178,10 @@ def probed() -> Iterator[Probed]:
             for args in (("sleep",), ("cpu", "30"), ("recv", str(pit.port)), ("child",), ("deadlock",),
                          ("http", pit.url)):  # fmt: skip
                 started.append(_start(*args))
-            assert pit.wait_for_connection()
-            time.sleep(0.4)  # let the deadlock and the HTTP request settle
+            until = time.monotonic() + 10
+            while len(pit.connections) < 2 and time.monotonic() < until:  # recv and http
+                time.sleep(0.05)
+            time.sleep(0.3)  # let the deadlock and the HTTP request settle
             begin = time.monotonic()
             result, errors = probe_stacks([t.pid for t in started], Deadline(20))
             elapsed = time.monotonic() - begin
@@ -192,6 +198,7 @@ def probed() -> Iterator[Probed]:
         yield Probed(by_name, main, threads, pit.port, elapsed)
 
 
+@real_processes
 @needs_py_spy
 def test_samples_carry_time_cpu_wchan_and_source(probed: Probed) -> None:
     stacks = probed.stacks["sleep"]
@@ -206,6 +213,7 @@ def test_samples_carry_time_cpu_wchan_and_source(probed: Probed) -> None:
     assert probed.elapsed < 5, "six processes are sampled in parallel rounds"
 
 
+@real_processes
 @needs_py_spy
 def test_sleeping_process(probed: Probed) -> None:
     a = probed.main["sleep"]
@@ -214,6 +222,7 @@ def test_sleeping_process(probed: Probed) -> None:
     assert a.cpu_percent is not None and a.cpu_percent < 5
 
 
+@real_processes
 @needs_py_spy
 def test_cpu_loop(probed: Probed) -> None:
     a = probed.main["cpu"]
@@ -222,6 +231,7 @@ def test_cpu_loop(probed: Probed) -> None:
     assert a.where is not None and a.where.name == "spin"
 
 
+@real_processes
 @needs_py_spy
 def test_socket_recv_against_tarpit(probed: Probed) -> None:
     a = probed.main["recv"]
@@ -230,6 +240,7 @@ def test_socket_recv_against_tarpit(probed: Probed) -> None:
     assert a.where is not None and a.where.name == "read_tarpit"
 
 
+@real_processes
 @needs_py_spy
 def test_http_without_timeout(probed: Probed) -> None:
     a = probed.main["http"]
@@ -239,6 +250,7 @@ def test_http_without_timeout(probed: Probed) -> None:
     assert a.where is not None and a.where.name == "http_no_timeout"
 
 
+@real_processes
 @needs_py_spy
 def test_waiting_on_child(probed: Probed) -> None:
     a = probed.main["child"]
@@ -246,6 +258,7 @@ def test_waiting_on_child(probed: Probed) -> None:
     assert a.child_pid is not None and f"child pid {a.child_pid} `sleep 1000`" in a.detail
 
 
+@real_processes
 @needs_py_spy
 def test_thread_deadlock(probed: Probed) -> None:
     main, *partners = probed.threads["deadlock"]
@@ -257,6 +270,7 @@ def test_thread_deadlock(probed: Probed) -> None:
         assert p.where is not None and p.where.name.endswith("grab") and p.where.code == "with second:"
 
 
+@real_processes
 @needs_py_spy
 def test_default_mode_never_stops_the_target(sleeper: Target) -> None:
     seen: set[str] = set()
@@ -275,6 +289,7 @@ def test_default_mode_never_stops_the_target(sleeper: Target) -> None:
     assert seen and not seen & {psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP}
 
 
+@real_processes
 @needs_py_spy
 def test_blocking_native_dump_with_locals(sleeper: Target) -> None:
     (stacks,), errors = probe_stacks([sleeper.pid], Deadline(15), samples=1, blocking=True, native=True,
@@ -289,6 +304,7 @@ def test_blocking_native_dump_with_locals(sleeper: Target) -> None:
     assert (activity.kind, activity.evidence) == ("sleep", "frames")
 
 
+@real_processes
 @needs_py_spy
 def test_a_pid_that_does_not_exist_vanished() -> None:
     gone = subprocess.Popen(["true"])
@@ -298,6 +314,7 @@ def test_a_pid_that_does_not_exist_vanished() -> None:
     assert errors[0].subject == str(gone.pid) and errors[0].hint
 
 
+@real_processes
 @needs_py_spy
 def test_not_a_python_process() -> None:
     proc = subprocess.Popen(["sleep", "30"])
@@ -310,6 +327,7 @@ def test_not_a_python_process() -> None:
     assert "py-spy" in errors[0].hint and stacks.samples == []
 
 
+@real_processes
 @needs_py_spy
 def test_one_failing_pid_does_not_affect_the_others(sleeper: Target) -> None:
     result, errors = probe_stacks([sleeper.pid, 999_999_999], Deadline(10), samples=2, interval=0.1)
@@ -325,6 +343,7 @@ def test_missing_py_spy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(s.error is errors[0] and not s.samples for s in result)
 
 
+@real_processes
 def test_expired_deadline_runs_nothing(sleeper: Target, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no dump may start after the deadline"))
     deadline = Deadline(0.001)
@@ -340,6 +359,7 @@ def _fake_py_spy(directory: Path, body: str) -> str:
     return str(path)
 
 
+@real_processes
 def test_hung_py_spy_is_killed_at_the_deadline(
     sleeper: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -353,6 +373,7 @@ def test_hung_py_spy_is_killed_at_the_deadline(
     assert not [p for p in psutil.Process().children(recursive=True) if "sleep 60" in " ".join(p.cmdline())]
 
 
+@real_processes
 def test_blocking_dump_that_leaves_the_target_stopped_is_resumed(
     sleeper: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -364,6 +385,7 @@ def test_blocking_dump_that_leaves_the_target_stopped_is_resumed(
     assert errors == [] and stacks.samples[0].threads == []
 
 
+@real_processes
 @needs_py_spy
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_permission_denied(sleeper: Target, monkeypatch: pytest.MonkeyPatch) -> None:
