@@ -1,9 +1,12 @@
 """Issue 2: ``rqdoctor workers`` / ``queues`` against 1,000 workers and many queued and failed jobs.
 
-For each data size: Redis round trips and commands (rqdoctor's own count from a JSON run, and
-MONITOR's count of what Redis executed in our DB), then wall time side by side with ``rq info``.
-``rq info`` is not read-only (it cleans registries and worker sets): it always runs after
-rqdoctor in a round, and a fingerprint of the DB taken before and after shows what it changed.
+For each data size, one counting run per command gives Redis round trips and commands three
+ways: rqdoctor's own count (``RedisState.round_trips/commands`` of a JSON run), the writes
+redis-py made to its socket (counted by patching ``send_packed_command`` in that process), and
+the commands Redis executed in our DB (MONITOR). Then interleaved timing runs, side by side
+with ``rq info``. ``rq info`` is not read-only (it cleans registries and worker sets): it
+always runs after rqdoctor in a round, and a fingerprint of the DB before and after the
+rounds shows whether it changed anything.
 """
 
 from __future__ import annotations
@@ -21,9 +24,24 @@ from benchmarks.measure import Measured, measure, median_run, spread, table
 from benchmarks.rqdata import MonitorCount, add_jobs, fingerprint, load_workers
 from tests.harness.bench import Bench
 from tests.harness.services import private_redis_db
-from tests.harness.venvs import ensure_venv
+from tests.harness.venvs import venv_python
 
 BENCH_ID = "perfbench"
+SEND_COUNTER = r"""
+import atexit, json, runpy, sys
+import redis.connection as c
+sends = [0]
+original = c.AbstractConnection.send_packed_command
+def counted(self, *args, **kwargs):
+    sends[0] += 1
+    return original(self, *args, **kwargs)
+c.AbstractConnection.send_packed_command = counted
+out, module = sys.argv[1], sys.argv[2]
+atexit.register(lambda: open(out, "w").write(json.dumps(sends[0])))
+sys.argv = [module, *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+"""Runs ``python -m <module> <args>`` counting redis-py's socket writes (one per round trip)."""
 
 
 @dataclass
@@ -37,59 +55,79 @@ class Size:
         return f"{self.queued // 1000}k queued / {self.failed // 1000}k failed"
 
 
+@dataclass
+class Tool:
+    """One command: ``python -m module args``; ``count`` when its Redis traffic is counted."""
+
+    name: str
+    python: str
+    module: str
+    args: list[str]
+    count: bool = True
+
+    @property
+    def argv(self) -> list[str]:
+        return [self.python, "-m", self.module, *self.args]
+
+
 def run(sizes: list[Size], workers: int, flavour: str, repeats: int) -> str:
     """Load, measure and return the printed report."""
     out: list[str] = []
-    rq = str(ensure_venv(flavour) / "bin" / "rq")
+    rows: list[list[object]] = []
     with private_redis_db() as url, tempfile.TemporaryDirectory(prefix="rqd-bench-") as tmp:
         db = int(url.rsplit("/", 1)[1])
         bench = Bench.create(Path(tmp) / "bench", url, bench_id=BENCH_ID, sites=("site1.local",), db_type="sqlite")
+        target = ["--bench", str(bench.root)]
+        tools = [
+            Tool("rqdoctor workers", sys.executable, "rqdoctor", ["workers", *target]),
+            Tool("rqdoctor workers -f json", sys.executable, "rqdoctor", ["workers", *target, "-f", "json"], False),
+            Tool("rqdoctor queues", sys.executable, "rqdoctor", ["queues", *target]),
+            Tool(f"rq info ({flavour})", str(venv_python(flavour)), "rq.cli", ["info", "-u", url]),
+            Tool("rqdoctor --version (start-up)", sys.executable, "rqdoctor", ["--version"], False),
+        ]
         r = redis.Redis.from_url(url)
         now = time.time()
         load_workers(r, BENCH_ID, workers, now)
         loaded = Size(0, 0)
-        commands = {
-            "rqdoctor workers": [sys.executable, "-m", "rqdoctor", "workers", "--bench", str(bench.root)],
-            "rqdoctor queues": [sys.executable, "-m", "rqdoctor", "queues", "--bench", str(bench.root)],
-            f"rq info ({flavour})": [rq, "info", "-u", url],
-        }
-        rows: list[list[object]] = []
         for size in sizes:
             start = time.perf_counter()
             add_jobs(r, BENCH_ID, range(loaded.queued, size.queued), range(loaded.failed, size.failed), now)
             loaded = size
-            out.append(f"loaded {workers} workers, {size} (DB {db}) in {time.perf_counter() - start:.1f}s; "
-                       f"Redis used_memory {r.info('memory')['used_memory_human']}")
+            out.append(f"loaded {workers} workers + {size} into DB {db} in {time.perf_counter() - start:.1f}s "
+                       f"(Redis used_memory {r.info('memory')['used_memory_human']})")
             before = fingerprint(r, BENCH_ID)
-            counts = {name: _count(name, argv, url, db, Path(tmp)) for name, argv in commands.items()}
-            runs: dict[str, list[Measured]] = {name: [] for name in commands}
+            counts = {t.name: _count(t, url, db, Path(tmp)) for t in tools if t.count}
+            runs: dict[str, list[Measured]] = {t.name: [] for t in tools}
             for _ in range(repeats):  # interleaved, so that noise hits every command alike
-                for name, argv in commands.items():
-                    runs[name].append(_checked(measure(argv, Path(tmp)), name))
+                for tool in tools:
+                    runs[tool.name].append(_checked(measure(tool.argv, Path(tmp)), tool.name))
             after = fingerprint(r, BENCH_ID)
-            out.append(f"  rq info changed the DB fingerprint: {before != after} ({before} -> {after})")
+            out.append(f"  DB fingerprint (dbsize, workers, per queue: queued, failed, workers) before/after "
+                       f"the rounds: {'unchanged' if before == after else f'CHANGED {before} -> {after}'}")
             base = median_run(runs["rqdoctor workers"]).wall
-            for name in commands:
-                trips, cmds, seen = counts[name]
-                best = median_run(runs[name])
-                rows.append([str(size), name, trips, cmds, seen, f"{best.wall:.2f}", spread(runs[name]),
-                             f"{best.wall / base:.2f}"])
+            for tool in tools:
+                trips, sends, cmds, seen = counts.get(tool.name, ("", "", "", ""))
+                best = median_run(runs[tool.name])
+                rows.append([str(size), tool.name, trips, sends, cmds, seen, f"{best.wall:.2f}",
+                             spread(runs[tool.name]), f"{best.wall / base:.2f}"])
         r.close()
-    headers = ["data", "command", "round trips", "commands (own count)", "commands (MONITOR)",
-               "wall s (median)", f"wall range ({repeats} runs)", "wall / rqdoctor workers"]
+    headers = ["data", "command", "round trips (own)", "socket writes", "commands (own)", "commands (MONITOR)",
+               "wall s (median)", f"wall range ({repeats})", "wall / rqdoctor workers"]
     return "\n".join([*out, "", table(headers, rows)])
 
 
-def _count(name: str, argv: list[str], url: str, db: int, tmp: Path) -> tuple[object, object, int]:
-    """(round trips, commands) by rqdoctor's own count, and commands by MONITOR, of one run."""
-    report = tmp / "report.json"
-    json_argv = [*argv, "--format", "json", "-o", str(report)] if name.startswith("rqdoctor") else argv
+def _count(tool: Tool, url: str, db: int, tmp: Path) -> tuple[object, int, object, int]:
+    """(own round trips, socket writes, own commands, MONITOR commands) of one run of ``tool``."""
+    report, sends = tmp / "report.json", tmp / "sends.json"
+    own = tool.module == "rqdoctor"
+    args = [*tool.args, "--format", "json", "-o", str(report)] if own else tool.args
     with MonitorCount(url, db) as monitor:
-        _checked(measure(json_argv, tmp), name)
-    if not name.startswith("rqdoctor"):
-        return "-", "-", monitor.total
+        _checked(measure([tool.python, "-c", SEND_COUNTER, str(sends), tool.module, *args], tmp), tool.name)
+    writes = json.loads(sends.read_text())
+    if not own:
+        return "-", writes, "-", monitor.total
     state = json.loads(report.read_text())["snapshot"]["redis"]
-    return state["round_trips"], state["commands"], monitor.total
+    return state["round_trips"], writes, state["commands"], monitor.total
 
 
 def _checked(run: Measured, name: str) -> Measured:

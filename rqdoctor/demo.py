@@ -221,9 +221,8 @@ class DemoDatabase:
 
     def functions(self) -> tuple[str, str]:
         """Dotted paths of the (hold, wait) job functions."""
-        if self.server.kind == "postgres":
-            return f"{MODULE}.pg_hold_lock", f"{MODULE}.pg_lock_wait"
-        return "rqdoctor.scenarios.mysql_hold_lock", "rqdoctor.scenarios.mysql_lock_wait"
+        prefix = "pg" if self.server.kind == "postgres" else "mysql"
+        return f"rqdoctor.scenarios.{prefix}_hold_lock", f"rqdoctor.scenarios.{prefix}_lock_wait"
 
 
 def reachable_database(candidates: list[DbTarget], name: str) -> tuple[DemoDatabase | None, str]:
@@ -237,26 +236,6 @@ def reachable_database(candidates: list[DbTarget], name: str) -> tuple[DemoDatab
         except Exception as exc:  # any driver error means "not usable for the demo"
             skipped.append(f"{db.label} at {server.redacted()}: {str(exc).splitlines()[0][:120]}")
     return None, "; ".join(skipped)
-
-
-def pg_hold_lock(host: str, port: int, user: str, password: str, db: str, table: str, seconds: float) -> None:
-    """PostgreSQL (psycopg 3): lock row 1 of ``table`` FOR UPDATE, then sleep inside the transaction."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(host=host, port=int(port), user=user, password=password, dbname=db) as conn:
-        conn.execute(sql.SQL("SELECT * FROM {} WHERE id = 1 FOR UPDATE").format(sql.Identifier(table)))
-        time.sleep(float(seconds))
-
-
-def pg_lock_wait(host: str, port: int, user: str, password: str, db: str, table: str, seconds: float) -> None:
-    """PostgreSQL (psycopg 3): wait up to ``seconds`` for row 1 of ``table`` (SELECT … FOR UPDATE)."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(host=host, port=int(port), user=user, password=password, dbname=db) as conn:
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(float(seconds) * 1000)}ms",))
-        conn.execute(sql.SQL("SELECT * FROM {} WHERE id = 1 FOR UPDATE").format(sql.Identifier(table)))
 
 
 # --- the demo ----------------------------------------------------------------------------

@@ -224,9 +224,13 @@ def mysql_lock_wait(host: str, port: int, user: str, password: str, db: str, tab
 
 
 def _pg_connect(host: str, port: int, user: str, password: str, db: str) -> Any:
-    import psycopg2
+    """An autocommit connection with psycopg2 (as Frappe uses), else psycopg 3 (as rqdoctor ships)."""
+    try:
+        import psycopg2 as driver
+    except ImportError:
+        import psycopg as driver  # type: ignore[no-redef]
 
-    conn = psycopg2.connect(host=host, port=int(port), user=user, password=password, dbname=db)
+    conn = driver.connect(host=host, port=int(port), user=user, password=password, dbname=db)
     conn.autocommit = True
     return conn
 
