@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -101,21 +99,28 @@ class _PeakRss(threading.Thread):
 
 @dataclass
 class StopCounter:
-    """Polls ``/proc/<pid>/status`` of ``pids`` as fast as it can while a run goes on.
+    """Watches ``pids`` while a run goes on, for signs that anything paused them.
 
-    Counts observations of a stopped state (``t (tracing stop)`` or ``T (stopped)``) and of a
-    non-zero ``TracerPid`` (someone is ptrace-attached).
+    Sampled: a thread reads ``/proc/<pid>/status`` of every pid as fast as it can and counts
+    observations of a stopped state (``t (tracing stop)``/``T (stopped)``) and of a non-zero
+    ``TracerPid`` (a ptrace attach). Exact: the voluntary context switches of ``quiet_pids``
+    (processes asleep in one syscall, which make none on their own) before and after; each
+    ptrace stop of a sleeping thread adds two (into the stop and back to sleep), while
+    reading its memory adds none.
     """
 
     pids: list[int]
+    quiet_pids: list[int]
     sweeps: int = 0
     stopped: int = 0
     traced: int = 0
     stopped_pids: set[int] = field(default_factory=set)
+    switches: int = 0
     _done: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> StopCounter:
+        self.switches = -voluntary_switches(self.quiet_pids)
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         return self
@@ -124,6 +129,7 @@ class StopCounter:
         self._done.set()
         if self._thread:
             self._thread.join()
+        self.switches += voluntary_switches(self.quiet_pids)
 
     def _poll(self) -> None:
         paths = {pid: f"/proc/{pid}/status" for pid in self.pids}
@@ -142,6 +148,17 @@ class StopCounter:
                 if tracer != b"0":
                     self.traced += 1
             self.sweeps += 1
+
+
+def voluntary_switches(pids: list[int]) -> int:
+    """Sum of ``voluntary_ctxt_switches`` over every thread of ``pids``."""
+    total = 0
+    for pid in pids:
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            with suppress(OSError):
+                line = next(x for x in status.read_text().splitlines() if x.startswith("voluntary_ctxt_switches"))
+                total += int(line.split()[1])
+    return total
 
 
 def median_run(runs: list[Measured]) -> Measured:
@@ -169,7 +186,3 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
                                                                                               strict=True)))
 
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *map(line, cells[1:])])
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)

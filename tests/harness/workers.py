@@ -28,7 +28,7 @@ from .bench import Bench
 from .venvs import RQ_FLAVOURS, ensure_venv, venv_python
 
 EXECUTE_JOB = "frappe.utils.background_jobs.execute_job"
-_STRIP_ENV = ("PYTHONPATH", "VIRTUAL_ENV", "RQ_KEY_PREFIX", "RQDOCTOR_TEST_WORKER_CLASS",
+_STRIP_ENV = ("PYTHONPATH", "VIRTUAL_ENV", "RQ_KEY_PREFIX", "RQDOCTOR_TEST_WORKER_CLASS", "FRAPPE_BENCH_ROOT",
               "PYTHONHOME")
 
 
@@ -92,18 +92,15 @@ class WorkerProcess:
         return [p for p in self.seen.values() if _running(p)]
 
     def _signal(self, procs: list[psutil.Process], sig: int) -> None:
-        pids = {p.pid for p in procs}
-        groups = {self.pid}  # our session's group; horses lead groups of their own
+        """Signal ``procs`` and the groups they are in, if led by our leader or one of them."""
+        ours = {self.pid} | {p.pid for p in procs}  # our session's group, horses' own groups
+        groups = set()
         for p in procs:
-            try:
-                if os.getpgid(p.pid) == p.pid:
-                    groups.add(p.pid)
-            except ProcessLookupError:
-                pass
-        for pgid in groups:
-            if pgid == self.pid or pgid in pids:
-                with suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pgid, sig)
+            with suppress(ProcessLookupError):
+                groups.add(os.getpgid(p.pid))
+        for pgid in groups & ours:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
         for p in procs:
             with suppress(psutil.NoSuchProcess):
                 p.send_signal(sig)  # psutil checks the pid was not reused

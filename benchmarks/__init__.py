@@ -1,0 +1,1 @@
+"""rqdoctor benchmarks (not tests): ``python -m benchmarks [--quick]``. See docs/performance.md."""

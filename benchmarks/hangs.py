@@ -1,0 +1,158 @@
+"""Issue 3: ``rqdoctor hangs`` with many hung workers, side by side with the floor and the manual routine.
+
+Real Frappe-style rq workers (tests/harness) each run a hung job (``sleep_for`` or
+``http_no_timeout`` against a tarpit). Three ways to get every hung job's stack, measured in
+interleaved rounds:
+
+- ``rqdoctor hangs`` at default settings (3 non-blocking samples per process, 8 at a time);
+- the floor: one ``py-spy dump --nonblocking`` per pid, all at once;
+- the manual routine: ``rq info``, then ``py-spy dump`` (blocking, py-spy's default) per pid,
+  one after another.
+
+Then one more run of each with a poller on ``/proc/<pid>/status`` of every worker and horse,
+counting observations of a stopped state and of an attached tracer.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from benchmarks.measure import Measured, StopCounter, measure, median_run, mib, spread, table
+from rqdoctor import scenarios
+from rqdoctor.probes.stacks import find_py_spy
+from tests.harness.bench import Bench
+from tests.harness.services import private_redis_db
+from tests.harness.venvs import ensure_venv
+from tests.harness.workers import (
+    Workers,
+    enqueue,
+    running_workers,
+    text_client,
+    wait_for_job_started,
+    wait_for_worker_registered,
+)
+
+START_BATCH = 8
+JOB_TIMEOUT = 7200
+
+
+@dataclass
+class Variant:
+    """One way of getting the stacks: its argv and how to tell how many stacks it got."""
+
+    name: str
+    argv: list[str]
+    outputs: Path | None = None
+    """Directory of per-pid py-spy outputs (shell variants)."""
+    report: Path | None = None
+    """rqdoctor's JSON report (stop-count runs)."""
+
+
+def run(counts: list[int], flavour: str, repeats: int) -> str:
+    """Start hung workers up to each count, measure, and return the printed report."""
+    py_spy = find_py_spy()
+    if py_spy is None:
+        raise RuntimeError("py-spy not found")
+    rq = str(ensure_venv(flavour) / "bin" / "rq")
+    timing: list[list[object]] = []
+    stops: list[list[object]] = []
+    notes: list[str] = []
+    with private_redis_db() as url, tempfile.TemporaryDirectory(prefix="rqd-bench-") as tmp, \
+            scenarios.tarpit() as pit, running_workers() as workers:
+        bench = Bench.create(Path(tmp) / "bench", url, sites=("site1.local",), db_type="sqlite")
+        r = text_client(url)
+        horses: list[int] = []
+        for count in counts:
+            horses += _hang(workers, bench, flavour, count - len(horses), pit.url, r)
+            all_pids = horses + [w.pid for w in workers.started]
+            notes.append(f"{count} workers: all {len(horses)} jobs started; worker pids + horse pids polled: "
+                         f"{len(all_pids)}")
+            variants = _variants(Path(tmp), bench, url, rq, py_spy, horses)
+            runs: dict[str, list[Measured]] = {v.name: [] for v in variants}
+            for _ in range(repeats):
+                for v in variants:
+                    runs[v.name].append(_checked(measure(v.argv, Path(tmp)), v.name))
+            base = median_run(runs[variants[0].name]).wall
+            for v in variants:
+                best = median_run(runs[v.name])
+                timing.append([count, v.name, f"{best.wall:.2f}", spread(runs[v.name]), f"{best.wall / base:.2f}",
+                               f"{best.cpu:.1f}", mib(best.peak_tree_rss), mib(best.max_process_rss),
+                               _coverage(v, len(horses))])
+            blocking = Variant("rqdoctor hangs --blocking", [*variants[0].argv, "--blocking"])
+            for v in [variants[0], blocking, *variants[1:]]:
+                if v.name.startswith("rqdoctor"):
+                    v.report = Path(tmp) / "report.json"
+                    v.argv = [*v.argv, "-f", "json", "-o", str(v.report)]
+                with StopCounter(all_pids, horses) as counter:
+                    m = _checked(measure(v.argv, Path(tmp)), v.name)
+                stops.append([count, v.name, f"{m.wall:.2f}", counter.sweeps, counter.stopped,
+                              len(counter.stopped_pids), counter.traced, counter.switches,
+                              _coverage(v, len(horses))])
+        r.close()
+    return "\n".join([
+        *notes, "",
+        table(["workers", "method", "wall s (median)", f"range ({repeats})", "wall / rqdoctor", "CPU s",
+               "peak RSS sum MiB", "max RSS 1 proc MiB", "stacks"], timing), "",
+        table(["workers", "method (with /proc poller)", "wall s", "poll sweeps", "stopped seen", "pids stopped",
+               "tracer seen", "horse ctx switches", "stacks"], stops),
+    ])
+
+
+def _hang(workers: Workers, bench: Bench, flavour: str, more: int, tarpit_url: str, r: redis.Redis) -> list[int]:
+    """Start ``more`` workers (in batches), give each a hung job, return the horse pids."""
+    for first in range(0, more, START_BATCH):
+        batch = [workers.frappe(bench, flavour, queues=("long",)) for _ in range(min(START_BATCH, more - first))]
+        for w in batch:
+            wait_for_worker_registered(r, w, timeout=120)
+    jobs = [("rqdoctor.scenarios.sleep_for", {"seconds": 3600}) if i % 2 else
+            ("rqdoctor.scenarios.http_no_timeout", {"url": tarpit_url}) for i in range(more)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ids = list(pool.map(lambda job: enqueue(flavour, bench.redis_url, bench.queue("long"), job[0], job[1],
+                                                job_timeout=JOB_TIMEOUT), jobs))
+    return [wait_for_job_started(r, job_id, timeout=120).executing_pid for job_id in ids]
+
+
+def _variants(tmp: Path, bench: Bench, url: str, rq: str, py_spy: str, pids: list[int]) -> list[Variant]:
+    floor_dir, manual_dir = tmp / "floor", tmp / "manual"
+    floor_dir.mkdir(exist_ok=True)
+    manual_dir.mkdir(exist_ok=True)
+    spy, out = shlex.quote(py_spy), "{d}/$p.txt 2>&1"
+    pid_list = " ".join(map(str, pids))
+    floor = (f"for p in {pid_list}; do {spy} dump --nonblocking --pid $p > {out.format(d=floor_dir)} & done; "
+             "wait")
+    manual = (f"{shlex.quote(rq)} info -u {shlex.quote(url)} > {manual_dir}/rq-info.txt; "
+              f"for p in {pid_list}; do {spy} dump --pid $p > {out.format(d=manual_dir)}; done")
+    return [
+        Variant("rqdoctor hangs", [sys.executable, "-m", "rqdoctor", "hangs", "--bench", str(bench.root)]),
+        Variant("floor: py-spy --nonblocking x N at once", ["sh", "-c", floor], outputs=floor_dir),
+        Variant("manual: rq info + py-spy x N in turn", ["sh", "-c", manual], outputs=manual_dir),
+    ]
+
+
+def _coverage(v: Variant, total: int) -> str:
+    """How many of the ``total`` hung jobs got a stack (rqdoctor: and how many samples in all)."""
+    if v.outputs is not None:
+        got = sum(1 for f in v.outputs.glob("[0-9]*.txt") if "Thread" in f.read_text(errors="replace"))
+        return f"{got}/{total}"
+    if v.report is None:
+        return ""
+    snapshot = json.loads(v.report.read_text())["snapshot"]
+    sampled = [len(s["samples"]) for s in snapshot["stacks"] if s["samples"]]
+    errors = Counter(f"{e['probe']}/{e['kind']}" for e in snapshot["errors"])
+    listed = ", ".join(f"{n} {kind}" for kind, n in sorted(errors.items())) or "no errors"
+    return f"{len(sampled)}/{total} ({sum(sampled)} samples; {listed})"
+
+
+def _checked(run: Measured, name: str) -> Measured:
+    if run.rc not in (0, 1):
+        raise RuntimeError(f"{name} failed (exit {run.rc}): {run.stderr}")
+    return run
