@@ -4,17 +4,18 @@ Real Frappe-style rq workers (tests/harness) each run a hung job (``sleep_for`` 
 ``http_no_timeout`` against a tarpit). Three ways to get every hung job's stack, measured in
 interleaved rounds:
 
-- ``rqdoctor hangs`` at default settings (3 non-blocking samples per process, 8 at a time);
+- ``rqdoctor hangs`` at default settings (see :func:`defaults`);
 - the floor: one ``py-spy dump --nonblocking`` per pid, all at once;
 - the manual routine: ``rq info``, then ``py-spy dump`` (blocking, py-spy's default) per pid,
   one after another.
 
-Then one more run of each with a poller on ``/proc/<pid>/status`` of every worker and horse,
-counting observations of a stopped state and of an attached tracer.
+Then one memory-sampled run of each, and one run of each (plus ``rqdoctor hangs --blocking``,
+to show the counters do see stops) under :class:`~benchmarks.stops.StopCounter`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 import sys
@@ -26,9 +27,11 @@ from pathlib import Path
 
 import redis
 
-from benchmarks.measure import Measured, StopCounter, measure, median_run, mib, spread, table
+from benchmarks.measure import Measured, checked, measure, median_run, mib, spread, table
+from benchmarks.stops import StopCounter
 from rqdoctor import scenarios
-from rqdoctor.probes.stacks import find_py_spy
+from rqdoctor.commands import hangs as hangs_command
+from rqdoctor.probes.stacks import find_py_spy, probe_stacks
 from tests.harness.bench import Bench
 from tests.harness.services import private_redis_db
 from tests.harness.venvs import ensure_venv
@@ -73,38 +76,52 @@ def run(counts: list[int], flavour: str, repeats: int) -> str:
         horses: list[int] = []
         for count in counts:
             horses += _hang(workers, bench, flavour, count - len(horses), pit.url, r)
-            all_pids = horses + [w.pid for w in workers.started]
-            notes.append(f"{count} workers: all {len(horses)} jobs started; worker pids + horse pids polled: "
-                         f"{len(all_pids)}")
+            watched = horses + [w.pid for w in workers.started]
+            notes.append(f"{count} workers: all {len(horses)} jobs started; pids watched for stops "
+                         f"(workers + horses): {len(watched)}")
             variants = _variants(Path(tmp), bench, url, rq, py_spy, horses)
-            runs: dict[str, list[Measured]] = {v.name: [] for v in variants}
-            for _ in range(repeats):
-                for v in variants:
-                    runs[v.name].append(_checked(measure(v.argv, Path(tmp)), v.name))
-            base = median_run(runs[variants[0].name]).wall
-            for v in variants:
-                best = median_run(runs[v.name])
-                timing.append([count, v.name, f"{best.wall:.2f}", spread(runs[v.name]), f"{best.wall / base:.2f}",
-                               f"{best.cpu:.1f}", mib(best.peak_tree_rss), mib(best.max_process_rss),
-                               _coverage(v, len(horses))])
-            blocking = Variant("rqdoctor hangs --blocking", [*variants[0].argv, "--blocking"])
-            for v in [variants[0], blocking, *variants[1:]]:
-                if v.name.startswith("rqdoctor"):
-                    v.report = Path(tmp) / "report.json"
-                    v.argv = [*v.argv, "-f", "json", "-o", str(v.report)]
-                with StopCounter(all_pids, horses) as counter:
-                    m = _checked(measure(v.argv, Path(tmp)), v.name)
+            timing += _timing(variants, repeats, Path(tmp), count)
+            report = Path(tmp) / "report.json"
+            rqdoctor = [*variants[0].argv, "-f", "json", "-o", str(report)]
+            for v in [Variant(variants[0].name, rqdoctor, report=report),
+                      Variant(f"{variants[0].name} --blocking", [*rqdoctor, "--blocking"], report=report),
+                      *variants[1:]]:
+                with StopCounter(watched, horses) as counter:
+                    m = checked(measure(v.argv, Path(tmp)), v.name)
                 stops.append([count, v.name, f"{m.wall:.2f}", counter.sweeps, counter.stopped,
-                              len(counter.stopped_pids), counter.traced, counter.switches,
-                              _coverage(v, len(horses))])
+                              len(counter.stopped_pids), counter.traced, counter.switches, _coverage(v, count)])
         r.close()
     return "\n".join([
-        *notes, "",
+        defaults(), *notes, "",
         table(["workers", "method", "wall s (median)", f"range ({repeats})", "wall / rqdoctor", "CPU s",
-               "peak RSS sum MiB", "max RSS 1 proc MiB", "stacks"], timing), "",
+               "max RSS 1 proc MiB", "peak PSS sum MiB", "stacks"], timing), "",
         table(["workers", "method (with /proc poller)", "wall s", "poll sweeps", "stopped seen", "pids stopped",
                "tracer seen", "horse ctx switches", "stacks"], stops),
     ])
+
+
+def defaults() -> str:
+    """The default sampling settings of ``rqdoctor hangs``, as this code has them."""
+    options = inspect.signature(hangs_command.command).parameters
+    parallel = inspect.signature(probe_stacks).parameters["max_parallel"].default
+    return (f"rqdoctor hangs defaults: --samples {options['samples'].default} --interval "
+            f"{options['interval'].default} --timeout {options['timeout'].default}, non-blocking, "
+            f"at most {parallel} py-spy at a time")
+
+
+def _timing(variants: list[Variant], repeats: int, tmp: Path, count: int) -> list[list[object]]:
+    """Interleaved timed rounds (no sampler), then one memory-sampled run of each variant."""
+    runs: dict[str, list[Measured]] = {v.name: [] for v in variants}
+    for _ in range(repeats):
+        for v in variants:
+            runs[v.name].append(checked(measure(v.argv, tmp), v.name))
+    base = median_run(runs[variants[0].name]).wall
+    rows: list[list[object]] = []
+    for v in variants:
+        best, memory = median_run(runs[v.name]), checked(measure(v.argv, tmp, memory=True), v.name)
+        rows.append([count, v.name, f"{best.wall:.2f}", spread(runs[v.name]), f"{best.wall / base:.2f}",
+                     f"{best.cpu:.1f}", mib(best.max_process_rss), mib(memory.peak_tree_pss), _coverage(v, count)])
+    return rows
 
 
 def _hang(workers: Workers, bench: Bench, flavour: str, more: int, tarpit_url: str, r: redis.Redis) -> list[int]:
@@ -150,9 +167,3 @@ def _coverage(v: Variant, total: int) -> str:
     errors = Counter(f"{e['probe']}/{e['kind']}" for e in snapshot["errors"])
     listed = ", ".join(f"{n} {kind}" for kind, n in sorted(errors.items())) or "no errors"
     return f"{len(sampled)}/{total} ({sum(sampled)} samples; {listed})"
-
-
-def _checked(run: Measured, name: str) -> Measured:
-    if run.rc not in (0, 1):
-        raise RuntimeError(f"{name} failed (exit {run.rc}): {run.stderr}")
-    return run

@@ -1,9 +1,11 @@
-"""Run one command under a wrapper process and measure it: wall, CPU, RSS, ptrace stops.
+"""Run one command under a wrapper process and measure it (wall, CPU, memory); print tables.
 
 The wrapper (a tiny Python process) runs the command, then reports
 ``getrusage(RUSAGE_CHILDREN)`` of everything it and its descendants waited for: total CPU
-seconds and the largest single-process RSS. A sampler in this process adds the peak *sum*
-of RSS over the wrapper's live descendants (sampled, so a lower bound).
+seconds and the largest single-process RSS. On request, a sampler in this process adds the
+peak *sum* of PSS over the wrapper's live descendants (PSS splits shared pages between the
+processes sharing them, so a forked-not-yet-exec'd child does not count its parent twice);
+it costs CPU, so timed runs go without it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -34,7 +36,7 @@ u = resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(sys.argv[1], "w") as out:
     json.dump({"rc": rc, "wall": wall, "cpu": u.ru_utime + u.ru_stime, "maxrss_kib": u.ru_maxrss}, out)
 """
-RSS_SAMPLE_S = 0.05
+PSS_SAMPLE_S = 0.05
 
 
 @dataclass
@@ -46,37 +48,48 @@ class Measured:
     cpu: float
     max_process_rss: int
     """Bytes: the largest RSS of any single process of the run."""
-    peak_tree_rss: int
-    """Bytes: the largest sampled sum of RSS over all live processes of the run."""
+    peak_tree_pss: int
+    """Bytes: the largest sampled sum of PSS over all live processes of the run (0: not sampled)."""
     stderr: str = ""
 
 
-def measure(argv: Sequence[str], cwd: Path, timeout: float = 300.0, stdout: Path | None = None) -> Measured:
-    """Run ``argv`` (stdout to ``stdout`` or discarded) and measure it."""
+def measure(argv: Sequence[str], cwd: Path, timeout: float = 300.0, memory: bool = False) -> Measured:
+    """Run ``argv`` (stdout discarded) and measure it; ``memory`` samples the peak PSS sum."""
     with tempfile.TemporaryDirectory(prefix="rqd-bench-") as tmp:
         result, errors = Path(tmp) / "rusage.json", Path(tmp) / "stderr"
-        with open(stdout or os.devnull, "wb") as out, open(errors, "wb") as err:
+        with open(os.devnull, "wb") as out, open(errors, "wb") as err:
             wrapper = subprocess.Popen([sys.executable, "-c", WRAPPER, str(result), str(timeout), *argv],
                                        cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
-        peak = _PeakRss(wrapper.pid)
-        peak.start()
+        peak = _PeakPss(wrapper.pid)
+        if memory:
+            peak.start()
         try:
             wrapper.wait(timeout=timeout + 30)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(wrapper.pid, signal.SIGKILL)  # the group we created for this run
-            wrapper.wait()
+        except subprocess.TimeoutExpired:  # a stuck wrapper: end the whole run
+            _kill_group(wrapper)
+        except BaseException:  # Ctrl-C: end the whole run too
+            _kill_group(wrapper)
+            raise
         finally:
             peak.stop()
         data = json.loads(result.read_text()) if result.exists() else {"rc": -998, "wall": 0, "cpu": 0,
                                                                          "maxrss_kib": 0}
+        if data["rc"] == -999:  # the wrapper timed out its command: end what is left of the run
+            _kill_group(wrapper)
         return Measured(data["rc"], data["wall"], data["cpu"], data["maxrss_kib"] * 1024, peak.value,
                         errors.read_text(errors="replace")[-2000:])
 
 
-class _PeakRss(threading.Thread):
-    """Samples the summed RSS of a process's descendants until stopped."""
+def _kill_group(wrapper: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group (session) created for this run, then reap the wrapper."""
+    with suppress(ProcessLookupError):
+        os.killpg(wrapper.pid, signal.SIGKILL)
+    wrapper.wait()
+
+
+class _PeakPss(threading.Thread):
+    """Samples the summed PSS of a process's descendants until stopped."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -85,80 +98,32 @@ class _PeakRss(threading.Thread):
     def run(self) -> None:
         with suppress(psutil.NoSuchProcess):
             root = psutil.Process(self.pid)
-            while not self.done.wait(RSS_SAMPLE_S):
-                total = 0
-                for child in root.children(recursive=True):
-                    with suppress(psutil.Error):
-                        total += child.memory_info().rss
+            while not self.done.wait(PSS_SAMPLE_S):
+                total = sum(_pss(child.pid) for child in root.children(recursive=True))
                 self.value = max(self.value, total)
 
     def stop(self) -> None:
         self.done.set()
-        self.join()
+        if self.is_alive():
+            self.join()
 
 
-@dataclass
-class StopCounter:
-    """Watches ``pids`` while a run goes on, for signs that anything paused them.
-
-    Sampled: a thread reads ``/proc/<pid>/status`` of every pid as fast as it can and counts
-    observations of a stopped state (``t (tracing stop)``/``T (stopped)``) and of a non-zero
-    ``TracerPid`` (a ptrace attach). Exact: the voluntary context switches of ``quiet_pids``
-    (processes asleep in one syscall, which make none on their own) before and after; each
-    ptrace stop of a sleeping thread adds two (into the stop and back to sleep), while
-    reading its memory adds none.
-    """
-
-    pids: list[int]
-    quiet_pids: list[int]
-    sweeps: int = 0
-    stopped: int = 0
-    traced: int = 0
-    stopped_pids: set[int] = field(default_factory=set)
-    switches: int = 0
-    _done: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> StopCounter:
-        self.switches = -voluntary_switches(self.quiet_pids)
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        if self._thread:
-            self._thread.join()
-        self.switches += voluntary_switches(self.quiet_pids)
-
-    def _poll(self) -> None:
-        paths = {pid: f"/proc/{pid}/status" for pid in self.pids}
-        while not self._done.is_set():
-            for pid, path in paths.items():
-                try:
-                    with open(path, "rb") as f:
-                        status = f.read()
-                except OSError:
-                    continue
-                state = status[status.index(b"State:") + 6:].lstrip()[:1]
-                tracer = status[status.index(b"TracerPid:") + 10:].split(None, 1)[0]
-                if state in (b"t", b"T"):
-                    self.stopped += 1
-                    self.stopped_pids.add(pid)
-                if tracer != b"0":
-                    self.traced += 1
-            self.sweeps += 1
+def _pss(pid: int) -> int:
+    """Bytes of proportional set size (``/proc/<pid>/smaps_rollup``); 0 when gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            rollup = f.read()
+    except OSError:
+        return 0
+    start = rollup.find(b"\nPss:")
+    return int(rollup[start + 5:].split(None, 1)[0]) * 1024 if start >= 0 else 0
 
 
-def voluntary_switches(pids: list[int]) -> int:
-    """Sum of ``voluntary_ctxt_switches`` over every thread of ``pids``."""
-    total = 0
-    for pid in pids:
-        for status in Path(f"/proc/{pid}/task").glob("*/status"):
-            with suppress(OSError):
-                line = next(x for x in status.read_text().splitlines() if x.startswith("voluntary_ctxt_switches"))
-                total += int(line.split()[1])
-    return total
+def checked(run: Measured, name: str) -> Measured:
+    """``run``, unless its command failed (rqdoctor exits 1 when it finds problems: that is success)."""
+    if run.rc not in (0, 1):
+        raise RuntimeError(f"{name} failed (exit {run.rc}): {run.stderr}")
+    return run
 
 
 def median_run(runs: list[Measured]) -> Measured:

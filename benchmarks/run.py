@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--only", choices=("redis", "hangs"), help="run one benchmark")
     parser.add_argument("--flavour", default="rq26", choices=sorted(RQ_FLAVOURS),
                         help="rq venv of the harness for workers and `rq info` (default rq26)")
-    parser.add_argument("--repeats", type=int, help="timed rounds per figure (default 3, --quick 1)")
+    parser.add_argument("--repeats", type=int, help="timed rounds per figure (default 5, --quick 1)")
     args = parser.parse_args()
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 5)
     started = time.monotonic()
     print(machine(args.flavour), flush=True)
     if args.only in (None, "redis"):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from benchmarks.measure import Measured, measure, median_run, spread, table
+from benchmarks.measure import Measured, checked, measure, median_run, spread, table
 from benchmarks.rqdata import MonitorCount, add_jobs, fingerprint, load_workers
 from tests.harness.bench import Bench
 from tests.harness.services import private_redis_db
@@ -100,7 +100,7 @@ def run(sizes: list[Size], workers: int, flavour: str, repeats: int) -> str:
             runs: dict[str, list[Measured]] = {t.name: [] for t in tools}
             for _ in range(repeats):  # interleaved, so that noise hits every command alike
                 for tool in tools:
-                    runs[tool.name].append(_checked(measure(tool.argv, Path(tmp)), tool.name))
+                    runs[tool.name].append(checked(measure(tool.argv, Path(tmp)), tool.name))
             after = fingerprint(r, BENCH_ID)
             out.append(f"  DB fingerprint (dbsize, workers, per queue: queued, failed, workers) before/after "
                        f"the rounds: {'unchanged' if before == after else f'CHANGED {before} -> {after}'}")
@@ -122,15 +122,9 @@ def _count(tool: Tool, url: str, db: int, tmp: Path) -> tuple[object, int, objec
     own = tool.module == "rqdoctor"
     args = [*tool.args, "--format", "json", "-o", str(report)] if own else tool.args
     with MonitorCount(url, db) as monitor:
-        _checked(measure([tool.python, "-c", SEND_COUNTER, str(sends), tool.module, *args], tmp), tool.name)
+        checked(measure([tool.python, "-c", SEND_COUNTER, str(sends), tool.module, *args], tmp), tool.name)
     writes = json.loads(sends.read_text())
     if not own:
         return "-", writes, "-", monitor.total
     state = json.loads(report.read_text())["snapshot"]["redis"]
     return state["round_trips"], writes, state["commands"], monitor.total
-
-
-def _checked(run: Measured, name: str) -> Measured:
-    if run.rc not in (0, 1):
-        raise RuntimeError(f"{name} failed (exit {run.rc}): {run.stderr}")
-    return run

@@ -26,8 +26,8 @@ class CollectOptions:
     stacks: bool = False
     stack_pids: list[int] = field(default_factory=list)
     """Sample these pids too (``rqdoctor stack PID``)."""
-    samples: int = 3
-    interval: float = 0.4
+    samples: int = 5
+    interval: float = 0.25
     blocking: bool = False
     native: bool = False
     with_locals: bool = False

@@ -8,10 +8,10 @@ MASK = "***"
 
 SECRET_NAME = re.compile(
     r"(pass(word|wd|phrase)?(?![a-z])|password|pwd|secret|token|api[_-]?key|apikey|auth(?!or(?!iz))|credential"
-    r"|private[_-]?key|signature|session[_-]?id|cookie)",
+    r"|(private|encryption)[_-]?key|signature|session[_-]?id|cookie)",
     re.IGNORECASE,
 )
-"""A key, keyword argument or variable name whose value must never be shown."""
+"""A key, keyword argument or variable name whose value must never be shown (not ``author``, ``passenger``)."""
 
 # name= / 'name': / "name": / `name`= inside a repr'd call string, dict repr, SQL or free text.
 _KEY = re.compile(r"""(?P<q>['"`]?)(?P<name>[A-Za-z_][\w-]*)(?P=q)\s*[=:]\s*""")

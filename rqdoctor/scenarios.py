@@ -85,21 +85,29 @@ def thread_deadlock() -> None:
 
 def _progress_hash() -> None:
     data = b"rqdoctor"
-    for _ in range(2000):
+    for _ in range(100_000):
         data = hashlib.sha256(data).digest()
 
 
 def _progress_sort() -> None:
-    sorted(((i * 7919) % 10007 for i in range(20000)), reverse=True)
+    sorted(((i * 7919) % 10007 for i in range(150_000)), reverse=True)
+
+
+def _progress_text() -> None:
+    " ".join(str(i) for i in range(200_000)).split()
+
+
+def _progress_math() -> None:
+    sum(i * i % 7 for i in range(300_000))
 
 
 def _progress_nap() -> None:
-    time.sleep(0.05)
+    time.sleep(0.005)
 
 
 def progress(seconds: float) -> int:
     """Busy work whose stack keeps changing (a slow job that is making progress)."""
-    steps = (_progress_hash, _progress_nap, _progress_sort, _progress_nap)
+    steps = (_progress_hash, _progress_nap, _progress_sort, _progress_text, _progress_nap, _progress_math)
     deadline = time.monotonic() + float(seconds)
     n = 0
     while time.monotonic() < deadline:

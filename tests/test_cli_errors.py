@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,8 +31,8 @@ from rqdoctor.cli import app
 SCRIPT = Path(sys.executable).with_name("rqdoctor")
 COMMANDS = ["hangs", "stack", "locks", "workers", "queues", "target", "demo"]
 SECRETS = ("TopSecretRedis9", "TopSecretDb7", "TopSecretAdmin5")
-STARTUP_S = 2.5
-"""Slack on top of ``--timeout``: interpreter start, imports, rendering (2 shared cores)."""
+SLACK_S = 2.0
+"""Slack on top of ``--timeout`` for the work after the deadline (rendering), plus twice a bare start-up."""
 
 
 @dataclass
@@ -73,6 +74,11 @@ def rqdoctor(*args: str, cwd: Path, timeout: float = 30.0, env: dict[str, str] |
     proc = subprocess.run([str(SCRIPT), *args], cwd=cwd, env=env or clean_env(), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
     return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def margin(cwd: Path) -> float:
+    """How late a command may end after its ``--timeout``: slack plus twice a bare start-up measured now (load)."""
+    return SLACK_S + 2 * rqdoctor("--version", cwd=cwd).seconds
 
 
 def write_bench(root: Path, common: dict[str, Any], sites: dict[str, dict[str, Any]] | None = None) -> Path:
@@ -220,7 +226,7 @@ def test_redis_refusing_connections(tmp_path: Path, bench: Path, refused_port: i
     line = could_not_see(run, "redis")
     assert f"127.0.0.1:{refused_port}" in line and "refused" in line.lower(), line
     assert SECRETS[0] not in run.out + run.err
-    assert run.seconds < 5 + STARTUP_S
+    assert run.seconds < 5 + margin(tmp_path)
 
 
 def test_redis_refusing_connections_json(tmp_path: Path, bench: Path, refused_port: int) -> None:
@@ -260,7 +266,7 @@ def test_redis_tarpit_ends_within_the_timeout(tmp_path: Path, bench: Path, tarpi
                    "--timeout", "3", cwd=tmp_path)
     run.assert_clean()
     assert run.rc != 0, run.out
-    assert run.seconds < 3 + STARTUP_S, run.seconds
+    assert run.seconds < 3 + margin(tmp_path), run.seconds
     assert f"127.0.0.1:{tarpit_port}" in could_not_see(run, "redis")
 
 
@@ -276,7 +282,7 @@ def test_locks_with_a_database_refusing_connections(tmp_path: Path, bench: Path,
     assert run.rc == 2, (run.out, run.err)
     assert f"127.0.0.1:{refused_port}" in could_not_see(run, "database")
     assert SECRETS[2] not in run.out + run.err
-    assert run.seconds < 5 + STARTUP_S
+    assert run.seconds < 5 + margin(tmp_path)
 
 
 @pytest.mark.slow
@@ -287,7 +293,7 @@ def test_locks_database_tarpit_ends_within_the_timeout(tmp_path: Path, bench: Pa
                    "--db-url", f"{scheme}://root@127.0.0.1:{tarpit_port}/x", "--timeout", "3", cwd=tmp_path)
     run.assert_clean()
     assert run.rc != 0, run.out
-    assert run.seconds < 3 + STARTUP_S, run.seconds
+    assert run.seconds < 3 + margin(tmp_path), run.seconds
     assert f"127.0.0.1:{tarpit_port}" in could_not_see(run, "database")
 
 
@@ -382,3 +388,34 @@ def test_from_a_saved_report_round_trips(tmp_path: Path, bench: Path, refused_po
     workers = rqdoctor("workers", "--from", str(tmp_path / "copy.json"), cwd=tmp_path)
     workers.assert_clean()
     assert workers.rc == 2 and could_not_see(workers, "redis")
+
+
+def test_stack_of_a_pid_that_does_not_exist(tmp_path: Path, bench: Path, redis_url: str) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    run = rqdoctor("stack", str(gone.pid), "--bench", str(bench), "--redis-url", redis_url, "--no-db", cwd=tmp_path)
+    run.assert_one_error_line(f"no process {gone.pid}")
+
+
+# --- known bugs outside this file's scope (reported to the lead; strict: remove the marker once fixed) -------------
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="collect.py: Ctrl-C waits for the database probe's ThreadPoolExecutor "
+                   "thread (joined at shutdown and at interpreter exit) until its connect timeout")
+def test_ctrl_c_ends_at_once_while_a_database_hangs(tmp_path: Path, bench: Path, refused_port: int,
+                                                     tarpit_port: int) -> None:
+    args = ["hangs", "--bench", str(bench), "--redis-url", f"redis://127.0.0.1:{refused_port}",
+            "--db-url", f"mysql://root@127.0.0.1:{tarpit_port}/", "--timeout", "8"]
+    proc = subprocess.Popen([str(SCRIPT), *args], cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    Run(proc.returncode, out, err, 0).assert_clean()
+    assert proc.returncode == 130 and time.monotonic() - start < 2.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -42,8 +43,8 @@ def _ts(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def _snapshot(sessions: list[DbSession] = (), waits: list[LockWait] = (), processes: list[ProcessInfo] = (),
-              workers: list[WorkerInfo] = (), jobs: list[JobInfo] = (), host: str = "vm", now: float = T0,
+def _snapshot(sessions: Sequence[DbSession] = (), waits: Sequence[LockWait] = (), processes: Sequence[ProcessInfo] = (),
+              workers: Sequence[WorkerInfo] = (), jobs: Sequence[JobInfo] = (), host: str = "vm", now: float = T0,
               servers: list[str] | None = None) -> Snapshot:
     servers = servers if servers is not None else sorted({s.server for s in sessions} | {w.server for w in waits})
     return Snapshot(host=host, generated_at=now, target=TargetInfo("redis://127.0.0.1:6379/0", "test"),
@@ -421,3 +422,35 @@ def test_chain_reported_once_whatever_the_edge_order() -> None:
                    "when the cycle's own edges come first (3->2 -> 'db sessions 3 -> 2 -> 3' and '1 -> 2 -> 3 -> 2')")
 def test_cycle_with_a_tail_reported_once_whatever_the_edge_order() -> None:
     assert len([f for f in diagnose(_chain_snapshot([(3, 2), (2, 3), (1, 2)])).findings if f.code == "RQD405"]) == 1
+
+
+# --- reported product bugs -------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="bug: rules_db.lock_wait_victim's fix always cites MariaDB (error 1205, "
+                   "innodb_lock_wait_timeout, default 50 s), also for a PostgreSQL wait, whose lock_timeout "
+                   "defaults to 0: the victim waits forever")
+def test_postgres_victim_fix_speaks_postgres() -> None:
+    workers, jobs, processes = _job_world()
+    sessions = [DbSession(PG, 1, client_host="127.0.0.1", client_port=1, client_pid=101, client_match="tcp",
+                          state="active", time_s=9.0),
+                DbSession(PG, 2, client_host="127.0.0.1", client_port=2, state="idle in transaction", time_s=9.0,
+                          trx_age_s=9.0, idle_in_transaction=True)]
+    fix = _only(diagnose(_snapshot(sessions, [LockWait(PG, 1, 2)], processes, workers, jobs)), "RQD401").fix
+    assert "innodb_lock_wait_timeout" not in fix and "1205" not in fix
+    assert "lock_timeout" in fix
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a MariaDB metadata-lock blocker guessed without METADATA_LOCK_INFO "
+                   "(LockWait.inferred=True) is shown as certain: blocker_dict and RQD404 drop `inferred`, so "
+                   "the printed KILL may name the wrong session with no warning")
+def test_guessed_metadata_blocker_is_shown_as_a_guess() -> None:
+    sessions = [DbSession(MY, 40, client_host="localhost", command="Sleep", time_s=50.0, trx_age_s=50.0,
+                          idle_in_transaction=True),
+                DbSession(MY, 41, client_host="localhost", command="Query", time_s=5.0,
+                          state="Waiting for table metadata lock", query="ALTER TABLE t ADD COLUMN x INT")]
+    waits = [LockWait(MY, 41, 40, kind="metadata", table="db.t", wait_age_s=5.0, inferred=True)]
+    finding = _only(diagnose(_snapshot(sessions, waits)), "RQD404")
+    blocker = finding.data["blocker"]
+    assert blocker.get("inferred") is True
+    assert "likely" in blocker["summary"] or "guess" in blocker["summary"]

@@ -20,9 +20,9 @@ from rqdoctor.redact import MASK, is_secret_name, redact_mapping, redact_text, r
 
 FRAPPE = "frappe.utils.background_jobs.execute_job"
 SECRET_NAMES = ["password", "db_password", "passwd", "pwd", "api_key", "api-key", "apikey", "API_KEY", "secret",
-                "client_secret", "api_secret", "token", "access_token", "auth", "Authorization", "credentials",
-                "private_key", "signature", "session_id", "sessionid", "cookie", "smtp_pass", "passwordHash",
-                "passphrase"]
+                "client_secret", "api_secret", "encryption_key", "token", "access_token", "auth", "Authorization",
+                "credentials", "private_key", "signature", "session_id", "sessionid", "cookie", "smtp_pass",
+                "passwordHash", "passphrase"]
 PLAIN_NAMES = ["user", "method", "site", "job_name", "event", "is_async", "queue", "timeout", "author",
                "doctype", "docname", "name", "owner", "now", "at_front", "enqueue_after_commit", "kwargs",
                "passenger", "key", "description", "reference_name", "host", "port", "db_name", "db_user"]

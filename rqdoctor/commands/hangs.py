@@ -66,7 +66,7 @@ def render(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[di
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False,
             timeout: Timeout = 15.0, fmt: FormatOpt = Format.text, output: Output = None,
-            from_file: FromFile = None, verbose: Verbose = False, samples: Samples = 3, interval: Interval = 0.4,
+            from_file: FromFile = None, verbose: Verbose = False, samples: Samples = 5, interval: Interval = 0.25,
             blocking: Blocking = False, native: Native = False, with_locals: Locals = False,
             min_age: MinAge = DEFAULT_MIN_AGE_S, db_url: DbUrl = None, no_db: NoDb = False) -> None:
     """Show every running job: its process, live stack, what it waits on, for how long, and the fix."""

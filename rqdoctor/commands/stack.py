@@ -37,7 +37,7 @@ def process_row(diagnosis: Diagnosis, pid: int) -> dict[str, Any]:
 
 def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False,
             timeout: Timeout = 15.0, fmt: FormatOpt = Format.text, output: Output = None,
-            from_file: FromFile = None, samples: Samples = 3, interval: Interval = 0.4, blocking: Blocking = False,
+            from_file: FromFile = None, samples: Samples = 5, interval: Interval = 0.25, blocking: Blocking = False,
             native: Native = False, with_locals: Locals = False, min_age: MinAge = DEFAULT_MIN_AGE_S,
             db_url: DbUrl = None, no_db: NoDb = False) -> None:
     """Show one process or one job: its live stack, what it waits on, and the fix."""
@@ -49,7 +49,8 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
     diagnosis = diagnose(snapshot, min_age_s=min_age)
     rows = [r for r in job_rows(diagnosis) if r["job_id"] == subject or (pid is not None and r["pid"] == pid)]
     if not rows and pid is not None:
-        if not any(p.pid == pid for p in snapshot.processes) and not any(s.pid == pid for s in snapshot.stacks):
+        if not any(p.pid == pid for p in snapshot.processes) and not any(
+                s.pid == pid and s.samples for s in snapshot.stacks):
             raise RqdoctorError(f"no process {pid} here", "list running jobs with `rqdoctor hangs`")
         rows = [process_row(diagnosis, pid)]
     if not rows:
