@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from rqdoctor import __version__
 from rqdoctor.config import Target
 from rqdoctor.deadline import Deadline
 from rqdoctor.diagnose.link import link
-from rqdoctor.errors import ProbeFailure
+from rqdoctor.errors import ProbeFailure, RqdoctorError
 from rqdoctor.model import DatabaseState, ProbeError, Snapshot
 from rqdoctor.redact import redact_text
 
@@ -40,19 +40,44 @@ def collect(target: Target, options: CollectOptions) -> Snapshot:
     deadline = Deadline(options.timeout)
     snapshot = Snapshot(host=socket.gethostname(), generated_at=time.time(), target=target.info(),
                         rqdoctor_version=__version__)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rqdoctor-db") as pool:
-        database: Future[DatabaseState] | None = None
-        if options.database:
-            database = pool.submit(_database, target, deadline, snapshot.errors)
-        if options.redis:
-            _redis(target, deadline, snapshot)
-        if options.processes:
-            _guard(snapshot.errors, "processes", lambda: _processes(snapshot))
-        if options.stacks:
-            _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline))
-        if database is not None:
-            _guard(snapshot.errors, "database", lambda: _join_database(snapshot, database, deadline))
+    database = None
+    if options.database:
+        database = Background(lambda: _database(target, deadline, snapshot.errors))
+    if options.redis:
+        _redis(target, deadline, snapshot)
+    if options.processes:
+        _guard(snapshot.errors, "processes", lambda: _processes(snapshot))
+    if options.stacks:
+        _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline))
+    if database is not None:
+        _guard(snapshot.errors, "database", lambda: _join_database(snapshot, database, deadline))
     return snapshot
+
+
+class Background:
+    """One probe in a daemon thread: neither Ctrl-C nor the end of the run waits for it."""
+
+    def __init__(self, work: Callable[[], DatabaseState]) -> None:
+        self._result: DatabaseState | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name="rqdoctor-db", daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], DatabaseState]) -> None:
+        try:
+            self._result = work()
+        except BaseException as exc:  # handed to the caller in result()
+            self._error = exc
+
+    def result(self, timeout: float) -> DatabaseState:
+        """The probe's result, its exception, or TimeoutError when it is still running."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
 
 def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
@@ -103,10 +128,10 @@ def _database(target: Target, deadline: Deadline, errors: list[ProbeError]) -> D
     return probe_databases(target.db_targets, deadline, errors)
 
 
-def _join_database(snapshot: Snapshot, future: Future[DatabaseState], deadline: Deadline) -> None:
+def _join_database(snapshot: Snapshot, database: Background, deadline: Deadline) -> None:
     from rqdoctor.probes.database import client_processes
 
-    snapshot.database = future.result(timeout=deadline.timeout() + 1.0)
+    snapshot.database = database.result(timeout=deadline.timeout() + 1.0)
     known = {p.pid for p in snapshot.processes}
     wanted = {s.client_pid for s in snapshot.database.sessions if s.client_pid and s.client_pid not in known}
     snapshot.processes.extend(client_processes(sorted(wanted)))
@@ -118,6 +143,8 @@ def _guard(errors: list[ProbeError], probe: str, work: Callable[[], None]) -> No
         work()
     except ProbeFailure as exc:
         errors.append(ProbeError(exc.probe, exc.kind, exc.message, exc.hint))
+    except RqdoctorError as exc:
+        errors.append(ProbeError(probe, "error", exc.message, exc.hint))
     except TimeoutError:
         errors.append(ProbeError(probe, "timeout", f"{probe} probe did not finish within the deadline",
                                  "raise --timeout"))

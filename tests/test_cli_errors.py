@@ -397,11 +397,9 @@ def test_stack_of_a_pid_that_does_not_exist(tmp_path: Path, bench: Path, redis_u
     run.assert_one_error_line(f"no process {gone.pid}")
 
 
-# --- known bugs outside this file's scope (reported to the lead; strict: remove the marker once fixed) -------------
+# --- interruption ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="collect.py: Ctrl-C waits for the database probe's ThreadPoolExecutor "
-                   "thread (joined at shutdown and at interpreter exit) until its connect timeout")
 def test_ctrl_c_ends_at_once_while_a_database_hangs(tmp_path: Path, bench: Path, refused_port: int,
                                                      tarpit_port: int) -> None:
     args = ["hangs", "--bench", str(bench), "--redis-url", f"redis://127.0.0.1:{refused_port}",

@@ -191,9 +191,7 @@ ROLES = [
     (["mariadb", "--user=_abc", "_abc"], "db-client"),
     (["/usr/lib/postgresql/15/bin/psql", "-h", "/var/run/postgresql", "-U", "postgres"], "db-client"),
     (["/usr/bin/python3", "/opt/tools/report.py", "--daily"], "process"),
-    pytest.param([BENCH_PY, "/home/frappe/frappe-bench/env/bin/ipython"], "console", marks=pytest.mark.xfail(
-        strict=True, reason="bug: dbjoin.role_of_process matches CONSOLES against whole argv items, so an "
-        "ipython started through its script (argv [python, /path/bin/ipython]) is a plain 'process'")),
+    pytest.param([BENCH_PY, "/home/frappe/frappe-bench/env/bin/ipython"], "console"),
 ]
 
 
@@ -243,9 +241,6 @@ def test_session_roles_of_jobs_workers_remote_and_unmatched() -> None:
     assert graph.role(PG, 1).role == "unmatched"  # same id on another server is another session
 
 
-@pytest.mark.xfail(strict=True, reason="bug: dbjoin.build_graph treats every client_host outside "
-                   "(localhost, 127.0.0.1, ::1) as remote, so an unmatched PostgreSQL Unix-socket session "
-                   "(client_host '[local]') or a local interface address becomes 'remote host [local]'")
 def test_unmatched_local_sessions_are_not_remote() -> None:
     sessions = [DbSession(PG, 11, client_host="[local]", client_match="no_local_socket"),
                 DbSession(MY, 12, client_host="localhost", client_match="unix_ambiguous")]
@@ -411,15 +406,11 @@ def test_job_blocker_chain_is_in_its_blocker_object() -> None:
     assert _only(diagnosis, "RQD405").subject == "db sessions 1 -> 2 -> 3"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rules_db.lock_chain dedupes chains in edge order, so when the "
-                   "tail edges come first (3->4, 2->3, 1->2) one chain is reported twice (2->3->4 and 1->2->3->4)")
 def test_chain_reported_once_whatever_the_edge_order() -> None:
     assert [f.subject for f in diagnose(_chain_snapshot([(3, 4), (2, 3), (1, 2)])).findings
             if f.code == "RQD405"] == ["db sessions 1 -> 2 -> 3 -> 4"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rules_db.lock_chain reports a cycle with a waiter behind it twice "
-                   "when the cycle's own edges come first (3->2 -> 'db sessions 3 -> 2 -> 3' and '1 -> 2 -> 3 -> 2')")
 def test_cycle_with_a_tail_reported_once_whatever_the_edge_order() -> None:
     assert len([f for f in diagnose(_chain_snapshot([(3, 2), (2, 3), (1, 2)])).findings if f.code == "RQD405"]) == 1
 
@@ -427,9 +418,6 @@ def test_cycle_with_a_tail_reported_once_whatever_the_edge_order() -> None:
 # --- reported product bugs -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="bug: rules_db.lock_wait_victim's fix always cites MariaDB (error 1205, "
-                   "innodb_lock_wait_timeout, default 50 s), also for a PostgreSQL wait, whose lock_timeout "
-                   "defaults to 0: the victim waits forever")
 def test_postgres_victim_fix_speaks_postgres() -> None:
     workers, jobs, processes = _job_world()
     sessions = [DbSession(PG, 1, client_host="127.0.0.1", client_port=1, client_pid=101, client_match="tcp",
@@ -441,9 +429,6 @@ def test_postgres_victim_fix_speaks_postgres() -> None:
     assert "lock_timeout" in fix
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a MariaDB metadata-lock blocker guessed without METADATA_LOCK_INFO "
-                   "(LockWait.inferred=True) is shown as certain: blocker_dict and RQD404 drop `inferred`, so "
-                   "the printed KILL may name the wrong session with no warning")
 def test_guessed_metadata_blocker_is_shown_as_a_guess() -> None:
     sessions = [DbSession(MY, 40, client_host="localhost", command="Sleep", time_s=50.0, trx_age_s=50.0,
                           idle_in_transaction=True),

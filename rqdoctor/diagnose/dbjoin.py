@@ -74,7 +74,8 @@ def role_of_process(process: ProcessInfo | None, links: Links) -> SessionRole:
         return SessionRole("web-worker", process.pid, description=f"web worker pid {process.pid} ({program})")
     if program in DB_CLIENTS:
         return SessionRole("db-client", process.pid, description=f"{program} client pid {process.pid}")
-    if any(c in process.cmdline[1:] or c in program for c in CONSOLES):
+    programs = {os.path.basename(a) for a in process.cmdline}
+    if any(c in programs or c in program for c in CONSOLES):
         return SessionRole("console", process.pid, description=f"console pid {process.pid}")
     return SessionRole("process", process.pid, description=f"pid {process.pid}: {argv[:80]}")
 
@@ -92,15 +93,20 @@ def build_graph(snapshot: Snapshot, links: Links) -> LockGraph:
             graph.roles[key] = role_of_process(processes.get(s.client_pid), links)
             if graph.roles[key].role == "unmatched":
                 graph.roles[key] = SessionRole("process", s.client_pid, description=f"pid {s.client_pid}")
-        elif s.client_host and s.client_host not in ("localhost", "127.0.0.1", "::1", "", None):
+        elif s.client_match == "remote":
             graph.roles[key] = SessionRole("remote", description=f"remote host {s.client_host}")
     graph.waits = list(snapshot.database.lock_waits)
     return graph
 
 
+def is_postgres(server: str) -> bool:
+    """True for a PostgreSQL server DSN."""
+    return server.startswith("postgres")
+
+
 def kill_statement(server: str, session_id: int) -> str:
     """The statement that ends a session (printed, never executed)."""
-    if server.startswith("postgres"):
+    if is_postgres(server):
         return f"SELECT pg_terminate_backend({session_id});"
     return f"KILL {session_id};"
 
@@ -120,6 +126,7 @@ def blocker_dict(graph: LockGraph, wait: LockWait) -> dict[str, Any]:
     role = graph.role(wait.server, wait.blocking_session)
     chain, cycle = graph.chain(wait)
     who = role.description or role.role
+    guess = "likely " if wait.inferred else ""
     return {
         "server": wait.server,
         "session_id": wait.blocking_session,
@@ -133,9 +140,11 @@ def blocker_dict(graph: LockGraph, wait: LockWait) -> dict[str, Any]:
         "wait_age_s": wait.wait_age_s,
         "chain": chain,
         "cycle": cycle,
+        "inferred": wait.inferred,
         "kill": kill_statement(wait.server, wait.blocking_session),
-        "summary": f"session {wait.blocking_session} = {who}, {holding(session)}"
-                   + (f", lock on {wait.table}" if wait.table else ""),
+        "summary": f"{guess}session {wait.blocking_session} = {who}, {holding(session)}"
+                   + (f", lock on {wait.table}" if wait.table else "")
+                   + (" (a guess: the server does not say who holds metadata locks)" if wait.inferred else ""),
     }
 
 

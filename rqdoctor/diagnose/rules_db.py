@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rqdoctor.diagnose.context import Context
-from rqdoctor.diagnose.dbjoin import blocker_dict, holding, job_waits, kill_statement
+from rqdoctor.diagnose.dbjoin import blocker_dict, holding, is_postgres, job_waits, kill_statement
 from rqdoctor.diagnose.findings import Finding, rule
 
 LONG_TRANSACTION_S = 300
@@ -23,13 +23,18 @@ def lock_wait_victim(ctx: Context) -> Iterator[Finding]:
                     f"held by {blocker['summary']}"]
         if blocker["job_id"]:
             evidence.append(f"the blocker is RQ job {blocker['job_id']}")
+        if is_postgres(wait.server):
+            outcome = ("On PostgreSQL `lock_timeout` defaults to 0: unless it is freed, the victim waits forever.")
+        else:
+            outcome = ("The victim fails with 1205 after innodb_lock_wait_timeout (MariaDB default 50 s) unless it "
+                       "is freed first; Frappe does not retry QueryTimeoutError.")
         yield Finding(
             "RQD401", "critical", "Job waits on a database lock", f"job {job_id}", evidence=evidence,
             job_id=job_id, pid=victim.pid, data={"blocker": blocker},
             fix=f"End the blocker, not the victim: `{blocker['kill']}` on {wait.server} (printed, never run by "
-                "rqdoctor). The victim fails with 1205 after innodb_lock_wait_timeout (MariaDB default 50 s) "
-                "unless it is freed first; Frappe does not retry QueryTimeoutError. Then fix the blocker's code: "
-                "short transactions, commit in chunks, no network calls or sleeps inside a transaction.",
+                f"rqdoctor{'; check first: the blocker is a guess' if wait.inferred else ''}). {outcome} Then fix "
+                "the blocker's code: short transactions, commit in chunks, no network calls or sleeps inside a "
+                "transaction.",
         )
 
 
@@ -91,24 +96,29 @@ def metadata_lock_wait(ctx: Context) -> Iterator[Finding]:
 
 @rule("RQD405", "critical", "Lock-wait chain or cycle")
 def lock_chain(ctx: Context) -> Iterator[Finding]:
-    reported: set[tuple[int, ...]] = set()
+    chains = []
     for wait in ctx.graph.waits:
         chain, cycle = ctx.graph.chain(wait)
-        if len(chain) < 3 and not cycle:
+        if len(chain) >= 3 or cycle:
+            chains.append((wait.server, chain, cycle))
+    reported: list[tuple[str, set[int]]] = []
+    for server, chain, cycle in sorted(chains, key=lambda c: -len(set(c[1]))):
+        members = set(chain)
+        if any(server == s and members <= seen for s, seen in reported):
             continue
-        key = tuple(sorted(set(chain))) if cycle else tuple(chain)
-        if key in reported or any(set(key) < set(k) for k in reported):
-            continue
-        reported.add(key)
+        reported.append((server, members))
         kind = "cycle (a deadlock the server has not broken yet)" if cycle else "chain"
         head = chain[-1]
+
+        def who(sid: int, server: str = server) -> str:
+            role = ctx.graph.role(server, sid)
+            return f"{sid} ({role.description or role.role})"
+
         yield Finding(
             "RQD405", "critical", "Lock-wait chain or cycle", f"db sessions {' -> '.join(map(str, chain))}",
-            evidence=[f"lock-wait {kind}: " + " waits for ".join(
-                f"{sid} ({ctx.graph.role(wait.server, sid).description or ctx.graph.role(wait.server, sid).role})"
-                for sid in chain)],
-            data={"server": wait.server, "chain": chain, "cycle": cycle},
-            fix=f"End the session at the head of the chain: `{kill_statement(wait.server, head)}`; everything "
+            evidence=[f"lock-wait {kind}: " + " waits for ".join(who(sid) for sid in chain)],
+            data={"server": server, "chain": chain, "cycle": cycle},
+            fix=f"End the session at the head of the chain: `{kill_statement(server, head)}`; everything "
                 "behind it then proceeds." if not cycle else "The server's deadlock detector normally breaks "
-                f"cycles within seconds; if it persists end one member: `{kill_statement(wait.server, head)}`.",
+                f"cycles within seconds; if it persists end one member: `{kill_statement(server, head)}`.",
         )
