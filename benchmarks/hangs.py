@@ -59,6 +59,11 @@ class Variant:
     report: Path | None = None
     """rqdoctor's JSON report (stop-count runs)."""
 
+    def reset(self) -> None:
+        """Remove the outputs of an earlier run, so that the stack count is of the next one."""
+        for old in [*(self.outputs.glob("*.txt") if self.outputs else ()), *([self.report] if self.report else ())]:
+            old.unlink(missing_ok=True)
+
 
 def run(counts: list[int], flavour: str, repeats: int) -> str:
     """Start hung workers up to each count, measure, and return the printed report."""
@@ -86,6 +91,7 @@ def run(counts: list[int], flavour: str, repeats: int) -> str:
             for v in [Variant(variants[0].name, rqdoctor, report=report),
                       Variant(f"{variants[0].name} --blocking", [*rqdoctor, "--blocking"], report=report),
                       *variants[1:]]:
+                v.reset()
                 with StopCounter(watched, horses) as counter:
                     m = checked(measure(v.argv, Path(tmp)), v.name)
                 stops.append([count, v.name, f"{m.wall:.2f}", counter.sweeps, counter.stopped,
@@ -114,10 +120,12 @@ def _timing(variants: list[Variant], repeats: int, tmp: Path, count: int) -> lis
     runs: dict[str, list[Measured]] = {v.name: [] for v in variants}
     for _ in range(repeats):
         for v in variants:
+            v.reset()
             runs[v.name].append(checked(measure(v.argv, tmp), v.name))
     base = median_run(runs[variants[0].name]).wall
     rows: list[list[object]] = []
     for v in variants:
+        v.reset()
         best, memory = median_run(runs[v.name]), checked(measure(v.argv, tmp, memory=True), v.name)
         rows.append([count, v.name, f"{best.wall:.2f}", spread(runs[v.name]), f"{best.wall / base:.2f}",
                      f"{best.cpu:.1f}", mib(best.max_process_rss), mib(memory.peak_tree_pss), _coverage(v, count)])
@@ -139,6 +147,7 @@ def _hang(workers: Workers, bench: Bench, flavour: str, more: int, tarpit_url: s
 
 
 def _variants(tmp: Path, bench: Bench, url: str, rq: str, py_spy: str, pids: list[int]) -> list[Variant]:
+    """rqdoctor hangs, the floor and the manual routine, for ``pids``."""
     floor_dir, manual_dir = tmp / "floor", tmp / "manual"
     floor_dir.mkdir(exist_ok=True)
     manual_dir.mkdir(exist_ok=True)

@@ -101,9 +101,9 @@ def report_table(command: str, snapshot: Snapshot, diagnosis: Diagnosis, rows: l
     line = f"{len(rows)} {command} on {snapshot.target.redis_url}"
     emit(
         fmt, output,
-        text=lambda: [text.summary(line, diagnosis.findings), text_table(rows, prefix),
+        text=lambda: [text.summary(line, diagnosis.findings, snapshot.errors), text_table(rows, prefix),
                       *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
         markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{line}\n", md_table(rows, prefix),
-                                    md.findings(diagnosis.findings), md.errors(snapshot.errors)]),
+                                    md.findings(diagnosis.findings, snapshot.errors), md.errors(snapshot.errors)]),
         as_json=lambda: json_render.report(command, diagnosis, **{command: rows}),
     )

@@ -56,9 +56,11 @@ def render(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[di
     line = f"{len(jobs)} running job(s), {local} on this host ({snapshot.host})"
     emit(
         fmt, output,
-        text=lambda: [text.summary(line, diagnosis.findings), *hangs_render.text_panels(jobs, verbose),
+        text=lambda: [text.summary(line, diagnosis.findings, snapshot.errors),
+                      *hangs_render.text_panels(jobs, verbose),
                       *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{line}\n", md.findings(diagnosis.findings),
+        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{line}\n",
+                                    md.findings(diagnosis.findings, snapshot.errors),
                                     "## Jobs\n", hangs_render.markdown(jobs), md.errors(snapshot.errors)]),
         as_json=lambda: json_render.report(command, diagnosis, jobs=jobs),
     )

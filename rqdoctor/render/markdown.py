@@ -21,9 +21,11 @@ def table(columns: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def findings(items: list[Finding]) -> str:
+def findings(items: list[Finding], errors: list[ProbeError]) -> str:
     """Findings as a list with evidence and fix."""
     if not items:
+        if errors:
+            return "No problems found in what could be seen; see **Could not see** below.\n"
         return "No problems found.\n"
     out = ["## Findings\n"]
     for f in items:

@@ -16,12 +16,16 @@ from rqdoctor.render.fmt import duration, short_queue, value
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def summary(line: str, findings: list[Finding]) -> Text:
+def summary(line: str, findings: list[Finding], errors: list[ProbeError]) -> Text:
     """The first line of every report."""
     counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_STYLE}
     text = Text(line + " — ", style="bold")
     if not any(counts.values()):
-        text.append("no problems found", style="green")
+        if errors:
+            text.append(f"no problems found in what could be seen; {len(errors)} thing(s) could not be seen "
+                        "(below)", style="magenta")
+        else:
+            text.append("no problems found", style="green")
         return text
     text.append(", ".join(f"{n} {s}" for s, n in counts.items() if n),
                 style=SEVERITY_STYLE["critical" if counts["critical"] else "warning"])
@@ -65,8 +69,10 @@ def errors(items: list[ProbeError]) -> list[RenderableType]:
     return out
 
 
-def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> Table:
-    """A plain rich table."""
+def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> RenderableType:
+    """A plain rich table (a dim "(none)" when there are no rows)."""
+    if not rows:
+        return Text("  (none)", style="dim")
     t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
     for c in columns:
         t.add_column(c, overflow="fold")
@@ -75,7 +81,7 @@ def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -
     return t
 
 
-def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> Table:
+def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> RenderableType:
     """The ``rqdoctor workers`` table."""
     return table(
         ["worker", "host", "pid", "where", "state", "queues", "current job", "running", "heartbeat",
@@ -86,7 +92,7 @@ def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> Table:
     )
 
 
-def queues_table(rows: list[dict[str, Any]], prefix: str | None) -> Table:
+def queues_table(rows: list[dict[str, Any]], prefix: str | None) -> RenderableType:
     """The ``rqdoctor queues`` table."""
     return table(
         ["queue", "queued", "oldest", "started", "failed", "finished", "deferred", "scheduled", "workers",
