@@ -26,7 +26,7 @@ from rqdoctor.diagnose.activity import (
 from rqdoctor.model import Connection, Frame, ProcessInfo, ProcessStacks, StackSample, ThreadStack
 from rqdoctor.probes.stacks import parse_dump
 
-DATA = Path(__file__).parent / "data" / "stacks"
+DATA = Path(__file__).parent / "data" / "frappe-15.54.1"
 SP = "/home/frappe/frappe-bench/env/lib/python3.11/site-packages/"
 STD = "/usr/lib/python3.11/"
 FRAPPE = "/home/frappe/frappe-bench/apps/frappe/frappe/"
@@ -80,7 +80,7 @@ def proc(*raddrs: str, pid: int = 100) -> ProcessInfo:
 @pytest.fixture(scope="module")
 def recorded() -> dict[int, tuple[ProcessStacks, ProcessInfo, list[ProcessInfo]]]:
     """Each recorded dump as a one-sample ProcessStacks, with its recorded process and children."""
-    raw = json.loads((DATA / "processes-frappe-15.54.1.json").read_text())["processes"]
+    raw = json.loads((DATA / "state.json").read_text())["processes"]
     infos = {
         p["pid"]: ProcessInfo(
             pid=p["pid"], ppid=p["ppid"], pgid=p["pgid"], cmdline=p["cmdline"], status=p["status"],

@@ -31,7 +31,7 @@ from rqdoctor.model import (
 from rqdoctor.probes.stacks import parse_dump
 from rqdoctor.views import job_rows
 
-FIXTURES = Path("/work/shared/fixtures/frappe-15.54.1")
+FIXTURES = Path(__file__).parent / "data" / "frappe-15.54.1"
 MY = "mysql://diag_site:***@127.0.0.1:3306"
 PG = "postgresql://postgres@127.0.0.1:5432/site1"
 T0 = 1_800_000_000.0

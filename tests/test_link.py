@@ -19,7 +19,7 @@ from rqdoctor.model import (
     WorkerInfo,
 )
 
-FIXTURE = Path("/work/shared/fixtures/frappe-15.54.1/state.json")
+FIXTURE = Path(__file__).parent / "data" / "frappe-15.54.1" / "state.json"
 HOST = "vm"
 T0 = 1_800_000_000.0
 FRAPPE_ARGV = ["/b/env/bin/python", "-m", "frappe.utils.bench_helper", "frappe", "worker", "--queue", "short"]

@@ -31,7 +31,7 @@ from tests.harness.bench import Bench
 from tests.harness.venvs import RQ_FLAVOURS
 from tests.harness.workers import Workers, enqueue, wait_for_job_started, wait_for_worker_registered
 
-FIXTURE = Path("/work/shared/fixtures/frappe-15.54.1/state.json")
+FIXTURE = Path(__file__).parent / "data" / "frappe-15.54.1" / "state.json"
 BENCH = "home-frappe-frappe-bench:"
 EXEC = "14e0ced5d36840aaa7ad864d1a0e41ee"
 EXEC2 = "0123456789abcdef0123456789abcdef"

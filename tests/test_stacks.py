@@ -36,7 +36,7 @@ real_processes = pytest.mark.integration
 
 
 def _dump(name: str) -> list:
-    return json.loads(next(DATA.glob(f"pyspy-{name}-*.json")).read_text())
+    return json.loads(next((DATA.parent / "frappe-15.54.1").glob(f"pyspy-{name}-*.json")).read_text())
 
 
 # --- parsing (pure) -----------------------------------------------------------------------

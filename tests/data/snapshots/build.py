@@ -1,4 +1,4 @@
-"""Rebuild the recorded snapshots from ../shared/fixtures (needs a local Redis; run from the repo root).
+"""Rebuild the recorded snapshots from tests/data/frappe-15.54.1 (needs a local Redis; run from the repo root).
 
     python -m tests.data.snapshots.build
 
@@ -29,7 +29,7 @@ from rqdoctor.probes.redis_rq import connect, read_rq_state
 from rqdoctor.probes.stacks import parse_dump
 from tests.test_redis_probe import load_keys
 
-FIXTURE = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "frappe-15.54.1"
+FIXTURE = Path(__file__).resolve().parents[1] / "frappe-15.54.1"
 OUT = Path(__file__).with_name("frappe-15.54.1-lockwait.json")
 SCRATCH_URL = "redis://127.0.0.1:6379/7"
 SERVER = "mysql://root@127.0.0.1:3306"
