@@ -15,11 +15,8 @@ import typer
 
 from rqdoctor import __version__
 from rqdoctor.commands import demo, hangs, locks, queues, stack, target, workers
+from rqdoctor.commands.common import EXIT_CANNOT_DIAGNOSE
 from rqdoctor.errors import RqdoctorError
-
-EXIT_HEALTHY = 0
-EXIT_PROBLEMS = 1
-EXIT_CANNOT_DIAGNOSE = 2
 
 app = typer.Typer(
     name="rqdoctor",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rqdoctor.diagnose import rules_db, rules_jobs, rules_queues, rules_workers  # noqa: F401  (registers rules)
-from rqdoctor.diagnose.activity import KIND_DB_LOCK_WAIT, Activity
+from rqdoctor.diagnose.activity import KIND_DB_LOCK_WAIT, Activity, classify
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S, Context
 from rqdoctor.diagnose.dbjoin import blocker_dict, build_graph, job_waits
 from rqdoctor.diagnose.findings import RULES, Finding, severity_rank
@@ -73,8 +73,6 @@ def mark_lock_waits(context: Context) -> dict[str, dict[str, Any]]:
 
 def classify_all(snapshot: Snapshot) -> dict[int, Activity]:
     """Activity of every process that has stack samples."""
-    from rqdoctor.diagnose.activity import classify
-
     processes = {p.pid: p for p in snapshot.processes}
     activities = {}
     for stacks in snapshot.stacks:
