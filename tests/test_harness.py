@@ -199,8 +199,12 @@ def test_frappe_worker_runs_job(rq_flavour: str, bench: Bench, workers: Workers,
     (name,) = wait_for_worker_registered(r, w)
     leader = psutil.Process(w.pid)
     assert leader.cwd() == str(bench.sites_path)
-    if flavour.setproctitle:
-        assert " ".join(leader.cmdline()).startswith(f"rq:worker:{name}: Listening on "), leader.cmdline()
+    if flavour.setproctitle:  # the title is set once the work loop starts, just after registration
+        title = f"rq:worker:{name}: Listening on "
+        deadline = time.monotonic() + 10
+        while not " ".join(leader.cmdline()).startswith(title) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert " ".join(leader.cmdline()).startswith(title), leader.cmdline()
     else:
         assert leader.cmdline() == expected_argv
     _assert_registered(r, bench, w, rq_flavour, name)
