@@ -88,8 +88,6 @@ class Activity:
     """What decided ``kind``: ``frames``, ``source``, ``wchan``, ``py-spy`` (active flag) or ``inferred``."""
     polling: bool = False
     """A ``sleep`` that alternates with short calls (e.g. a loop waiting for a lock key in Redis)."""
-    polled_seen: bool = False
-    """The calls between the sleeps were caught in a sample (not only inferred from a sleep literal)."""
     samples: int = 0
     """How many samples contained this thread."""
 
@@ -401,7 +399,7 @@ def classify(
     if not present:
         return Activity(KIND_UNKNOWN, f"thread {thread_id} not in any sample", thread_id=thread_id)
     readings = [_read(t, bool(live_children)) for _, t in present]
-    reading, polling, polled_seen = _choose(readings, present[-1][0].taken_at - present[0][0].taken_at)
+    reading, polling = _choose(readings, present[-1][0].taken_at - present[0][0].taken_at)
     thread = reading.thread
     peer = _peer(reading, process)
     waits_on_child = reading.kind == KIND_SUBPROCESS or reading.what == _WAITING_FOR_HORSE
@@ -418,7 +416,6 @@ def classify(
         cpu_percent=cpu_percent(stacks.samples),
         evidence=reading.evidence,
         polling=polling is not None,
-        polled_seen=polled_seen,
         samples=len(readings),
     )
 
@@ -440,9 +437,8 @@ _POLLED = {KIND_REDIS, KIND_DB_QUERY, KIND_HTTP, KIND_SOCKET, KIND_CPU, KIND_UNK
 _SLEEP_LITERAL = re.compile(r"\bsleep\s*\(\s*(\d+(?:\.\d*)?|\.\d+)\s*\)")
 
 
-def _choose(readings: list[_Reading], window: float) -> tuple[_Reading, str | None, bool]:
-    """The reading that stands for the window, a description when it is a polling loop, and
-    whether the polled calls themselves were seen.
+def _choose(readings: list[_Reading], window: float) -> tuple[_Reading, str | None]:
+    """The reading that stands for the window, and a description when it is a polling loop.
 
     A loop is seen either directly (samples alternate a sleep with short calls) or through a
     sleep literal shorter than the window while every sample sleeps there: it was re-entered.
@@ -451,8 +447,7 @@ def _choose(readings: list[_Reading], window: float) -> tuple[_Reading, str | No
     others = set(kinds) - {KIND_SLEEP}
     if KIND_SLEEP in kinds and others and others <= _POLLED:
         polled = "/".join(sorted(others - {KIND_CPU, KIND_UNKNOWN})) or "short"
-        seen = polled != "short"
-        return next(r for r in reversed(readings) if r.kind == KIND_SLEEP), f"sleeps between {polled} calls", seen
+        return next(r for r in reversed(readings) if r.kind == KIND_SLEEP), f"sleeps between {polled} calls"
     if (
         len(readings) > 1
         and not others
@@ -461,10 +456,10 @@ def _choose(readings: list[_Reading], window: float) -> tuple[_Reading, str | No
         frame = where(readings[-1].thread)
         literal = _SLEEP_LITERAL.search(frame.code or "") if frame else None
         if literal and float(literal[1]) < window:
-            return readings[-1], f"sleeps {float(literal[1]):g} s again and again", False
+            return readings[-1], f"sleeps {float(literal[1]):g} s again and again"
     counts = Counter(kinds)
     top = max(counts.values())
-    return next(r for r in reversed(readings) if counts[r.kind] == top), None, False
+    return next(r for r in reversed(readings) if counts[r.kind] == top), None
 
 
 def _port(address: str) -> int | None:
