@@ -29,7 +29,7 @@ from rqdoctor.probes.database import (
     probe_databases,
     server_groups,
 )
-from tests.harness.services import DBInfo
+from tests.harness.services import DBInfo, read_line
 
 CLIENT = r"""
 import sys, time
@@ -66,15 +66,7 @@ class Client:
         self.session = int(self._line("session").split()[1])
 
     def _line(self, prefix: str, timeout: float = 20) -> str:
-        assert self.proc.stdout is not None
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            line = self.proc.stdout.readline()
-            if line.startswith(prefix):
-                return line
-            if not line and self.proc.poll() is not None:
-                break
-        raise AssertionError(f"client {self.pid} never printed {prefix!r} (exit {self.proc.poll()})")
+        return read_line(self.proc, prefix, timeout)
 
     def ready(self) -> Client:
         self._line("ready")

@@ -26,7 +26,7 @@ import redis
 
 from rqdoctor import scenarios
 from tests.harness.bench import Bench, seeded_secret
-from tests.harness.services import DBInfo
+from tests.harness.services import DBInfo, read_line
 from tests.harness.workers import WorkerProcess, Workers, enqueue, wait_for_job_started
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -150,15 +150,7 @@ class Client:
         return self.proc.pid
 
     def line(self, prefix: str, timeout: float = 30) -> str:
-        assert self.proc.stdout is not None
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            line = self.proc.stdout.readline()
-            if line.startswith(prefix):
-                return line
-            if not line and self.proc.poll() is not None:
-                break
-        raise AssertionError(f"client {self.pid} never printed {prefix!r} (exit {self.proc.poll()})")
+        return read_line(self.proc, prefix, timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -161,3 +162,16 @@ def private_database(kind: str) -> Iterator[DBInfo]:
             _sql(kind, host, port, user, f"DROP DATABASE IF EXISTS `{name}`")
         else:
             _sql(kind, host, port, user, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def read_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 20.0) -> str:
+    """The next line ``proc`` prints on stdout that starts with ``prefix`` (an assertion after ``timeout``)."""
+    assert proc.stdout is not None
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if line.startswith(prefix):
+            return line
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"process {proc.pid} never printed {prefix!r} (exit {proc.poll()})")
