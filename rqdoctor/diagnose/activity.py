@@ -95,6 +95,14 @@ class Activity:
 # --- frames -------------------------------------------------------------------------------
 
 _LIB_ROOT = re.compile(r"^.*/(?:site-packages|dist-packages)/|^.*/lib/python\d+\.\d+t?/")
+_SHORT_ROOT = re.compile(r"^.*?/(?:site-packages|dist-packages)/|^.*?/lib/python\d+\.\d+t?/|^.*?/apps/")
+
+
+def short_path(filename: str) -> str:
+    """A frame's file relative to site-packages, the stdlib or the bench's apps (for display)."""
+    return _SHORT_ROOT.sub("", filename, count=1)
+
+
 _FRAPPE_WRAPPER = re.compile(
     r"(?:^|/)frappe/(?:database/|utils/|model/|query_builder/|commands/|integrations/utils\.py$|__init__\.py$)"
 )

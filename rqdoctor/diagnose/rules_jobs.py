@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from rqdoctor.diagnose.activity import Activity
+from rqdoctor.diagnose.activity import Activity, short_path
 from rqdoctor.diagnose.context import Context, JobFacts
 from rqdoctor.diagnose.findings import Finding, rule
-from rqdoctor.render.fmt import short_path
 
 NEAR_TIMEOUT_RATIO = 0.8
 NETWORK_KINDS = {"http": "HTTP", "smtp": "SMTP", "imap": "IMAP", "socket": "network", "redis": "Redis"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 
@@ -41,14 +40,6 @@ def value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.1f}"
     return str(v)
-
-
-_PATH_ROOTS = re.compile(r"^.*?/(?:site-packages|dist-packages)/|^.*?/lib/python\d+\.\d+t?/|^.*?/apps/")
-
-
-def short_path(filename: str) -> str:
-    """A frame's file relative to site-packages, the stdlib or the bench's apps."""
-    return _PATH_ROOTS.sub("", filename, count=1)
 
 
 def short_queue(name: str, prefix: str | None) -> str:

@@ -8,7 +8,8 @@ from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
-from rqdoctor.render.fmt import duration, short_path, size, value
+from rqdoctor.diagnose.activity import short_path
+from rqdoctor.render.fmt import duration, size, value
 
 TRIMMED_FRAMES = 8
 
