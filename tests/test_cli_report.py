@@ -64,7 +64,7 @@ def test_markdown_has_a_details_block_per_job() -> None:
     assert run.stdout.count("<details>") == 2
     assert "| job | method |" in run.stdout
     assert "RQD401" in run.stdout
-    assert "`KILL 83;`" in run.stdout
+    assert "\n    KILL 83;\n" in run.stdout
 
 
 def test_text_names_the_blocker_and_the_fix() -> None:

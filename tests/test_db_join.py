@@ -141,7 +141,7 @@ def test_recorded_lock_wait_gives_rqd401_with_the_blocking_job() -> None:
     assert blocker["doing"] == "idle in transaction for 14 s" and blocker["trx_age_s"] == 14.0
     assert "RQ job diag.localhost::holdlock" in blocker["summary"]
     assert "session 85 (pid 19307) waits 11 s for a row lock on diag_site.tabUser" in finding.evidence
-    assert "`KILL 83;`" in finding.fix and MY in finding.fix
+    assert finding.commands == ["KILL 83;"] and MY in finding.fix
     assert list(diagnosis.blockers) == ["diag.localhost::lockwait"]  # the blocker job waits on nobody
 
 
@@ -151,7 +151,7 @@ def test_recorded_blocker_gives_rqd402_for_session_83() -> None:
     assert (finding.pid, finding.job_id) == (19302, "diag.localhost::holdlock")
     assert finding.data == {"server": MY, "session_id": 83}
     assert "blocks session(s) 85" in finding.evidence
-    assert "`KILL 83;`" in finding.fix
+    assert finding.commands == ["KILL 83;"]
 
 
 def test_recorded_victim_activity_is_db_lock_wait_over_its_stack() -> None:
@@ -270,8 +270,8 @@ def test_postgres_job_wait_kill_statement_is_pg_terminate_backend() -> None:
     assert (blocker["role"], blocker["pid"], blocker["job_id"]) == ("web-worker", 300, None)
     assert blocker["kill"] == "SELECT pg_terminate_backend(7002);"
     assert blocker["doing"] == "idle in transaction for 45 s" and blocker["trx_age_s"] == 46.0
-    assert "`SELECT pg_terminate_backend(7002);`" in _only(diagnosis, "RQD401").fix
-    assert "`SELECT pg_terminate_backend(7002);`" in _only(diagnosis, "RQD402").fix
+    assert _only(diagnosis, "RQD401").commands == ["SELECT pg_terminate_backend(7002);"]
+    assert _only(diagnosis, "RQD402").commands == ["SELECT pg_terminate_backend(7002);"]
     assert diagnosis.activities[101].kind == KIND_DB_LOCK_WAIT
 
 
@@ -317,7 +317,7 @@ def test_long_transaction_over_300_s_is_rqd403(server: str, kill: str) -> None:
     assert (finding.severity, finding.subject, finding.data) == ("warning", "db session 9",
                                                                  {"server": server, "session_id": 9})
     assert "transaction open 301 s, 12 row(s) locked" in finding.evidence[0]
-    assert f"`{kill}`" in finding.fix
+    assert finding.commands == [kill]
     assert _codes(diagnosis) == ["RQD403"]  # no wait, so no RQD401/402
 
 
@@ -338,7 +338,7 @@ def test_ddl_waiting_on_a_metadata_lock_held_by_a_job_is_rqd404() -> None:
     blocker = finding.data["blocker"]
     assert (blocker["role"], blocker["job_id"], blocker["lock_kind"], blocker["kill"]) == (
         "rq-job", "site1::j", "metadata", "KILL 20;")
-    assert "`KILL 20;`" in finding.fix
+    assert finding.commands == ["KILL 20;"]
     assert sorted(_codes(diagnosis)) == ["RQD402", "RQD404"]  # the waiter is no job: no RQD401
 
 
@@ -375,7 +375,7 @@ def test_lock_wait_chain_is_rqd405_with_the_head_to_kill() -> None:
     assert finding.subject == "db sessions 1 -> 2 -> 3"
     assert finding.data == {"server": MY, "chain": [1, 2, 3], "cycle": False}
     assert "lock-wait chain: 1 (unmatched) waits for 2 (unmatched) waits for 3 (unmatched)" in finding.evidence
-    assert "`KILL 3;`" in finding.fix
+    assert finding.commands == ["KILL 3;"]
     graph = diagnosis.context.graph
     assert graph.chain(graph.waits[0]) == ([1, 2, 3], False)
 
@@ -389,7 +389,7 @@ def test_lock_wait_cycle_is_rqd405_once() -> None:
     finding = _only(diagnosis, "RQD405")
     assert finding.data["cycle"] is True and set(finding.data["chain"]) == {5, 6}
     assert "cycle (a deadlock the server has not broken yet)" in finding.evidence[0]
-    assert "pg_terminate_backend(" in finding.fix
+    assert "pg_terminate_backend(" in finding.commands[0]
 
 
 def test_job_blocker_chain_is_in_its_blocker_object() -> None:

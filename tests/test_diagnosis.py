@@ -83,11 +83,14 @@ def test_without_database_the_victim_is_a_db_query(recorded: Snapshot) -> None:
 # --- the catalogue and its documentation ------------------------------------------------------
 
 
-def test_every_code_has_a_documented_section() -> None:
-    documented = set(re.findall(r"^## (RQD\d{3}):", DOCS.read_text(), flags=re.MULTILINE))
-    anchors = set(re.findall(r'<a id="(rqd\d{3})"></a>', DOCS.read_text()))
-    assert documented == set(RULES), "docs/findings.md and the rule registry disagree"
+def test_every_code_has_a_documented_section_with_the_registry_title_and_severity() -> None:
+    text = DOCS.read_text()
+    documented = dict(re.findall(r"^## (RQD\d{3}): (.+)$", text, flags=re.MULTILINE))
+    anchors = set(re.findall(r'<a id="(rqd\d{3})"></a>', text))
+    assert set(documented) == set(RULES), "docs/findings.md and the rule registry disagree"
     assert anchors == {c.lower() for c in RULES}
+    for code, registered in RULES.items():
+        assert documented[code].startswith(f"{registered.title} ({registered.severity}"), code
 
 
 def test_codes_are_stable_and_well_formed() -> None:

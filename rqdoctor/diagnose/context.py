@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rqdoctor.diagnose.activity import Activity
+from rqdoctor.diagnose.advice import process_ref
 from rqdoctor.diagnose.dbjoin import LockGraph
 from rqdoctor.diagnose.link import JobLink, Links
 from rqdoctor.model import Snapshot, WorkerInfo
@@ -35,17 +36,19 @@ class JobFacts:
             lines.append(f"pid {runner.pid} ({self.link.runner_role}) of worker {job.worker_name or '?'}")
         return lines
 
-    def stop_hint(self) -> str:
-        """How to stop this run by hand today (printed, never executed)."""
+    def stop_advice(self) -> tuple[str, list[str]]:
+        """How to stop this run by hand today, and the exact commands (printed, never executed)."""
         runner = self.link.runner
         if runner is None:
-            return "its process is not on this host; stop it where it runs."
+            return "Its process is not on this host; stop it where it runs.", []
         if self.link.runner_role == "worker":
-            return (f"`kill -TERM {runner.pid}` twice (warm, then cold shutdown); supervisor restarts the worker, "
-                    "and the job is failed by the next registry cleanup.")
-        return (f"`kill -KILL -{runner.pgid or runner.pid}` (the horse's process group, after checking pid "
-                f"{runner.pid} still runs this job); the worker then fails the job with "
-                "'waitpid returned 9' and takes the next one.")
+            return (f"Stop the worker itself ({process_ref(runner)}): TERM twice (warm, then cold shutdown); "
+                    "supervisor restarts it, and the job is failed by the next registry cleanup.",
+                    [f"kill -TERM {runner.pid}"])
+        group = runner.pgid or runner.pid
+        return (f"Kill the horse's process group, after checking that {process_ref(runner)} still runs this "
+                "job; the worker then fails the job with 'waitpid returned 9' and takes the next one.",
+                [f"kill -KILL -{group}"])
 
 
 @dataclass

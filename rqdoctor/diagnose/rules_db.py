@@ -6,14 +6,14 @@ from collections.abc import Iterator
 
 from rqdoctor.diagnose.context import Context
 from rqdoctor.diagnose.dbjoin import blocker_dict, holding, is_postgres, job_waits, kill_statement
-from rqdoctor.diagnose.findings import Finding, rule
+from rqdoctor.diagnose.findings import Hit, rule
 
 LONG_TRANSACTION_S = 300
 """A transaction open longer than this holds its locks (and MVCC history) for too long."""
 
 
 @rule("RQD401", "critical", "Job waits on a database lock")
-def lock_wait_victim(ctx: Context) -> Iterator[Finding]:
+def lock_wait_victim(ctx: Context) -> Iterator[Hit]:
     for job_id, wait in job_waits(ctx.graph).items():
         blocker = blocker_dict(ctx.graph, wait)
         victim = ctx.graph.role(wait.server, wait.waiting_session)
@@ -28,10 +28,10 @@ def lock_wait_victim(ctx: Context) -> Iterator[Finding]:
         else:
             outcome = ("The victim fails with 1205 after innodb_lock_wait_timeout (MariaDB default 50 s) unless it "
                        "is freed first; Frappe does not retry QueryTimeoutError.")
-        yield Finding(
-            "RQD401", "critical", "Job waits on a database lock", f"job {job_id}", evidence=evidence,
-            job_id=job_id, pid=victim.pid, data={"blocker": blocker},
-            fix=f"End the blocker, not the victim: `{blocker['kill']}` on {wait.server} (printed, never run by "
+        yield Hit(
+            f"job {job_id}", evidence=evidence, job_id=job_id, pid=victim.pid, data={"blocker": blocker},
+            commands=[blocker["kill"]],
+            fix=f"End the blocker, not the victim: run the statement below on {wait.server} (printed, never run by "
                 f"rqdoctor{'; check first: the blocker is a guess' if wait.inferred else ''}). {outcome} Then fix "
                 "the blocker's code: short transactions, commit in chunks, no network calls or sleeps inside a "
                 "transaction.",
@@ -39,7 +39,7 @@ def lock_wait_victim(ctx: Context) -> Iterator[Finding]:
 
 
 @rule("RQD402", "critical", "Blocker is idle in transaction")
-def idle_blocker(ctx: Context) -> Iterator[Finding]:
+def idle_blocker(ctx: Context) -> Iterator[Hit]:
     seen: set[tuple[str, int]] = set()
     for wait in ctx.graph.waits:
         key = (wait.server, wait.blocking_session)
@@ -49,53 +49,55 @@ def idle_blocker(ctx: Context) -> Iterator[Finding]:
         seen.add(key)
         role = ctx.graph.role(*key)
         victims = [w.waiting_session for w in ctx.graph.waits if (w.server, w.blocking_session) == key]
-        yield Finding(
-            "RQD402", "critical", "Blocker is idle in transaction", f"db session {wait.blocking_session}",
+        yield Hit(
+            f"db session {wait.blocking_session}",
             evidence=[f"{role.description or role.role}: {holding(session)}, transaction open "
                       f"{session.trx_age_s or 0:.0f} s", f"blocks session(s) {', '.join(map(str, victims))}"],
             pid=role.pid, job_id=role.job_id, data={"server": wait.server, "session_id": wait.blocking_session},
-            fix=f"Its client holds a transaction open while doing something else (sleeping, a network call, an "
-                f"open console). End it now with `{kill_statement(*key)}`; then make that code commit before "
-                "slow work.",
+            fix="Its client holds a transaction open while doing something else (sleeping, a network call, an "
+                "open console). End it now with the statement below; then make that code commit before slow work.",
+            commands=[kill_statement(*key)],
         )
 
 
 @rule("RQD403", "warning", "Long-running transaction")
-def long_transaction(ctx: Context) -> Iterator[Finding]:
+def long_transaction(ctx: Context) -> Iterator[Hit]:
     for (server, sid), session in ctx.graph.sessions.items():
         if session.trx_age_s is None or session.trx_age_s <= LONG_TRANSACTION_S:
             continue
         role = ctx.graph.role(server, sid)
-        yield Finding(
-            "RQD403", "warning", "Long-running transaction", f"db session {sid}",
+        yield Hit(
+            f"db session {sid}",
             evidence=[f"{role.description or role.role}: transaction open {session.trx_age_s:.0f} s, "
                       f"{session.trx_rows_locked or 0} row(s) locked; {holding(session)}"],
             pid=role.pid, job_id=role.job_id, data={"server": server, "session_id": sid},
             fix="Long transactions hold row locks and block others: commit in chunks and keep network calls "
-                f"outside transactions. If it is stuck: `{kill_statement(server, sid)}`.",
+                "outside transactions. If it is stuck, end it with the statement below.",
+            commands=[kill_statement(server, sid)],
         )
 
 
 @rule("RQD404", "critical", "Metadata-lock wait")
-def metadata_lock_wait(ctx: Context) -> Iterator[Finding]:
+def metadata_lock_wait(ctx: Context) -> Iterator[Hit]:
     for wait in ctx.graph.waits:
         if wait.kind != "metadata":
             continue
         waiter = ctx.graph.session(wait.server, wait.waiting_session)
         blocker = blocker_dict(ctx.graph, wait)
-        yield Finding(
-            "RQD404", "critical", "Metadata-lock wait", f"db session {wait.waiting_session}",
+        yield Hit(
+            f"db session {wait.waiting_session}",
             evidence=[f"`{(waiter.query if waiter else None) or '?'}` waits for a metadata lock"
                       + (f" on {wait.table}" if wait.table else ""), f"held by {blocker['summary']}"],
             pid=ctx.graph.role(wait.server, wait.waiting_session).pid, data={"blocker": blocker},
             fix="DDL (a migrate, an ALTER) waits until every open transaction on the table ends, and every new "
-                f"query queues behind it. End the holder: `{blocker['kill']}` (an idle console or a long job), "
+                "query queues behind it. End the holder (an idle console or a long job) with the statement below, "
                 "then run migrations when no long job holds the table.",
+            commands=[blocker["kill"]],
         )
 
 
 @rule("RQD405", "critical", "Lock-wait chain or cycle")
-def lock_chain(ctx: Context) -> Iterator[Finding]:
+def lock_chain(ctx: Context) -> Iterator[Hit]:
     chains = []
     for wait in ctx.graph.waits:
         chain, cycle = ctx.graph.chain(wait)
@@ -114,11 +116,11 @@ def lock_chain(ctx: Context) -> Iterator[Finding]:
             role = ctx.graph.role(server, sid)
             return f"{sid} ({role.description or role.role})"
 
-        yield Finding(
-            "RQD405", "critical", "Lock-wait chain or cycle", f"db sessions {' -> '.join(map(str, chain))}",
+        yield Hit(
+            f"db sessions {' -> '.join(map(str, chain))}",
             evidence=[f"lock-wait {kind}: " + " waits for ".join(who(sid) for sid in chain)],
             data={"server": server, "chain": chain, "cycle": cycle},
-            fix=f"End the session at the head of the chain: `{kill_statement(server, head)}`; everything "
-                "behind it then proceeds." if not cycle else "The server's deadlock detector normally breaks "
-                f"cycles within seconds; if it persists end one member: `{kill_statement(server, head)}`.",
+            fix="End the session at the head of the chain; everything behind it then proceeds." if not cycle
+            else "The server's deadlock detector normally breaks cycles within seconds; if it persists end one member.",
+            commands=[kill_statement(server, head)],
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rqdoctor.diagnose.activity import Activity, short_path
+from rqdoctor.diagnose.advice import process_ref
 from rqdoctor.diagnose.context import Context, JobFacts
-from rqdoctor.diagnose.findings import Finding, rule
+from rqdoctor.diagnose.findings import Hit, rule
 
 NEAR_TIMEOUT_RATIO = 0.8
 NETWORK_KINDS = {"http": "HTTP", "smtp": "SMTP", "imap": "IMAP", "socket": "network", "redis": "Redis"}
@@ -14,12 +15,16 @@ HARD_KILL_GRACE_S = 60
 """RQ's worker parent SIGKILLs its horse at timeout + 60 s."""
 
 
-def _finding(code: str, severity: str, title: str, facts: JobFacts, evidence: list[str], fix: str,
-             **data: object) -> Finding:
+def _hit(facts: JobFacts, evidence: list[str], fix: str, stop: bool = True, **data: object) -> Hit:
+    """A hit about one job; ``stop`` appends how to stop this run, with its commands."""
     job = facts.link.job
     runner = facts.link.runner
-    return Finding(code, severity, title, f"job {job.job_id}", evidence=[*facts.identity(), *evidence], fix=fix,
-                   job_id=job.job_id, pid=runner.pid if runner else None, worker=job.worker_name, data=dict(data))
+    commands: list[str] = []
+    if stop:
+        advice, commands = facts.stop_advice()
+        fix = f"{fix} {advice}".strip()
+    return Hit(f"job {job.job_id}", evidence=[*facts.identity(), *evidence], fix=fix, commands=commands,
+               job_id=job.job_id, pid=runner.pid if runner else None, worker=job.worker_name, data=dict(data))
 
 
 def _activity_line(activity: Activity | None) -> list[str]:
@@ -32,7 +37,7 @@ def _activity_line(activity: Activity | None) -> list[str]:
 
 
 @rule("RQD101", "critical", "Job is running past its timeout")
-def past_timeout(ctx: Context) -> Iterator[Finding]:
+def past_timeout(ctx: Context) -> Iterator[Hit]:
     for facts in ctx.job_facts():
         timeout, running = facts.timeout_s, facts.running_for_s
         if timeout is None or timeout < 0 or running is None or running <= timeout:
@@ -49,60 +54,55 @@ def past_timeout(ctx: Context) -> Iterator[Finding]:
             why.append("SIGALRM (JobTimeoutException) did not stop it: Python runs the handler only between "
                        "bytecodes, so a blocking C call (socket read, lock, child wait) ignores it, or the code "
                        "swallowed the exception; RQ's parent kills the horse at timeout + 60 s")
-        yield _finding(
-            "RQD101", "critical", "Job is running past its timeout", facts,
-            [f"running {running:.0f} s, timeout {timeout} s", *why, *_activity_line(facts.activity)],
-            "Make the blocking call time out (see the activity's finding), then stop this run: "
-            + facts.stop_hint(),
-            running_for_s=round(running, 1), timeout_s=timeout,
-        )
+        yield _hit(facts, [f"running {running:.0f} s, timeout {timeout} s", *why, *_activity_line(facts.activity)],
+                   "Make the blocking call time out (see the activity's finding), then stop this run.",
+                   running_for_s=round(running, 1), timeout_s=timeout)
 
 
 @rule("RQD102", "warning", "Job is close to its timeout")
-def near_timeout(ctx: Context) -> Iterator[Finding]:
+def near_timeout(ctx: Context) -> Iterator[Hit]:
     for facts in ctx.job_facts():
         timeout, running = facts.timeout_s, facts.running_for_s
         if timeout is None or timeout <= 0 or running is None:
             continue
         if not NEAR_TIMEOUT_RATIO * timeout < running <= timeout:
             continue
-        yield _finding(
-            "RQD102", "warning", "Job is close to its timeout", facts,
+        yield _hit(
+            facts,
             [f"running {running:.0f} s of its {timeout} s timeout ({running / timeout:.0%})",
              *_activity_line(facts.activity)],
             "If it is progressing, let it finish and give this job a larger `timeout=` (or move it to the `long` "
             "queue, or a custom queue with its own timeout in common_site_config.json `workers`); chunk the work "
             "so each job stays well inside its timeout.",
-            running_for_s=round(running, 1), timeout_s=timeout,
+            stop=False, running_for_s=round(running, 1), timeout_s=timeout,
         )
 
 
 @rule("RQD103", "critical", "Network call without a timeout")
-def network_without_timeout(ctx: Context) -> Iterator[Finding]:
+def network_without_timeout(ctx: Context) -> Iterator[Hit]:
     for facts in ctx.stalled_jobs():
         a = facts.activity
         if a is None or a.kind not in NETWORK_KINDS:
             continue
         what = NETWORK_KINDS[a.kind]
         fixes = {
-            "http": "pass `timeout=(connect, read)` to every requests/urllib3/urllib call (e.g. `timeout=(5, 60)`);",
-            "smtp": "create SMTP connections with `timeout=` (Frappe: check the Email Account's server is reachable);",
-            "imap": "create IMAP connections with `timeout=`;",
-            "redis": "give the Redis client `socket_timeout=`;",
-            "socket": "call `settimeout()` on the socket (or `socket.setdefaulttimeout()` for libraries that hide it);",
+            "http": "pass `timeout=(connect, read)` to every requests/urllib3/urllib call (e.g. `timeout=(5, 60)`).",
+            "smtp": "create SMTP connections with `timeout=` (Frappe: check the Email Account's server is reachable).",
+            "imap": "create IMAP connections with `timeout=`.",
+            "redis": "give the Redis client `socket_timeout=`.",
+            "socket": "call `settimeout()` on the socket (or `socket.setdefaulttimeout()` for libraries that hide it).",
         }
-        yield _finding(
-            "RQD103", "critical", "Network call without a timeout", facts,
+        yield _hit(
+            facts,
             [f"blocked reading from {a.peer or 'a network peer'} for the whole sample window, no CPU",
              *_activity_line(a)],
-            f"The {what} peer never answers and the call has no timeout, so it waits forever: "
-            f"{fixes[a.kind]} then stop this run: {facts.stop_hint()}",
+            f"The {what} peer never answers and the call has no timeout, so it waits forever: {fixes[a.kind]}",
             peer=a.peer, kind=a.kind,
         )
 
 
 @rule("RQD104", "warning", "Job is waiting on a child process")
-def waiting_on_child(ctx: Context) -> Iterator[Finding]:
+def waiting_on_child(ctx: Context) -> Iterator[Hit]:
     for facts in ctx.stalled_jobs():
         a = facts.activity
         if a is None or a.kind != "subprocess":
@@ -112,49 +112,44 @@ def waiting_on_child(ctx: Context) -> Iterator[Finding]:
         evidence = [f"waiting on child pid {a.child_pid}: `{command[:200]}`"]
         if child is not None and child.cpu_percent is not None:
             evidence.append(f"child CPU {child.cpu_percent:.0f} %, state {child.status}")
-        fix = ("Give the child a timeout (`subprocess.run(..., timeout=N)`) and kill it on expiry; "
-               "then stop this run: " + facts.stop_hint())
+        fix = "Give the child a timeout (`subprocess.run(..., timeout=N)`) and kill it on expiry."
         if "wkhtmltopdf" in command:
             fix = ("wkhtmltopdf waits for CSS/images it fetches from the site URL and has no resource timeout: make "
                    "the site's `host_name` resolve and answer from this server, avoid external assets in print "
                    "formats. " + fix)
-        yield _finding("RQD104", "warning", "Job is waiting on a child process", facts, evidence, fix,
-                       child_pid=a.child_pid, child_cmdline=command)
+        yield _hit(facts, evidence, fix, child_pid=a.child_pid, child_cmdline=command)
 
 
 @rule("RQD105", "critical", "Job is spinning in a CPU loop")
-def cpu_loop(ctx: Context) -> Iterator[Finding]:
+def cpu_loop(ctx: Context) -> Iterator[Hit]:
     for facts in ctx.long_running_jobs():
         a = facts.activity
         if a is None or a.progress != "spinning":
             continue
-        yield _finding(
-            "RQD105", "critical", "Job is spinning in a CPU loop", facts,
-            [f"~{a.cpu_percent or 0:.0f} % CPU with the same code in every sample", *_activity_line(a)],
-            "Fix the loop's exit condition, or chunk the work (one `frappe.enqueue` per batch, commit per batch). "
-            "Stop this run: " + facts.stop_hint(),
+        yield _hit(
+            facts, [f"~{a.cpu_percent or 0:.0f} % CPU with the same code in every sample", *_activity_line(a)],
+            "Fix the loop's exit condition, or chunk the work (one `frappe.enqueue` per batch, commit per batch).",
         )
 
 
 @rule("RQD106", "critical", "Job is waiting on a lock")
-def lock_wait(ctx: Context) -> Iterator[Finding]:
+def lock_wait(ctx: Context) -> Iterator[Hit]:
     for facts in ctx.stalled_jobs():
         a = facts.activity
         if a is None or not (a.kind == "lock" or (a.kind == "sleep" and a.polling)):
             continue
         if a.kind == "lock":
             fix = ("A thread lock that is never released (a deadlock between threads, or a lock held across "
-                   "`fork()`): take locks in one global order and with `acquire(timeout=…)`. ")
+                   "`fork()`): take locks in one global order and with `acquire(timeout=…)`.")
         else:
             fix = ("A poll loop waits for a lock key someone else holds (or left behind when a horse was killed): "
                    "find the holder; use `SET key token NX EX ttl` with a TTL longer than the job timeout, released "
-                   "only by its owner, and give the wait a deadline. ")
-        yield _finding("RQD106", "critical", "Job is waiting on a lock", facts, _activity_line(a),
-                       fix + "Stop this run: " + facts.stop_hint())
+                   "only by its owner, and give the wait a deadline.")
+        yield _hit(facts, _activity_line(a), fix)
 
 
 @rule("RQD107", "critical", "Worker is busy but has no current job")
-def busy_without_job(ctx: Context) -> Iterator[Finding]:
+def busy_without_job(ctx: Context) -> Iterator[Hit]:
     for link in ctx.links.workers:
         w = link.worker
         if w.state != "busy" or w.current_job or w.executions or link.location != "local":
@@ -163,56 +158,59 @@ def busy_without_job(ctx: Context) -> Iterator[Finding]:
             continue
         runner = link.horse or link.process
         activity = ctx.activities.get(runner.pid) if runner else None
-        yield Finding(
-            "RQD107", "critical", "Worker is busy but has no current job", f"worker {w.name}",
+        commands = [f"kill -KILL -{link.horse.pgid or link.horse.pid}"] if link.horse else []
+        target = f" ({process_ref(link.horse)})" if link.horse else ""
+        yield Hit(
+            f"worker {w.name}",
             evidence=["state busy, no current_job: the horse never reached prepare_job_execution",
                       *_activity_line(activity)],
-            worker=w.name, pid=runner.pid if runner else w.pid,
+            worker=w.name, pid=runner.pid if runner else w.pid, commands=commands,
             fix="A lock inherited across fork() from a background thread (logging, Sentry, gRPC) deadlocks the "
                 "horse before the job body runs. Avoid starting threads before the fork, or use a spawn-based "
-                "worker. Kill the horse's process group to free the worker; the job is still queued or started.",
+                f"worker. Kill the horse's process group{target} to free the worker; the job is still queued or "
+                "started.",
         )
 
 
 @rule("RQD108", "warning", "SimpleWorker: the job blocks its worker")
-def simple_worker_blocked(ctx: Context) -> Iterator[Finding]:
+def simple_worker_blocked(ctx: Context) -> Iterator[Hit]:
     for facts in ctx.long_running_jobs():
         if facts.link.runner_role != "worker":
             continue
-        yield _finding(
-            "RQD108", "warning", "SimpleWorker: the job blocks its worker", facts,
+        yield _hit(
+            facts,
             ["the job runs inside the worker process itself: no work-horse, no hard kill at timeout + 60 s, "
              "and the worker takes no other job meanwhile", *_activity_line(facts.activity)],
             "Use the forking Worker for jobs that may hang, or make the job's blocking calls time out. "
-            "Stopping this run stops the worker itself: " + facts.stop_hint(),
+            "Stopping this run stops the worker itself.",
         )
 
 
 @rule("RQD109", "warning", "No progress: the same stack in every sample, no CPU")
-def no_progress(ctx: Context) -> Iterator[Finding]:
+def no_progress(ctx: Context) -> Iterator[Hit]:
     covered = {"http", "smtp", "imap", "socket", "redis", "subprocess", "lock", "db_lock_wait"}
     for facts in ctx.stalled_jobs():
         a = facts.activity
         if a is None or a.kind in covered or (a.kind == "sleep" and a.polling):
             continue
-        yield _finding(
-            "RQD109", "warning", "No progress: the same stack in every sample, no CPU", facts,
-            [f"{a.samples} samples, identical stack, ~0 CPU", *_activity_line(a)],
+        yield _hit(
+            facts, [f"{a.samples} samples, identical stack, ~0 CPU", *_activity_line(a)],
             "Look at the frame named above: a sleep or a wait with no end. If the job should be doing work, stop "
-            "it: " + facts.stop_hint(),
+            "it.",
         )
 
 
 @rule("RQD110", "warning", "Orphaned work-horse: its worker is gone")
-def orphaned_horse(ctx: Context) -> Iterator[Finding]:
+def orphaned_horse(ctx: Context) -> Iterator[Hit]:
     for process in ctx.links.orphans:
         job = ctx.links.job_for_pid(process.pid)
-        yield Finding(
-            "RQD110", "warning", "Orphaned work-horse: its worker is gone", f"process {process.pid}",
+        yield Hit(
+            f"process {process.pid}",
             evidence=[f"pid {process.pid} (parent {process.ppid}) looks like an RQ work-horse with no live worker",
                       f"`{' '.join(process.cmdline)[:200]}`"],
             pid=process.pid, job_id=job.job.job_id if job else None,
+            commands=[f"kill -TERM -{process.pgid or process.pid}"],
             fix="Nobody heartbeats or times out this job; when it finishes it may re-create a ghost worker hash "
-                f"(RQD202). If it is stuck: `kill -TERM -{process.pgid or process.pid}` (its process group), "
-                "then check the job's status.",
+                f"(RQD202). If it is stuck, end its process group ({process_ref(process)}), then check the job's "
+                "status.",
         )

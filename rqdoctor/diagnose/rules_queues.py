@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from rqdoctor.diagnose.advice import redis_cli
 from rqdoctor.diagnose.context import Context, age
-from rqdoctor.diagnose.findings import Finding, rule
+from rqdoctor.diagnose.findings import Hit, rule
 
 BACKLOG_LIMIT_S = 600
 """A job queued longer than this while workers listen means the queue does not keep up."""
@@ -23,7 +24,7 @@ def listeners(ctx: Context, queue: str) -> list[str]:
 
 
 @rule("RQD501", "critical", "Queue has jobs but no worker listens on it")
-def queue_without_listener(ctx: Context) -> Iterator[Finding]:
+def queue_without_listener(ctx: Context) -> Iterator[Hit]:
     if ctx.snapshot.redis is None:
         return
     for q in ctx.snapshot.redis.queues:
@@ -33,30 +34,31 @@ def queue_without_listener(ctx: Context) -> Iterator[Finding]:
         evidence = [f"{q.queued} job(s) queued, 0 workers listening"]
         if waited is not None:
             evidence.append(f"oldest queued job {q.oldest_queued_job} has waited {waited:.0f} s")
-        yield Finding(
-            "RQD501", "critical", "Queue has jobs but no worker listens on it", f"queue {q.name}",
+        yield Hit(
+            f"queue {q.name}",
             evidence=evidence, data={"queue": q.name, "queued": q.queued},
             fix="Start a worker for this queue. On a bench, production supervisor configs since v14.18 have no "
                 "dedicated `default` worker (short and long workers also take `default`); a custom queue needs "
-                "its own entry in common_site_config.json `workers`, then `bench setup supervisor` and "
-                "`sudo supervisorctl reread && sudo supervisorctl update`.",
+                "its own entry in common_site_config.json `workers`, then regenerate and reload the supervisor config.",
+            commands=["bench setup supervisor", "sudo supervisorctl reread && sudo supervisorctl update"],
         )
 
 
 @rule("RQD502", "critical", "RQ is suspended: workers take no new jobs")
-def rq_suspended(ctx: Context) -> Iterator[Finding]:
+def rq_suspended(ctx: Context) -> Iterator[Hit]:
     if ctx.snapshot.redis is None or not ctx.snapshot.redis.suspended:
         return
-    yield Finding(
-        "RQD502", "critical", "RQ is suspended: workers take no new jobs", "redis rq:suspended",
+    yield Hit(
+        "redis rq:suspended",
         evidence=["the key rq:suspended exists (set by `rq suspend`)"],
-        fix="Resume with `rq resume --url <redis_queue>` (it deletes rq:suspended), unless someone suspended "
-            "RQ on purpose for maintenance.",
+        fix="Resume by deleting rq:suspended (what `rq resume` does), unless someone suspended RQ on purpose "
+            "for maintenance.",
+        commands=[redis_cli(ctx.snapshot.target, "DEL", "rq:suspended")],
     )
 
 
 @rule("RQD503", "warning", "Abandoned job: started, but nobody heartbeats it")
-def abandoned_job(ctx: Context) -> Iterator[Finding]:
+def abandoned_job(ctx: Context) -> Iterator[Hit]:
     for link in ctx.links.jobs:
         job = link.job
         expires = job.registry_expires_at
@@ -72,14 +74,12 @@ def abandoned_job(ctx: Context) -> Iterator[Finding]:
             evidence.append("a scheduled job: while it stays 'started', the scheduler skips every later run "
                             "(\"Skipped queueing … because it was found in queue\")")
             fix += " Until it is gone this scheduled job type never runs again."
-        yield Finding(
-            "RQD503", "critical" if scheduled else "warning", "Abandoned job: started, but nobody heartbeats it",
-            f"job {job.job_id}", evidence=evidence, fix=fix, job_id=job.job_id, worker=job.worker_name,
-        )
+        yield Hit(f"job {job.job_id}", evidence=evidence, fix=fix, job_id=job.job_id, worker=job.worker_name,
+                  severity="critical" if scheduled else None)
 
 
 @rule("RQD504", "warning", "Queue backlog: jobs wait long although workers listen")
-def queue_backlog(ctx: Context) -> Iterator[Finding]:
+def queue_backlog(ctx: Context) -> Iterator[Hit]:
     if ctx.snapshot.redis is None:
         return
     for q in ctx.snapshot.redis.queues:
@@ -88,12 +88,13 @@ def queue_backlog(ctx: Context) -> Iterator[Finding]:
         if not q.queued or not names or waited is None or waited <= BACKLOG_LIMIT_S:
             continue
         busy = sum(1 for link in ctx.links.workers if link.worker.name in names and link.worker.state == "busy")
-        yield Finding(
-            "RQD504", "warning", "Queue backlog: jobs wait long although workers listen", f"queue {q.name}",
+        yield Hit(
+            f"queue {q.name}",
             evidence=[f"{q.queued} queued, oldest waited {waited:.0f} s",
                       f"{busy} of {len(names)} listening workers busy"],
             data={"queue": q.name, "queued": q.queued},
             fix="If every listening worker is busy with a hung job, `rqdoctor hangs` shows which. Otherwise add "
-                "workers (`background_workers` in common_site_config.json, then `bench setup supervisor`) or move "
-                "long work to the `long` queue.",
+                "workers (`background_workers` in common_site_config.json, then regenerate the supervisor config) or "
+                "move long work to the `long` queue.",
+            commands=["bench setup supervisor", "sudo supervisorctl reread && sudo supervisorctl update"],
         )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from rqdoctor.diagnose.advice import redis_cli
 from rqdoctor.diagnose.context import Context, age
-from rqdoctor.diagnose.findings import Finding, rule
+from rqdoctor.diagnose.findings import Hit, rule
 
 BUSY_HEARTBEAT_LIMIT_S = 120
 """A busy worker refreshes its heartbeat every job_monitoring_interval (30 s) with a 90 s TTL."""
@@ -14,7 +15,7 @@ IDLE_HEARTBEAT_LIMIT_S = 540
 
 
 @rule("RQD201", "warning", "Worker is registered in Redis but its process is gone")
-def dead_worker(ctx: Context) -> Iterator[Finding]:
+def dead_worker(ctx: Context) -> Iterator[Hit]:
     for link in ctx.links.workers:
         w = link.worker
         if link.location != "dead" or w.death is not None:
@@ -24,33 +25,36 @@ def dead_worker(ctx: Context) -> Iterator[Finding]:
         if w.current_job:
             evidence.append(f"its current job {w.current_job} stays 'started' until a cleanup runs")
         evidence.append(f"worker key expires in {w.ttl} s" if w.ttl and w.ttl > 0 else "worker key never expires")
-        yield Finding(
-            "RQD201", "warning", "Worker is registered in Redis but its process is gone", f"worker {w.name}",
+        yield Hit(
+            f"worker {w.name}",
             evidence=evidence, worker=w.name, pid=w.pid,
-            fix="Find out why it died (logs/worker.error.log, `dmesg | grep -i -e oom -e killed`), then restart "
-                "the workers (`sudo supervisorctl restart all` or `bench restart`). Its job, if any, is moved "
-                "to the failed registry by the next maintenance run of a worker on that queue (see RQD503).",
+            fix="Find out why it died (logs/worker.error.log, the kernel log for the OOM killer), then restart "
+                "the workers (supervisor, or `bench restart`). Its job, if any, is moved to the failed registry by "
+                "the next maintenance run of a worker on that queue (see RQD503).",
+            commands=["dmesg | grep -i -e oom -e killed", "sudo supervisorctl restart all"],
         )
 
 
 @rule("RQD202", "warning", "Ghost worker: a persistent partial worker hash")
-def ghost_worker(ctx: Context) -> Iterator[Finding]:
+def ghost_worker(ctx: Context) -> Iterator[Hit]:
     for w in ctx.redis_workers():
         if w.key_type != "hash" or w.pid is not None or w.birth is not None or w.ttl != -1:
             continue
-        yield Finding(
-            "RQD202", "warning", "Ghost worker: a persistent partial worker hash", f"worker {w.name}",
+        yield Hit(
+            f"worker {w.name}",
             evidence=[f"{w.key} has no pid/birth and no TTL", "typical after an orphaned horse finished a job "
                       "once its worker had died (rq#1276); `rq info` shows it as `(None None None): ?`"],
             worker=w.name,
-            fix=f"After checking that no worker named {w.name} runs: `redis-cli -n <db> DEL {w.key}` and "
-                f"`redis-cli -n <db> SREM rq:workers {w.key}`. A new worker with that name would otherwise fail "
-                "with 'There exists an active worker named … already'.",
+            fix=f"After checking that no worker named {w.name} runs, delete the hash and its worker-set member. A "
+                "new worker with that name would otherwise fail with 'There exists an active worker named … "
+                "already'.",
+            commands=[redis_cli(ctx.snapshot.target, "DEL", w.key),
+                      redis_cli(ctx.snapshot.target, "SREM", "rq:workers", w.key)],
         )
 
 
 @rule("RQD203", "warning", "Worker heartbeat is stale")
-def stale_heartbeat(ctx: Context) -> Iterator[Finding]:
+def stale_heartbeat(ctx: Context) -> Iterator[Hit]:
     for link in ctx.links.workers:
         w = link.worker
         if link.location == "dead" or w.last_heartbeat is None or w.death is not None:
@@ -59,23 +63,24 @@ def stale_heartbeat(ctx: Context) -> Iterator[Finding]:
         heartbeat_age = age(ctx.now, w.last_heartbeat)
         if heartbeat_age is None or heartbeat_age <= limit:
             continue
-        yield Finding(
-            "RQD203", "warning", "Worker heartbeat is stale", f"worker {w.name}",
+        yield Hit(
+            f"worker {w.name}",
             evidence=[f"state {w.state}, last heartbeat {heartbeat_age:.0f} s ago (limit {limit} s)"],
             worker=w.name, pid=w.pid,
-            fix="The worker's own loop is not running: look at it with `rqdoctor stack "
-                f"{w.pid or '<pid>'}` (a hung Redis connection or a stuck monitor loop); restart it if it is hung.",
+            fix="The worker's own loop is not running: look at its stack (a hung Redis connection or a stuck "
+                "monitor loop); restart it if it is hung.",
+            commands=[f"rqdoctor stack {w.pid}"] if link.process is not None else [],
         )
 
 
 @rule("RQD204", "info", "Stale member of the worker set")
-def stale_worker_member(ctx: Context) -> Iterator[Finding]:
+def stale_worker_member(ctx: Context) -> Iterator[Hit]:
     for w in ctx.redis_workers():
         if w.ttl != -2 and w.key_type != "none":
             continue
-        yield Finding(
-            "RQD204", "info", "Stale member of the worker set", f"worker {w.name}",
+        yield Hit(
+            f"worker {w.name}",
             evidence=[f"rq:workers lists {w.key} but the key does not exist"], worker=w.name,
-            fix="Harmless: RQ's worker-registry cleanup removes it. To remove it now: "
-                f"`redis-cli -n <db> SREM rq:workers {w.key}`.",
+            fix="Harmless: RQ's worker-registry cleanup removes it, or remove it now.",
+            commands=[redis_cli(ctx.snapshot.target, "SREM", "rq:workers", w.key)],
         )

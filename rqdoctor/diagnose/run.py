@@ -47,7 +47,7 @@ def diagnose(snapshot: Snapshot, codes: set[str] | None = None, min_age_s: float
     findings: list[Finding] = []
     for code, registered in sorted(RULES.items()):
         if codes is None or any(code.startswith(c) for c in codes):
-            findings.extend(registered.check(context))
+            findings.extend(registered.findings(context))
     findings.sort(key=lambda f: (severity_rank(f.severity), f.code, f.subject))
     return Diagnosis(context, findings, blockers)
 

@@ -33,6 +33,8 @@ def findings(items: list[Finding], errors: list[ProbeError]) -> str:
         out += [f"  - {e}" for e in f.evidence]
         if f.fix:
             out.append(f"  - **Fix:** {f.fix}")
+        if f.commands:
+            out += ["", "    ```sh", *(f"    {c}" for c in f.commands), "    ```"]
     return "\n".join(out) + "\n"
 
 

@@ -45,7 +45,13 @@ def finding(f: Finding) -> RenderableType:
         fix = Text("    fix: ", style="green")
         fix.append(f.fix)
         lines.append(fix)
+    lines += [command(c) for c in f.commands]
     return Group(*lines)
+
+
+def command(text: str) -> Text:
+    """A command to copy: on its own line, never wrapped or cut (it may run past the terminal's width)."""
+    return Text(f"      {text}", style="bold", no_wrap=True, overflow="ignore")
 
 
 def findings(items: list[Finding]) -> list[RenderableType]:

@@ -7,7 +7,7 @@ Databases are created and dropped with the ``mariadb``/``mysql`` and ``psql`` cl
 
 from __future__ import annotations
 
-import fcntl
+import atexit
 import itertools
 import os
 import shutil
@@ -24,7 +24,9 @@ import pytest
 
 from .venvs import cache_root
 
-REDIS_DBS = range(9, 16)
+REDIS_DBS = range(1, 16)
+CLAIM_TTL_S = 1800
+"""A claim on a shared server lapses after this, should its test run die without releasing it."""
 UNAVAILABLE: list[str] = []  # reasons, reported in the terminal summary
 _rotation = itertools.count()
 
@@ -59,13 +61,75 @@ def tcp_reachable(host: str, port: int, timeout: float = 2.0) -> bool:
 # --- Redis -------------------------------------------------------------------------------
 
 
+_server: subprocess.Popen[bytes] | None = None
+_server_url: str | None = None
+_claimed: set[int] = set()
+
+
 def redis_base_url() -> str:
-    return os.environ.get("RQDOCTOR_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
+    """``RQDOCTOR_TEST_REDIS``, else a Redis server of this test run's own (see :func:`_own_server`)."""
+    if os.environ.get("RQDOCTOR_TEST_REDIS"):
+        return os.environ["RQDOCTOR_TEST_REDIS"].rstrip("/")
+    return _own_server()
+
+
+def _own_server() -> str:
+    """Start (once per process) a private ``redis-server`` on a free port: no other checkout can touch it.
+
+    Its port is deliberately not one of Redis's usual ports, as on benches that move Redis.
+    Stopped by pid when the test process exits.
+    """
+    global _server, _server_url
+    if _server_url is not None and _server is not None and _server.poll() is None:
+        return _server_url
+    exe = shutil.which("redis-server")
+    if exe is None:
+        service_unavailable("no redis-server on PATH (or set RQDOCTOR_TEST_REDIS=redis://host:port)")
+    workdir = cache_root() / "redis-servers"
+    workdir.mkdir(parents=True, exist_ok=True)
+    for _ in range(5):
+        port = _free_port()
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--databases", "16", "--dir", str(workdir), "--logfile", ""],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and proc.poll() is None:
+            if tcp_reachable("127.0.0.1", port, timeout=0.2):
+                _server, _server_url = proc, f"redis://127.0.0.1:{port}"
+                atexit.register(_stop_server, proc)
+                return _server_url
+            time.sleep(0.05)
+        _stop_server(proc)
+    service_unavailable("could not start a private redis-server")
+    raise AssertionError("unreachable")
+
+
+def _free_port() -> int:
+    """A free TCP port outside Redis's usual ranges (6379-6389, 11000-13999)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not (6379 <= port < 6390 or 11000 <= port < 14000):
+            return port
+
+
+def _stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @contextmanager
 def private_redis_db() -> Iterator[str]:
-    """Hold one of Redis DBs 9-15 (file-locked across processes), flushed before and after."""
+    """Hold one Redis DB (1-15) of this test run's server, flushed before and after.
+
+    With ``RQDOCTOR_TEST_REDIS`` (a shared server) DBs are claimed in Redis itself with ``SET NX``
+    and a TTL, so two checkouts never flush each other's.
+    """
     import redis
 
     base = redis_base_url()
@@ -73,23 +137,32 @@ def private_redis_db() -> Iterator[str]:
         redis.Redis.from_url(base, socket_timeout=3).ping()
     except redis.RedisError as e:
         service_unavailable(f"Redis at {base}: {e}")
+    shared = bool(os.environ.get("RQDOCTOR_TEST_REDIS"))
     start = next(_rotation)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
     for i in range(len(REDIS_DBS)):
         db = REDIS_DBS[(start + i) % len(REDIS_DBS)]
-        with open(cache_root() / f"redis-db-{db}.lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            url = f"{base}/{db}"
-            client = redis.Redis.from_url(url)
-            try:
-                client.flushdb()
-                yield url
-            finally:
-                client.flushdb()
-                client.close()
-            return
+        if db in _claimed:
+            continue
+        claim = redis.Redis.from_url(f"{base}/0")
+        claim_key = f"rqdoctor-tests:claim:{db}"
+        if shared and not claim.set(claim_key, owner, nx=True, ex=CLAIM_TTL_S):
+            claim.close()
+            continue
+        _claimed.add(db)
+        url = f"{base}/{db}"
+        client = redis.Redis.from_url(url)
+        try:
+            client.flushdb()
+            yield url
+        finally:
+            client.flushdb()
+            client.close()
+            _claimed.discard(db)
+            if shared and claim.get(claim_key) == owner.encode():
+                claim.delete(claim_key)
+            claim.close()
+        return
     raise RuntimeError(f"all Redis test DBs {REDIS_DBS.start}-{REDIS_DBS.stop - 1} are in use")
 
 

@@ -1,0 +1,50 @@
+"""Building blocks of fixes: exact process references and copy-paste-safe commands (pure).
+
+Every command a finding suggests is built here from snapshot values, never from prose, so that it
+names the real process, Redis and database. Commands are printed, never run.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from rqdoctor.model import ProcessInfo, TargetInfo
+
+
+def started(create_time: float | None) -> str:
+    """A process start time as ``2026-12-01 19:02:11 UTC`` (``start time unknown`` when not read)."""
+    if create_time is None:
+        return "start time unknown"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(create_time))
+
+
+def process_ref(p: ProcessInfo, limit: int = 120) -> str:
+    """The exact process advice was checked against: pid, start time and what it runs."""
+    command = " ".join(p.cmdline) or "?"
+    if len(command) > limit:
+        command = command[: limit - 1] + "…"
+    return f"pid {p.pid} (started {started(p.create_time)}, runs: {command})"
+
+
+def redis_cli(target: TargetInfo, *args: str) -> str:
+    """``redis-cli`` against the diagnosed Redis: host, port, db and ``--askpass`` when it has a password."""
+    parts = urlsplit(target.redis_url)
+    query = parse_qs(parts.query)
+    cli = ["redis-cli"]
+    if parts.scheme == "unix":
+        cli += ["-s", parts.path]
+        db = (query.get("db") or ["0"])[0]
+    else:
+        cli += ["-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+        db = (parts.path.lstrip("/") or (query.get("db") or ["0"])[0]) or "0"
+        if parts.scheme == "rediss":
+            cli.append("--tls")
+    if db != "0":
+        cli += ["-n", db]
+    if parts.username and parts.username not in ("", "default"):
+        cli += ["--user", parts.username]
+    if parts.password:
+        cli.append("--askpass")
+    return " ".join(shlex.quote(a) for a in [*cli, *args])
