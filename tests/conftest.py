@@ -23,6 +23,7 @@ from tests.harness.venvs import ensure_venv, ensure_venvs, selected_flavours
 from tests.harness.workers import Workers, running_workers, text_client
 
 MARKERS = {
+    "unit": "pure: no services, no processes (added to every test not marked integration); `-m unit` runs in seconds",
     "integration": "needs real services (Redis, databases) or worker processes",
     "slow": "takes more than a few seconds",
     "mariadb": "needs MariaDB (127.0.0.1:3306, root)",
@@ -46,6 +47,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for db in ("mariadb", "postgres"):
             if db in names:
                 item.add_marker(getattr(pytest.mark, db))
+        if item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.unit)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
