@@ -23,14 +23,15 @@ from tests.harness.venvs import ensure_venv, ensure_venvs, selected_flavours
 from tests.harness.workers import Workers, running_workers, text_client
 
 MARKERS = {
-    "unit": "pure: no services, no processes (added to every test not marked integration); `-m unit` runs in seconds",
+    "unit": "pure: no services, no processes (every test neither integration nor cli); `-m unit` runs in seconds",
+    "cli": "runs the rqdoctor CLI or scenario processes, without services",
     "integration": "needs real services (Redis, databases) or worker processes",
     "slow": "takes more than a few seconds",
     "mariadb": "needs MariaDB (127.0.0.1:3306, root)",
     "postgres": "needs PostgreSQL (127.0.0.1:5432, postgres)",
 }
 _SERVICE_FIXTURES = {"redis_url", "redis_client", "bench", "make_bench", "workers", "rq_venv",
-                     "mariadb", "postgres"}
+                     "mariadb", "postgres", "tarpit"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,7 +48,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for db in ("mariadb", "postgres"):
             if db in names:
                 item.add_marker(getattr(pytest.mark, db))
-        if item.get_closest_marker("integration") is None:
+        if item.get_closest_marker("integration") is None and item.get_closest_marker("cli") is None:
             item.add_marker(pytest.mark.unit)
 
 

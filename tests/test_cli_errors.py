@@ -28,6 +28,8 @@ from typer.testing import CliRunner
 from rqdoctor import __version__
 from rqdoctor.cli import app
 
+pytestmark = pytest.mark.cli  # runs the CLI or scenario processes: not the pure unit tier
+
 SCRIPT = Path(sys.executable).with_name("rqdoctor")
 COMMANDS = ["hangs", "stack", "locks", "workers", "queues", "target", "demo"]
 SECRETS = ("TopSecretRedis9", "TopSecretDb7", "TopSecretAdmin5")

@@ -11,6 +11,8 @@ import pytest
 
 from rqdoctor.model import SCHEMA_VERSION
 
+pytestmark = pytest.mark.cli  # runs the CLI or scenario processes: not the pure unit tier
+
 RECORDED = Path(__file__).parent / "data" / "snapshots" / "frappe-15.54.1-lockwait.json"
 
 

@@ -13,6 +13,8 @@ import redis
 from rqdoctor.demo import explicit_db, url_with_db
 from tests.harness.services import tcp_reachable
 
+pytestmark = pytest.mark.cli  # runs the CLI or scenario processes: not the pure unit tier
+
 EXPECTED = {
     "demo-http": ({"http"}, "RQD103"),
     "demo-subprocess": ({"subprocess"}, "RQD104"),

@@ -31,6 +31,8 @@ from tests.harness.workers import (
     wait_for_worker_registered,
 )
 
+pytestmark = pytest.mark.cli  # runs the CLI or scenario processes: not the pure unit tier
+
 RQ_VERSIONS = {"rq115": "1.15.1", "rq116": "1.16.2", "rq26": "2.6.1", "rq30": "3.0."}
 SLEEP = "rqdoctor.scenarios.sleep_for"
 
