@@ -14,7 +14,7 @@ import sys
 import typer
 
 from rqdoctor import __version__
-from rqdoctor.commands import demo, hangs, locks, queues, stack, target, workers
+from rqdoctor.commands import demo, hangs, locks, preflight, queues, stack, target, workers
 from rqdoctor.commands.common import EXIT_CANNOT_DIAGNOSE
 from rqdoctor.errors import RqdoctorError
 
@@ -47,6 +47,7 @@ app.command("locks")(locks.command)
 app.command("workers")(workers.command)
 app.command("queues")(queues.command)
 app.command("target")(target.command)
+app.command("preflight")(preflight.command)
 app.command("demo")(demo.command)
 
 
