@@ -71,27 +71,31 @@ def _functions(path: Path) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
             yield node
 
 
-def service_fixtures() -> set[str]:
-    """Names of the fixtures tests/conftest.py defines (each needs a service, a venv or a process)."""
-    return {f.name for f in _functions(TESTS / "conftest.py") if "fixture" in _decorator_names(f)}
+def service_fixtures(root: Path = TESTS) -> set[str]:
+    """Names of the fixtures ``root``/conftest.py defines (each needs a service, a venv or a process)."""
+    conftest = root / "conftest.py"
+    if not conftest.exists():
+        return set()
+    return {f.name for f in _functions(conftest) if "fixture" in _decorator_names(f)}
 
 
-def module_paths() -> list[Path]:
-    return sorted({*TESTS.rglob("test_*.py"), *TESTS.rglob("*_test.py")})
+def module_paths(root: Path = TESTS) -> list[Path]:
+    """The files pytest collects tests from (its default ``python_files``)."""
+    return sorted({*root.rglob("test_*.py"), *root.rglob("*_test.py")})
 
 
-def catalogue_tests() -> list[CatalogueTest]:
-    """Every test function under tests/ named after a finding code."""
-    services = service_fixtures()
+def catalogue_tests(root: Path = TESTS) -> list[CatalogueTest]:
+    """Every test function under ``root`` named after a finding code."""
+    services = service_fixtures(root)
     found = []
-    for path in module_paths():
+    for path in module_paths(root):
         for node in _functions(path):
             match = CATALOGUE_TEST.match(node.name)
             if match is None:
                 continue
             arguments = {a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]}
             pure = not (arguments & services or _decorator_names(node) & SERVICE_MARKERS)
-            where = f"{path.relative_to(TESTS.parent)}::{node.name}"
+            where = f"{path.relative_to(root.parent)}::{node.name}"
             found.append(CatalogueTest(match[1].upper(), match[2], where, pure))
     return found
 
@@ -123,13 +127,28 @@ def test_catalogue_test_names_are_unique_per_module() -> None:
     assert not twice, twice
 
 
-def test_the_meta_scan_sees_purity_and_kinds() -> None:
-    # GIVEN this module's own examples and the conftest fixtures
-    tests = {t.where.rsplit("::", 1)[1]: t for t in catalogue_tests()}
-    # THEN they are found with their code and kind, and a service fixture makes a test impure
-    assert tests["test_rqd102_fires_at_81_percent_of_its_timeout"] == CatalogueTest(
-        "RQD102", "fires", "tests/test_catalogue.py::test_rqd102_fires_at_81_percent_of_its_timeout", True)
-    assert tests["test_rqd102_near_miss_at_79_percent_of_its_timeout"].kind == "near_miss"
+def test_the_meta_scan_tells_pure_tests_from_service_tests(tmp_path: Path) -> None:
+    # GIVEN a tests tree with a service fixture, a marked test and a helper that only looks like a test
+    root = tmp_path / "tests"
+    (root / "unit").mkdir(parents=True)
+    (root / "conftest.py").write_text("import pytest\n\n@pytest.fixture\ndef redis_url():\n    yield 'redis://'\n")
+    (root / "unit" / "test_x.py").write_text(
+        "import pytest\n\n"
+        "def test_rqd101_fires_live(redis_url):\n    pass\n\n"
+        "@pytest.mark.integration\ndef test_rqd101_near_miss_marked():\n    pass\n\n"
+        "class TestRqd:\n    def test_rqd102_fires_in_a_class(self, tmp_path):\n        pass\n\n"
+        "def test_rqd101_near_miss_pure(monkeypatch):\n    pass\n\n"
+        "def rqd103_fires_helper():\n    pass\n")
+    # WHEN
+    found = catalogue_tests(root)
+    # THEN
+    assert set(found) == {
+        CatalogueTest("RQD101", "fires", "tests/unit/test_x.py::test_rqd101_fires_live", False),
+        CatalogueTest("RQD101", "near_miss", "tests/unit/test_x.py::test_rqd101_near_miss_marked", False),
+        CatalogueTest("RQD102", "fires", "tests/unit/test_x.py::test_rqd102_fires_in_a_class", True),
+        CatalogueTest("RQD101", "near_miss", "tests/unit/test_x.py::test_rqd101_near_miss_pure", True),
+    }
+    assert len(found) == 4
     assert {"redis_url", "workers", "mariadb", "postgres", "bench"} <= service_fixtures()
 
 
@@ -205,8 +224,6 @@ def test_doc_sections_parser_reads_anchor_title_severity_and_note() -> None:
 
 HOLD = "diag.localhost::holdlock"
 """Recorded job in horse 19302 of worker SHORT_WORKER (pid 18619): idle in transaction, session 83."""
-WAIT = "diag.localhost::lockwait"
-"""Recorded job in horse 19307 of worker LONG_WORKER (pid 18622): waits on session 83's row lock."""
 SHORT_WORKER = "3e6904cd5aa043dd92bafc83fa1546ac"
 LONG_WORKER = "265fc20cbe22415cb480a89bf0e4445e"
 DEFAULT_QUEUE = "home-frappe-frappe-bench:default"
