@@ -3,7 +3,8 @@ says what the registry says.
 
 The meta tests read the test modules with :mod:`ast` (never importing them) and find, for every
 registered code, a pure ``test_rqdNNN_fires_<what>`` and a pure ``test_rqdNNN_near_miss_<what>``
-(pure: asks for no fixture of tests/conftest.py, all of which start services or processes).
+(pure: asks for no fixture of tests/conftest.py, all of which start services or processes, and
+carries no ``integration``/``cli``/database/``slow`` mark of its own, its class or its module).
 Below them are the examples of the codes whose tests live here, on recorded snapshots: the
 Frappe 15.54.1 lock-wait bench (tests/data/snapshots) and the Frappe 15.54.1 incident
 (tests/data/frappe-15.54.1-incident), each changed only as far as the case needs.
@@ -40,7 +41,8 @@ INCIDENT = TESTS / "data" / "frappe-15.54.1-incident" / "hangs-site-account.json
 # --- the meta tests -----------------------------------------------------------------------------
 
 CATALOGUE_TEST = re.compile(r"^test_(rqd\d{3})_(fires|near_miss)_\w+$")
-SERVICE_MARKERS = {"integration", "mariadb", "postgres", "slow"}
+NOT_PURE_MARKERS = {"integration", "cli", "mariadb", "postgres", "slow"}
+"""Markers of tests outside the pure (``unit``) tier."""
 
 
 @dataclass(frozen=True)
@@ -53,22 +55,36 @@ class CatalogueTest:
     pure: bool
 
 
-def _decorator_names(node: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
-    """Last attribute of each decorator (``pytest.mark.integration`` -> ``integration``)."""
-    names = set()
-    for decorator in node.decorator_list:
-        target = decorator.func if isinstance(decorator, ast.Call) else decorator
-        if isinstance(target, ast.Attribute):
-            names.add(target.attr)
-        elif isinstance(target, ast.Name):
-            names.add(target.id)
-    return names
+def _names(node: ast.AST) -> set[str]:
+    """Every name and attribute in an expression (``pytest.mark.cli`` -> ``pytest``, ``mark``, ``cli``)."""
+    return {n.attr if isinstance(n, ast.Attribute) else n.id for n in ast.walk(node)
+            if isinstance(n, ast.Attribute | ast.Name)}
 
 
-def _functions(path: Path) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            yield node
+def _marks(body: list[ast.stmt], decorators: list[ast.expr]) -> set[str]:
+    """Names used in decorators and in a ``pytestmark = …`` of this module or class body."""
+    marks = set().union(*map(_names, decorators))
+    for statement in body:
+        if isinstance(statement, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in statement.targets):
+            marks |= _names(statement.value)
+    return marks
+
+
+Function = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _functions(path: Path) -> Iterator[tuple[Function, set[str]]]:
+    """Module-level functions and methods of module-level classes, with the marks they inherit."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    module = _marks(tree.body, [])
+    for node in tree.body:
+        if isinstance(node, Function):
+            yield node, module | _marks([], node.decorator_list)
+        elif isinstance(node, ast.ClassDef):
+            inherited = module | _marks(node.body, node.decorator_list)
+            for method in node.body:
+                if isinstance(method, Function):
+                    yield method, inherited | _marks([], method.decorator_list)
 
 
 def service_fixtures(root: Path = TESTS) -> set[str]:
@@ -76,7 +92,7 @@ def service_fixtures(root: Path = TESTS) -> set[str]:
     conftest = root / "conftest.py"
     if not conftest.exists():
         return set()
-    return {f.name for f in _functions(conftest) if "fixture" in _decorator_names(f)}
+    return {f.name for f, marks in _functions(conftest) if "fixture" in marks}
 
 
 def module_paths(root: Path = TESTS) -> list[Path]:
@@ -89,12 +105,12 @@ def catalogue_tests(root: Path = TESTS) -> list[CatalogueTest]:
     services = service_fixtures(root)
     found = []
     for path in module_paths(root):
-        for node in _functions(path):
+        for node, marks in _functions(path):
             match = CATALOGUE_TEST.match(node.name)
             if match is None:
                 continue
             arguments = {a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]}
-            pure = not (arguments & services or _decorator_names(node) & SERVICE_MARKERS)
+            pure = not (arguments & services or marks & NOT_PURE_MARKERS)
             where = f"{path.relative_to(root.parent)}::{node.name}"
             found.append(CatalogueTest(match[1].upper(), match[2], where, pure))
     return found
@@ -128,7 +144,7 @@ def test_catalogue_test_names_are_unique_per_module() -> None:
 
 
 def test_the_meta_scan_tells_pure_tests_from_service_tests(tmp_path: Path) -> None:
-    # GIVEN a tests tree with a service fixture, a marked test and a helper that only looks like a test
+    # GIVEN a tests tree with a service fixture, marked tests, a cli module and a helper that looks like a test
     root = tmp_path / "tests"
     (root / "unit").mkdir(parents=True)
     (root / "conftest.py").write_text("import pytest\n\n@pytest.fixture\ndef redis_url():\n    yield 'redis://'\n")
@@ -137,8 +153,10 @@ def test_the_meta_scan_tells_pure_tests_from_service_tests(tmp_path: Path) -> No
         "def test_rqd101_fires_live(redis_url):\n    pass\n\n"
         "@pytest.mark.integration\ndef test_rqd101_near_miss_marked():\n    pass\n\n"
         "class TestRqd:\n    def test_rqd102_fires_in_a_class(self, tmp_path):\n        pass\n\n"
-        "def test_rqd101_near_miss_pure(monkeypatch):\n    pass\n\n"
+        "@pytest.mark.parametrize('x', [1])\ndef test_rqd101_near_miss_pure(monkeypatch, x):\n    pass\n\n"
         "def rqd103_fires_helper():\n    pass\n")
+    (root / "test_y_cli.py").write_text("import pytest\n\npytestmark = [pytest.mark.cli]\n\n"
+                                        "def test_rqd104_fires_through_the_cli():\n    pass\n")
     # WHEN
     found = catalogue_tests(root)
     # THEN
@@ -147,8 +165,9 @@ def test_the_meta_scan_tells_pure_tests_from_service_tests(tmp_path: Path) -> No
         CatalogueTest("RQD101", "near_miss", "tests/unit/test_x.py::test_rqd101_near_miss_marked", False),
         CatalogueTest("RQD102", "fires", "tests/unit/test_x.py::test_rqd102_fires_in_a_class", True),
         CatalogueTest("RQD101", "near_miss", "tests/unit/test_x.py::test_rqd101_near_miss_pure", True),
+        CatalogueTest("RQD104", "fires", "tests/test_y_cli.py::test_rqd104_fires_through_the_cli", False),
     }
-    assert len(found) == 4
+    assert len(found) == 5
     assert {"redis_url", "workers", "mariadb", "postgres", "bench"} <= service_fixtures()
 
 
