@@ -257,7 +257,7 @@ def recorded() -> Snapshot:
 
 
 def incident() -> Snapshot:
-    """The Frappe 15.54.1 incident bench (9 workers, a custom `reports` queue nobody listens on)."""
+    """The Frappe 15.54.1 incident bench (8 workers, a custom `reports` queue nobody listens on)."""
     return load_snapshot(INCIDENT)
 
 
@@ -285,7 +285,7 @@ def process(snapshot: Snapshot, pid: int) -> ProcessInfo:
     return next(p for p in snapshot.processes if p.pid == pid)
 
 
-def kill(snapshot: Snapshot, *pids: int) -> None:
+def drop_processes(snapshot: Snapshot, *pids: int) -> None:
     """The processes are gone (e.g. the OOM killer took a worker and its horse)."""
     snapshot.processes = [p for p in snapshot.processes if p.pid not in pids]
     snapshot.stacks = [s for s in snapshot.stacks if s.pid not in pids]
@@ -438,7 +438,7 @@ def test_rqd104_near_miss_horse_working_through_the_childs_output() -> None:
 def test_rqd108_fires_job_running_inside_its_worker() -> None:
     # GIVEN the short worker (pid 18619) without a work-horse: it runs its job itself
     snapshot = recorded()
-    kill(snapshot, 19302)
+    drop_processes(snapshot, 19302)
     finding = only(snapshot, "RQD108")
     assert (finding.severity, finding.subject, finding.pid, finding.worker) == (
         "warning", f"job {HOLD}", 18619, SHORT_WORKER)
@@ -460,7 +460,7 @@ def test_rqd108_near_miss_job_in_a_forked_horse() -> None:
 def test_rqd201_fires_worker_and_horse_gone() -> None:
     # GIVEN the short worker and its horse killed; its hash still names this host and pid 18619
     snapshot = recorded()
-    kill(snapshot, 18619, 19302)
+    drop_processes(snapshot, 18619, 19302)
     finding = only(snapshot, "RQD201")
     assert (finding.severity, finding.subject, finding.pid, finding.worker) == (
         "warning", f"worker {SHORT_WORKER}", 18619, SHORT_WORKER)
@@ -474,7 +474,7 @@ def test_rqd201_fires_worker_and_horse_gone() -> None:
 def test_rqd201_near_miss_process_table_not_readable() -> None:
     # GIVEN the same dead-looking worker, but the process probe failed: not seeing is no verdict
     snapshot = recorded()
-    kill(snapshot, 18619, 19302)
+    drop_processes(snapshot, 18619, 19302)
     snapshot.errors.append(ProbeError("processes", "error", "the process table could not be read"))
     assert findings(snapshot, "RQD201") == []
 
@@ -482,7 +482,7 @@ def test_rqd201_near_miss_process_table_not_readable() -> None:
 def test_rqd201_near_miss_worker_that_registered_its_death() -> None:
     # a clean exit (`death` set) is not a crash, even with the process gone
     snapshot = recorded()
-    kill(snapshot, 18619, 19302)
+    drop_processes(snapshot, 18619, 19302)
     worker(snapshot, SHORT_WORKER).death = now(snapshot) - 5
     assert findings(snapshot, "RQD201") == []
 
@@ -605,7 +605,7 @@ def only_default_listener(alive: bool) -> Snapshot:
     snapshot = recorded()
     worker(snapshot, LONG_WORKER).queues.remove(DEFAULT_QUEUE)
     if not alive:
-        kill(snapshot, 18619, 19302)
+        drop_processes(snapshot, 18619, 19302)
     return snapshot
 
 
@@ -644,7 +644,7 @@ def abandoned(horse_alive: bool) -> Snapshot:
     snapshot = recorded()
     job(snapshot, HOLD).registry_expires_at = now(snapshot) - 120
     if not horse_alive:
-        kill(snapshot, 18619, 19302)
+        drop_processes(snapshot, 18619, 19302)
     return snapshot
 
 
