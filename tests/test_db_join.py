@@ -127,7 +127,7 @@ def test_recorded_sessions_are_the_two_horses_by_client_port() -> None:
     assert graph.blockers_of(MY, 85)[0].blocking_session == 83 and graph.blockers_of(MY, 83) == []
 
 
-def test_recorded_lock_wait_gives_rqd401_with_the_blocking_job() -> None:
+def test_rqd401_fires_recorded_row_lock_victim_with_its_blocking_job() -> None:
     diagnosis = diagnose(_recorded_snapshot())
     finding = _only(diagnosis, "RQD401")
     assert (finding.severity, finding.subject) == ("critical", "job diag.localhost::lockwait")
@@ -145,7 +145,7 @@ def test_recorded_lock_wait_gives_rqd401_with_the_blocking_job() -> None:
     assert list(diagnosis.blockers) == ["diag.localhost::lockwait"]  # the blocker job waits on nobody
 
 
-def test_recorded_blocker_gives_rqd402_for_session_83() -> None:
+def test_rqd402_fires_recorded_idle_blocker_session_83() -> None:
     finding = _only(diagnose(_recorded_snapshot()), "RQD402")
     assert finding.subject == "db session 83"
     assert (finding.pid, finding.job_id) == (19302, "diag.localhost::holdlock")
@@ -275,7 +275,7 @@ def test_postgres_job_wait_kill_statement_is_pg_terminate_backend() -> None:
     assert diagnosis.activities[101].kind == KIND_DB_LOCK_WAIT
 
 
-def test_running_blocker_is_not_idle_and_invisible_blocker_is_unknown() -> None:
+def test_rqd402_near_miss_running_or_invisible_blocker() -> None:
     workers, jobs, processes = _job_world()
     sessions = [DbSession(MY, 1, client_host="localhost", client_port=1, client_pid=101, client_match="tcp",
                           command="Query", time_s=20.0),
@@ -306,7 +306,7 @@ def test_no_database_state_means_no_db_findings() -> None:
 
 
 @pytest.mark.parametrize(("server", "kill"), [(MY, "KILL 9;"), (PG, "SELECT pg_terminate_backend(9);")])
-def test_long_transaction_over_300_s_is_rqd403(server: str, kill: str) -> None:
+def test_rqd403_fires_transaction_open_over_300_s(server: str, kill: str) -> None:
     sessions = [DbSession(server, 9, client_host="localhost", command="Sleep", time_s=290.0, trx_age_s=301.0,
                           trx_rows_locked=12, idle_in_transaction=True),
                 DbSession(server, 10, client_host="localhost", command="Sleep", time_s=300.0, trx_age_s=300.0,
@@ -321,7 +321,7 @@ def test_long_transaction_over_300_s_is_rqd403(server: str, kill: str) -> None:
     assert _codes(diagnosis) == ["RQD403"]  # no wait, so no RQD401/402
 
 
-def test_ddl_waiting_on_a_metadata_lock_held_by_a_job_is_rqd404() -> None:
+def test_rqd404_fires_ddl_waiting_on_a_metadata_lock_held_by_a_job() -> None:
     workers, jobs, processes = _job_world()
     console = ProcessInfo(pid=400, ppid=1, cmdline=[BENCH_PY, "-m", "frappe.utils.bench_helper", "frappe", "--site",
                                                     "site1", "migrate"])
@@ -369,7 +369,7 @@ def _chain_snapshot(edges: list[tuple[int, int]], server: str = MY) -> Snapshot:
     return _snapshot(sessions, [LockWait(server, w, b, table="db.t", wait_age_s=5.0) for w, b in edges])
 
 
-def test_lock_wait_chain_is_rqd405_with_the_head_to_kill() -> None:
+def test_rqd405_fires_lock_wait_chain_with_the_head_to_kill() -> None:
     diagnosis = diagnose(_chain_snapshot([(1, 2), (2, 3)]))
     finding = _only(diagnosis, "RQD405")
     assert finding.subject == "db sessions 1 -> 2 -> 3"
@@ -380,11 +380,11 @@ def test_lock_wait_chain_is_rqd405_with_the_head_to_kill() -> None:
     assert graph.chain(graph.waits[0]) == ([1, 2, 3], False)
 
 
-def test_two_session_wait_is_no_chain() -> None:
+def test_rqd405_near_miss_two_session_wait_is_no_chain() -> None:
     assert _codes(diagnose(_chain_snapshot([(1, 2)])), "RQD405") == []
 
 
-def test_lock_wait_cycle_is_rqd405_once() -> None:
+def test_rqd405_fires_lock_wait_cycle_once() -> None:
     diagnosis = diagnose(_chain_snapshot([(5, 6), (6, 5)], server=PG))
     finding = _only(diagnosis, "RQD405")
     assert finding.data["cycle"] is True and set(finding.data["chain"]) == {5, 6}
