@@ -148,6 +148,26 @@ class JobInfo:
 
 
 @dataclass
+class RunHistory:
+    """Durations of recent runs per method, from the finished and failed registries (raw seconds, newest first).
+
+    Per queue, at most the newest ``per_registry`` live entries of each registry are read
+    (``ended_at - started_at`` of each job hash), so the size is bounded by 2 x that per queue.
+    """
+
+    finished: dict[str, list[float]] = field(default_factory=dict)
+    """Method -> durations of jobs whose hash says ``finished``."""
+    failed: dict[str, list[float]] = field(default_factory=dict)
+    """Method -> durations of jobs whose hash says ``failed``."""
+    per_registry: int = 0
+    """How many entries per queue and registry were asked for (0: history not read)."""
+    entries: int = 0
+    """Registry entries whose job hash was read."""
+    skipped: int = 0
+    """Of those, entries left out: hash gone or re-run since, times missing or unparsable, no method."""
+
+
+@dataclass
 class RedisState:
     """Everything read from RQ's Redis."""
 
@@ -159,6 +179,8 @@ class RedisState:
     jobs: list[JobInfo] = field(default_factory=list)
     round_trips: int = 0
     commands: int = 0
+    history: RunHistory = field(default_factory=RunHistory)
+    """Recent finished/failed durations per method (read only when some job is running)."""
 
 
 @dataclass

@@ -37,7 +37,7 @@ EXEC = "14e0ced5d36840aaa7ad864d1a0e41ee"
 EXEC2 = "0123456789abcdef0123456789abcdef"
 RQ_VERSIONS = {"rq115": "1.15.1", "rq116": "1.16.2", "rq26": "2.6.1", "rq30": "3.0."}
 READ_COMMANDS = {"SELECT", "AUTH", "HELLO", "PING", "TIME", "INFO", "SMEMBERS", "EXISTS", "TYPE", "HGETALL",
-                 "TTL", "LLEN", "LINDEX", "ZCARD", "ZRANGE", "HMGET"}
+                 "TTL", "LLEN", "LINDEX", "ZCARD", "ZRANGE", "ZREVRANGEBYSCORE", "HMGET"}
 
 
 def epoch(text: str) -> float:
@@ -111,7 +111,11 @@ def test_recorded_frappe15_bench(frappe15: redis.Redis, redis_url: str) -> None:
     assert state.redis_version == frappe15.info("server")["redis_version"]
     assert abs(state.server_time - time.time()) < 5
     assert not state.suspended
-    assert (state.round_trips, state.commands) == (3, 46)
+    # 46 before run history: + 2 ZREVRANGEBYSCORE per queue + 1 HMGET (the live failed entry), no extra round
+    assert (state.round_trips, state.commands) == (3, 53)
+    # the finished entries' scores (expiry) are in the past: not read; the failed one (7 days) is
+    assert state.history.failed == {"hangjobs.jobs.boom": [0.789]} and state.history.finished == {}
+    assert (state.history.entries, state.history.skipped, state.history.per_registry) == (1, 0, 100)
 
     workers = {w.name: w for w in state.workers}
     assert set(workers) == {"265fc20cbe22415cb480a89bf0e4445e", "3e6904cd5aa043dd92bafc83fa1546ac"}
@@ -311,7 +315,8 @@ def test_round_trips_do_not_grow(frappe15: redis.Redis, redis_url: str) -> None:
         pipe.sadd("rq:workers", f"rq:worker:idle{i}")
     ids = [str(uuid.UUID(int=i)) for i in range(10_000)]
     pipe.rpush(f"rq:queue:{BENCH}default", *ids)
-    pipe.zadd(f"rq:failed:{BENCH}short", {i: 1.0 for i in ids})
+    pipe.zadd(f"rq:failed:{BENCH}short", {i: 1.0 for i in ids})  # expired entries: not read
+    pipe.zadd(f"rq:finished:{BENCH}default", {i: time.time() + 600 for i in ids})  # live: the newest 100
     pipe.execute()
 
     started = time.monotonic()
@@ -319,9 +324,66 @@ def test_round_trips_do_not_grow(frappe15: redis.Redis, redis_url: str) -> None:
     assert errors == [] and time.monotonic() - started < 5
     assert len(big.workers) == 502
     assert big.round_trips == base.round_trips == 3
-    assert big.commands == base.commands + 500 * 4
+    assert big.commands == base.commands + 500 * 4 + 100
+    assert big.history.entries == base.history.entries + 100  # their hashes are missing: skipped
+    assert big.history.skipped == base.history.skipped + 100
     queues = {q.name: q for q in big.queues}
     assert queues[f"{BENCH}default"].queued == 10_001 and queues[f"{BENCH}short"].failed == 10_001
+
+
+# --- run history: finished and failed registries ---------------------------------------------
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def add_run(r: redis.Redis, registry: str, queue: str, job_id: str, fields: dict[str, str] | None,
+            expires_in: float = 600) -> None:
+    r.zadd(f"rq:{registry}:{queue}", {job_id: time.time() + expires_in})
+    if fields is not None:
+        r.hset(f"rq:job:{job_id}", mapping={**fields, "data": b"\x80\x04never"})
+
+
+def frappe_call(method: str) -> str:
+    return (f"frappe.utils.background_jobs.execute_job(event=None, is_async=True, job_name='{method}', "
+            f"kwargs={{}}, method='{method}', site='site1.local', user='Administrator')")
+
+
+def test_history_durations_per_method(raw: redis.Redis, redis_url: str) -> None:
+    """Newest live entries only, durations per method, odd entries skipped without a ProbeError."""
+    t = time.time() - 1000
+    raw.sadd("rq:queues", "rq:queue:h:q", "rq:queue:h:big", "rq:queue:h:odd")
+    raw.zadd("rq:wip:h:q", {"running": time.time() + 90})
+    raw.hset("rq:job:running", mapping={"status": "started", "description": frappe_call("app.task")})
+    ok = {"status": "finished", "started_at": iso(t), "ended_at": iso(t + 2.5), "description": frappe_call("app.task")}
+    add_run(raw, "finished", "h:q", "ok1", ok)
+    add_run(raw, "finished", "h:q", "ok2", {**ok, "description": "mod.fn(1)", "ended_at": iso(t + 0.25)})
+    add_run(raw, "finished", "h:q", "rerun", {**ok, "status": "started", "ended_at": ""})  # enqueued again since
+    add_run(raw, "finished", "h:q", "gone", None)  # hash expired before its registry entry
+    add_run(raw, "finished", "h:q", "badtime", {**ok, "ended_at": "soon"})
+    add_run(raw, "finished", "h:q", "negative", {**ok, "ended_at": iso(t - 5)})
+    add_run(raw, "finished", "h:q", "nomethod", {**ok, "description": "???"})
+    add_run(raw, "finished", "h:q", "expired", ok, expires_in=-10)  # past its score: never read
+    raw.zadd("rq:finished:h:q", {"listhash": time.time() + 600})
+    raw.rpush("rq:job:listhash", "x")
+    add_run(raw, "failed", "h:q", "f1", {**ok, "status": "failed", "ended_at": iso(t + 30)})
+    for i in range(150):
+        add_run(raw, "finished", "h:big", f"b{i:03d}", {**ok, "description": "mod.bulk()"}, expires_in=600 + i)
+    raw.set("rq:finished:h:odd", "not a zset")
+
+    state, errors = read(redis_url, "h:")
+    assert {e.subject for e in errors} == {"rq:finished:h:odd"}  # from its ZCARD, not from the history read
+    assert state.round_trips == 3
+    history = state.history
+    assert history.finished == {"app.task": [2.5], "mod.fn": [0.25], "mod.bulk": [2.5] * 100}
+    assert history.failed == {"app.task": [30.0]}
+    assert (history.entries, history.skipped, history.per_registry) == (100 + 8 + 1, 6, 100)
+
+    raw.delete("rq:wip:h:q")  # nothing running: nothing to judge, so no job hash of the history is read
+    idle, _ = read(redis_url, "h:")
+    assert (idle.history.entries, idle.history.finished, idle.history.per_registry) == (0, {}, 0)
+    assert idle.commands == state.commands - 1 - (100 + 8 + 1) and idle.round_trips == 2
 
 
 # --- read-only proof ---------------------------------------------------------------------------
