@@ -8,7 +8,7 @@ import pytest
 
 from rqdoctor.diagnose.history import UsualDuration, compare_line, percentile, usual_durations
 from rqdoctor.diagnose.run import diagnose
-from rqdoctor.model import RunHistory, Snapshot
+from rqdoctor.model import MethodRuns, RunHistory, Snapshot
 from rqdoctor.render.hangs import facts_lines
 from rqdoctor.views import job_rows
 from tests.test_diagnosis import busy_bench
@@ -22,9 +22,8 @@ def bench_with(running: float, finished: list[float] | None = None, failed: list
     """busy_bench's stalled job (a sleep, no CPU) with ``method``'s recent runs in the snapshot."""
     snap = busy_bench(running=running, timeout=timeout)
     assert snap.redis is not None
-    snap.redis.history = RunHistory(finished={method: finished} if finished else {},
-                                    failed={method: failed} if failed else {}, per_registry=100,
-                                    entries=len(finished or []) + len(failed or []))
+    runs = [MethodRuns(method, finished or [], failed or [])] if finished or failed else []
+    snap.redis.history = RunHistory(runs, per_registry=100, entries=len(finished or []) + len(failed or []))
     return snap
 
 
@@ -40,8 +39,8 @@ def test_nearest_rank_percentiles_and_usual_durations() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
     assert percentile(list(map(float, range(1, 101))), 0.95) == 95.0
     assert percentile([9.0, 1.0, 2.0, 3.0, 4.0], 0.95) == 9.0  # few runs: p95 is the longest
-    usual = usual_durations(RunHistory(finished={METHOD: USUAL, "empty": []}, failed={METHOD: [300.0, 2.0],
-                                                                                       "only.failed": [1.0]}))
+    usual = usual_durations(RunHistory([MethodRuns(METHOD, USUAL, [300.0, 2.0]), MethodRuns("only.failed", [], [1.0]),
+                                        MethodRuns("empty")]))
     assert usual == {METHOD: UsualDuration(120, 3.5, 4.0, 9.0, 2, 300.0)}
     assert usual[METHOD].far_past() == 64.0  # max(5 x 4, 4 + 60)
     assert UsualDuration(120, 200.0, 300.0, 400.0).far_past() == 1500.0  # max(5 x 300, 300 + 60)
@@ -131,11 +130,11 @@ def test_hangs_view_and_json_carry_the_usual_duration() -> None:
 def test_snapshot_with_history_round_trips() -> None:
     snap = bench_with(running=340, finished=USUAL, failed=[30.0])
     again = Snapshot.from_dict(json.loads(json.dumps(snap.to_dict())))
-    assert again == snap and again.redis is not None and again.redis.history.finished[METHOD] == USUAL
+    assert again == snap and again.redis is not None and again.redis.history.methods[0].finished == USUAL
     old = snap.to_dict()
     del old["redis"]["history"]  # a snapshot saved before run history was read
     assert Snapshot.from_dict(old).redis.history == RunHistory()
-    with pytest.raises(ValueError, match="history.finished"):
+    with pytest.raises(ValueError, match=r"history\.methods\.finished"):
         bad = snap.to_dict()
-        bad["redis"]["history"]["finished"] = [1.0]
+        bad["redis"]["history"]["methods"][0]["finished"] = {"a": 1.0}
         Snapshot.from_dict(bad)

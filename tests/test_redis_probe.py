@@ -24,12 +24,20 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from rqdoctor import scenarios
+from rqdoctor.diagnose.run import diagnose
 from rqdoctor.errors import ConfigError, ProbeFailure
-from rqdoctor.model import ProbeError, RedisState
+from rqdoctor.model import MethodRuns, ProbeError, RedisState, Snapshot, TargetInfo
 from rqdoctor.probes.redis_rq import connect, read_rq_state
+from rqdoctor.views import job_rows
 from tests.harness.bench import Bench
 from tests.harness.venvs import RQ_FLAVOURS
-from tests.harness.workers import Workers, enqueue, wait_for_job_started, wait_for_worker_registered
+from tests.harness.workers import (
+    Workers,
+    enqueue,
+    wait_for_job_started,
+    wait_for_job_status,
+    wait_for_worker_registered,
+)
 
 FIXTURE = Path(__file__).parent / "data" / "frappe-15.54.1" / "state.json"
 BENCH = "home-frappe-frappe-bench:"
@@ -114,7 +122,7 @@ def test_recorded_frappe15_bench(frappe15: redis.Redis, redis_url: str) -> None:
     # 46 before run history: + 2 ZREVRANGEBYSCORE per queue + 1 HMGET (the live failed entry), no extra round
     assert (state.round_trips, state.commands) == (3, 53)
     # the finished entries' scores (expiry) are in the past: not read; the failed one (7 days) is
-    assert state.history.failed == {"hangjobs.jobs.boom": [0.789]} and state.history.finished == {}
+    assert state.history.methods == [MethodRuns("hangjobs.jobs.boom", finished=[], failed=[0.789])]
     assert (state.history.entries, state.history.skipped, state.history.per_registry) == (1, 0, 100)
 
     workers = {w.name: w for w in state.workers}
@@ -376,13 +384,13 @@ def test_history_durations_per_method(raw: redis.Redis, redis_url: str) -> None:
     assert {e.subject for e in errors} == {"rq:finished:h:odd"}  # from its ZCARD, not from the history read
     assert state.round_trips == 3
     history = state.history
-    assert history.finished == {"app.task": [2.5], "mod.fn": [0.25], "mod.bulk": [2.5] * 100}
-    assert history.failed == {"app.task": [30.0]}
+    assert sorted(history.methods, key=lambda m: m.method) == [
+        MethodRuns("app.task", [2.5], [30.0]), MethodRuns("mod.bulk", [2.5] * 100), MethodRuns("mod.fn", [0.25])]
     assert (history.entries, history.skipped, history.per_registry) == (100 + 8 + 1, 6, 100)
 
     raw.delete("rq:wip:h:q")  # nothing running: nothing to judge, so no job hash of the history is read
     idle, _ = read(redis_url, "h:")
-    assert (idle.history.entries, idle.history.finished, idle.history.per_registry) == (0, {}, 0)
+    assert (idle.history.entries, idle.history.methods, idle.history.per_registry) == (0, [], 0)
     assert idle.commands == state.commands - 1 - (100 + 8 + 1) and idle.round_trips == 2
 
 
@@ -589,3 +597,46 @@ def test_real_workers(rq_flavour: str, bench: Bench, workers: Workers, redis_url
 
     (q,) = state.queues
     assert (q.name, q.started, q.queued, q.intermediate) == (queue, 1, 0, 0)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_real_run_history(rq_flavour: str, bench: Bench, workers: Workers, redis_url: str,
+                          redis_client: redis.Redis) -> None:
+    """A real worker runs a method 5 times and fails one job; while the method runs a 6th time, the probe
+    reads the durations of the finished and failed runs, and the job's view compares them."""
+    text = redis_client
+    w = workers.frappe(bench, rq_flavour, ("short",))
+    wait_for_worker_registered(text, w)
+    queue = bench.queue("short")
+    done = [enqueue(rq_flavour, redis_url, queue, "rqdoctor.scenarios.sleep_for", {"seconds": 0.2})
+            for _ in range(5)]
+    failed = enqueue(rq_flavour, redis_url, queue, "rqdoctor.scenarios.boom")
+    hashes = [wait_for_job_status(text, job_id, ["finished"]) for job_id in done]
+    wait_for_job_status(text, failed, ["failed"])
+    running = enqueue(rq_flavour, redis_url, queue, "rqdoctor.scenarios.sleep_for", {"seconds": 60})
+    wait_for_job_started(text, running, w)
+
+    # what every rq stores: plain ids in both registries, ISO start and end times in the job hash
+    assert set(text.zrange(f"rq:finished:{queue}", 0, -1)) == set(done)
+    assert text.zrange(f"rq:failed:{queue}", 0, -1) == [failed]
+    expected = sorted(round(epoch(h["ended_at"]) - epoch(h["started_at"]), 3) for h in hashes)
+
+    state, errors = read(redis_url, f"{bench.bench_id}:")
+    assert errors == [] and state.round_trips == 3  # the history rides along with the existing rounds
+    history = state.history
+    runs = {m.method: m for m in history.methods}
+    assert set(runs) == {"rqdoctor.scenarios.sleep_for", "rqdoctor.scenarios.boom"}
+    assert sorted(runs["rqdoctor.scenarios.sleep_for"].finished) == expected and all(0.2 <= d < 10 for d in expected)
+    assert runs["rqdoctor.scenarios.sleep_for"].failed == [] and runs["rqdoctor.scenarios.boom"].finished == []
+    (boom,) = runs["rqdoctor.scenarios.boom"].failed
+    assert 0 <= boom < 10
+    assert (history.entries, history.skipped, history.per_registry) == (6, 0, 100)
+
+    snap = Snapshot(host="elsewhere", generated_at=state.server_time, target=TargetInfo(redis_url, "test"),
+                    redis=state)
+    (row,) = job_rows(diagnose(snap))
+    assert row["job_id"] == running and row["usual_duration"]["runs"] == 5
+    assert row["usual_duration"]["p95_s"] == max(expected)
+    assert re.fullmatch(r"this method usually takes .* \(p95 of 5 recent runs, median .*\); this run is at .*",
+                        row["usual_duration"]["summary"])

@@ -39,12 +39,11 @@ def percentile(values: list[float], q: float) -> float:
 def usual_durations(history: RunHistory) -> dict[str, UsualDuration]:
     """Per method with at least one finished run: runs, p50, p95 and max, plus its failed runs."""
     usual = {}
-    for method, durations in history.finished.items():
-        if not durations:
-            continue
-        failed = history.failed.get(method, [])
-        usual[method] = UsualDuration(len(durations), percentile(durations, 0.5), percentile(durations, 0.95),
-                                      max(durations), len(failed), max(failed) if failed else None)
+    for runs in history.methods:
+        done, failed = runs.finished, runs.failed
+        if done:
+            usual[runs.method] = UsualDuration(len(done), percentile(done, 0.5), percentile(done, 0.95), max(done),
+                                               len(failed), max(failed) if failed else None)
     return usual
 
 

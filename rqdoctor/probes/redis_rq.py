@@ -380,8 +380,8 @@ def _read_history_jobs(rnd: _Round, runs: list[tuple[str, bytes, int]], history:
         if fields.get("status") != registry or started is None or ended is None or ended < started or not method:
             history.skipped += 1
             continue
-        durations = history.finished if registry == "finished" else history.failed
-        durations.setdefault(method, []).append(round(ended - started, 3))
+        runs = history.runs(method)
+        (runs.finished if registry == "finished" else runs.failed).append(round(ended - started, 3))
 
 
 def _add_worker(rnd: _Round, key: bytes) -> tuple[int, ...]:
