@@ -53,10 +53,7 @@ def add_jobs(r: redis.Redis, bench_id: str, queued: range, failed: range, now: f
             stamp = _iso(now - 3600 + i / 1000)
             pipe.hset(f"rq:job:{job_id}", mapping={
                 "status": "queued", "origin": queue, "created_at": stamp, "enqueued_at": stamp, "timeout": "300",
-                "description": f"frappe.utils.background_jobs.execute_job(event=None, is_async=True, "
-                               f"job_name='erpnext.tasks.job_{i % 50}', kwargs={{}}, "
-                               f"method='erpnext.tasks.job_{i % 50}', site='site{i % 4 + 1}.local', "
-                               f"user='Administrator')",
+                "description": _frappe_call(i),
                 "failure_ttl": str(FAILURE_TTL), "result_ttl": "600",
             })
         for queue, ids in by_queue.items():
@@ -71,6 +68,39 @@ def add_jobs(r: redis.Redis, bench_id: str, queued: range, failed: range, now: f
         for registry, members in by_registry.items():
             pipe.zadd(registry, members)
         pipe.execute()
+
+
+def add_history(r: redis.Redis, bench_id: str, finished: range, now: float) -> None:
+    """Finished runs (job hashes with start and end times, live registry entries) and one started job.
+
+    The started job (no worker, no process) makes the probe read the run history: without a running
+    job it reads only the registry ranges. Scores are an hour ahead, so ``rq info`` cleans nothing.
+    """
+    for chunk in _chunks(finished):
+        pipe = r.pipeline(transaction=False)
+        by_registry: dict[str, dict[str, float]] = {}
+        for i in chunk:
+            job_id, queue = f"site{i % 4 + 1}.local::finished-{i:08d}", f"{bench_id}:{QUEUE_TYPES[i % 3]}"
+            by_registry.setdefault(f"rq:finished:{queue}", {})[job_id] = now + 3600
+            started = now - 3000 + i / 1000
+            pipe.hset(f"rq:job:{job_id}", mapping={
+                "status": "finished", "origin": queue, "started_at": _iso(started),
+                "ended_at": _iso(started + 0.5 + i % 10), "description": _frappe_call(i), "result_ttl": "3600",
+            })
+        for registry, members in by_registry.items():
+            pipe.zadd(registry, members)
+        pipe.execute()
+    if finished:
+        job_id = "site1.local::running-00000000"
+        r.zadd(f"rq:wip:{bench_id}:long", {job_id: now + 3600})
+        r.hset(f"rq:job:{job_id}", mapping={"status": "started", "origin": f"{bench_id}:long", "timeout": "1500",
+                                            "started_at": _iso(now - 60), "description": _frappe_call(0)})
+
+
+def _frappe_call(i: int) -> str:
+    method = f"erpnext.tasks.job_{i % 50}"
+    return (f"frappe.utils.background_jobs.execute_job(event=None, is_async=True, job_name='{method}', "
+            f"kwargs={{}}, method='{method}', site='site{i % 4 + 1}.local', user='Administrator')")
 
 
 def _chunks(ids: range) -> list[range]:

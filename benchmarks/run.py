@@ -37,9 +37,9 @@ def main() -> None:
     started = time.monotonic()
     print(machine(args.flavour), flush=True)
     if args.only in (None, "redis"):
-        sizes = [Size(1_000, 10_000), Size(10_000, 100_000)] if args.quick else \
-            [Size(10_000, 100_000), Size(100_000, 1_000_000)]
-        print("\n## workers / queues: 1,000 workers, two data sizes\n", flush=True)
+        sizes = [Size(1_000, 10_000), Size(10_000, 100_000), Size(10_000, 100_000, 10_000)] if args.quick else \
+            [Size(10_000, 100_000), Size(100_000, 1_000_000), Size(100_000, 1_000_000, 10_000)]
+        print("\n## workers / queues: 1,000 workers, two data sizes, then run history\n", flush=True)
         print(workers_queues.run(sizes, 1_000, args.flavour, repeats), flush=True)
     if args.only in (None, "hangs"):
         counts = [4, 16] if args.quick else [16, 64]

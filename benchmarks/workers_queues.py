@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 
 from benchmarks.measure import Measured, checked, measure, median_run, spread, table
-from benchmarks.rqdata import MonitorCount, add_jobs, fingerprint, load_workers
+from benchmarks.rqdata import MonitorCount, add_history, add_jobs, fingerprint, load_workers
 from tests.harness.bench import Bench
 from tests.harness.services import private_redis_db
 from tests.harness.venvs import venv_python
@@ -46,13 +46,15 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 @dataclass
 class Size:
-    """One data size: totals of queued and failed job ids."""
+    """One data size: totals of queued and failed job ids, and of finished runs (with one started job)."""
 
     queued: int
     failed: int
+    finished: int = 0
 
     def __str__(self) -> str:
-        return f"{self.queued // 1000}k queued / {self.failed // 1000}k failed"
+        text = f"{self.queued // 1000}k queued / {self.failed // 1000}k failed"
+        return text + (f" / {self.finished // 1000}k finished + 1 started" if self.finished else "")
 
 
 @dataclass
@@ -92,6 +94,7 @@ def run(sizes: list[Size], workers: int, flavour: str, repeats: int) -> str:
         for size in sizes:
             start = time.perf_counter()
             add_jobs(r, BENCH_ID, range(loaded.queued, size.queued), range(loaded.failed, size.failed), now)
+            add_history(r, BENCH_ID, range(loaded.finished, size.finished), now)
             loaded = size
             out.append(f"loaded {workers} workers + {size} into DB {db} in {time.perf_counter() - start:.1f}s "
                        f"(Redis used_memory {r.info('memory')['used_memory_human']})")

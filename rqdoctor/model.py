@@ -148,6 +148,42 @@ class JobInfo:
 
 
 @dataclass
+class MethodRuns:
+    """Durations in seconds (``ended_at - started_at``) of one method's recent runs, newest first per queue."""
+
+    method: str
+    finished: list[float] = field(default_factory=list)
+    """Of jobs whose hash says ``finished``."""
+    failed: list[float] = field(default_factory=list)
+    """Of jobs whose hash says ``failed``."""
+
+
+@dataclass
+class RunHistory:
+    """Recent runs per method, from the finished and failed registries (raw durations, no statistics).
+
+    Per queue, at most the newest ``per_registry`` live entries of each registry are read, so the
+    size is bounded by 2 x that per queue.
+    """
+
+    methods: list[MethodRuns] = field(default_factory=list)
+    per_registry: int = 0
+    """How many entries per queue and registry were asked for (0: history not read)."""
+    entries: int = 0
+    """Registry entries whose job hash was read."""
+    skipped: int = 0
+    """Of those, entries left out: hash gone or re-run since, times missing or unparsable, no method."""
+
+    def runs(self, method: str) -> MethodRuns:
+        """The entry of ``method``, added if missing."""
+        found = next((m for m in self.methods if m.method == method), None)
+        if found is None:
+            found = MethodRuns(method)
+            self.methods.append(found)
+        return found
+
+
+@dataclass
 class RedisState:
     """Everything read from RQ's Redis."""
 
@@ -159,6 +195,8 @@ class RedisState:
     jobs: list[JobInfo] = field(default_factory=list)
     round_trips: int = 0
     commands: int = 0
+    history: RunHistory = field(default_factory=RunHistory)
+    """Recent finished/failed durations per method (read only when some job is running)."""
 
 
 @dataclass

@@ -116,6 +116,8 @@ def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "status": job.status,
             "running_for_s": _round(facts.running_for_s),
             "timeout_s": facts.timeout_s,
+            "usual_duration": None if facts.usual is None else {**dataclasses.asdict(facts.usual),
+                                                                "summary": facts.history()[0]},
             "worker": job.worker_name,
             "host": link.worker.hostname if link.worker else None,
             "location": link.location,

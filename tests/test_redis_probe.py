@@ -24,12 +24,20 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from rqdoctor import scenarios
+from rqdoctor.diagnose.run import diagnose
 from rqdoctor.errors import ConfigError, ProbeFailure
-from rqdoctor.model import ProbeError, RedisState
+from rqdoctor.model import MethodRuns, ProbeError, RedisState, Snapshot, TargetInfo
 from rqdoctor.probes.redis_rq import connect, read_rq_state
+from rqdoctor.views import job_rows
 from tests.harness.bench import Bench
 from tests.harness.venvs import RQ_FLAVOURS
-from tests.harness.workers import Workers, enqueue, wait_for_job_started, wait_for_worker_registered
+from tests.harness.workers import (
+    Workers,
+    enqueue,
+    wait_for_job_started,
+    wait_for_job_status,
+    wait_for_worker_registered,
+)
 
 FIXTURE = Path(__file__).parent / "data" / "frappe-15.54.1" / "state.json"
 BENCH = "home-frappe-frappe-bench:"
@@ -37,7 +45,7 @@ EXEC = "14e0ced5d36840aaa7ad864d1a0e41ee"
 EXEC2 = "0123456789abcdef0123456789abcdef"
 RQ_VERSIONS = {"rq115": "1.15.1", "rq116": "1.16.2", "rq26": "2.6.1", "rq30": "3.0."}
 READ_COMMANDS = {"SELECT", "AUTH", "HELLO", "PING", "TIME", "INFO", "SMEMBERS", "EXISTS", "TYPE", "HGETALL",
-                 "TTL", "LLEN", "LINDEX", "ZCARD", "ZRANGE", "HMGET"}
+                 "TTL", "LLEN", "LINDEX", "ZCARD", "ZRANGE", "ZREVRANGEBYSCORE", "HMGET"}
 
 
 def epoch(text: str) -> float:
@@ -111,7 +119,11 @@ def test_recorded_frappe15_bench(frappe15: redis.Redis, redis_url: str) -> None:
     assert state.redis_version == frappe15.info("server")["redis_version"]
     assert abs(state.server_time - time.time()) < 5
     assert not state.suspended
-    assert (state.round_trips, state.commands) == (3, 46)
+    # 46 before run history: + 2 ZREVRANGEBYSCORE per queue + 1 HMGET (the live failed entry), no extra round
+    assert (state.round_trips, state.commands) == (3, 53)
+    # the finished entries' scores (expiry) are in the past: not read; the failed one (7 days) is
+    assert state.history.methods == [MethodRuns("hangjobs.jobs.boom", finished=[], failed=[0.789])]
+    assert (state.history.entries, state.history.skipped, state.history.per_registry) == (1, 0, 100)
 
     workers = {w.name: w for w in state.workers}
     assert set(workers) == {"265fc20cbe22415cb480a89bf0e4445e", "3e6904cd5aa043dd92bafc83fa1546ac"}
@@ -311,7 +323,8 @@ def test_round_trips_do_not_grow(frappe15: redis.Redis, redis_url: str) -> None:
         pipe.sadd("rq:workers", f"rq:worker:idle{i}")
     ids = [str(uuid.UUID(int=i)) for i in range(10_000)]
     pipe.rpush(f"rq:queue:{BENCH}default", *ids)
-    pipe.zadd(f"rq:failed:{BENCH}short", {i: 1.0 for i in ids})
+    pipe.zadd(f"rq:failed:{BENCH}short", {i: 1.0 for i in ids})  # expired entries: not read
+    pipe.zadd(f"rq:finished:{BENCH}default", {i: time.time() + 600 for i in ids})  # live: the newest 100
     pipe.execute()
 
     started = time.monotonic()
@@ -319,9 +332,66 @@ def test_round_trips_do_not_grow(frappe15: redis.Redis, redis_url: str) -> None:
     assert errors == [] and time.monotonic() - started < 5
     assert len(big.workers) == 502
     assert big.round_trips == base.round_trips == 3
-    assert big.commands == base.commands + 500 * 4
+    assert big.commands == base.commands + 500 * 4 + 100
+    assert big.history.entries == base.history.entries + 100  # their hashes are missing: skipped
+    assert big.history.skipped == base.history.skipped + 100
     queues = {q.name: q for q in big.queues}
     assert queues[f"{BENCH}default"].queued == 10_001 and queues[f"{BENCH}short"].failed == 10_001
+
+
+# --- run history: finished and failed registries ---------------------------------------------
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def add_run(r: redis.Redis, registry: str, queue: str, job_id: str, fields: dict[str, str] | None,
+            expires_in: float = 600) -> None:
+    r.zadd(f"rq:{registry}:{queue}", {job_id: time.time() + expires_in})
+    if fields is not None:
+        r.hset(f"rq:job:{job_id}", mapping={**fields, "data": b"\x80\x04never"})
+
+
+def frappe_call(method: str) -> str:
+    return (f"frappe.utils.background_jobs.execute_job(event=None, is_async=True, job_name='{method}', "
+            f"kwargs={{}}, method='{method}', site='site1.local', user='Administrator')")
+
+
+def test_history_durations_per_method(raw: redis.Redis, redis_url: str) -> None:
+    """Newest live entries only, durations per method, odd entries skipped without a ProbeError."""
+    t = time.time() - 1000
+    raw.sadd("rq:queues", "rq:queue:h:q", "rq:queue:h:big", "rq:queue:h:odd")
+    raw.zadd("rq:wip:h:q", {"running": time.time() + 90})
+    raw.hset("rq:job:running", mapping={"status": "started", "description": frappe_call("app.task")})
+    ok = {"status": "finished", "started_at": iso(t), "ended_at": iso(t + 2.5), "description": frappe_call("app.task")}
+    add_run(raw, "finished", "h:q", "ok1", ok)
+    add_run(raw, "finished", "h:q", "ok2", {**ok, "description": "mod.fn(1)", "ended_at": iso(t + 0.25)})
+    add_run(raw, "finished", "h:q", "rerun", {**ok, "status": "started", "ended_at": ""})  # enqueued again since
+    add_run(raw, "finished", "h:q", "gone", None)  # hash expired before its registry entry
+    add_run(raw, "finished", "h:q", "badtime", {**ok, "ended_at": "soon"})
+    add_run(raw, "finished", "h:q", "negative", {**ok, "ended_at": iso(t - 5)})
+    add_run(raw, "finished", "h:q", "nomethod", {**ok, "description": "???"})
+    add_run(raw, "finished", "h:q", "expired", ok, expires_in=-10)  # past its score: never read
+    raw.zadd("rq:finished:h:q", {"listhash": time.time() + 600})
+    raw.rpush("rq:job:listhash", "x")
+    add_run(raw, "failed", "h:q", "f1", {**ok, "status": "failed", "ended_at": iso(t + 30)})
+    for i in range(150):
+        add_run(raw, "finished", "h:big", f"b{i:03d}", {**ok, "description": "mod.bulk()"}, expires_in=600 + i)
+    raw.set("rq:finished:h:odd", "not a zset")
+
+    state, errors = read(redis_url, "h:")
+    assert {e.subject for e in errors} == {"rq:finished:h:odd"}  # from its ZCARD, not from the history read
+    assert state.round_trips == 3
+    history = state.history
+    assert sorted(history.methods, key=lambda m: m.method) == [
+        MethodRuns("app.task", [2.5], [30.0]), MethodRuns("mod.bulk", [2.5] * 100), MethodRuns("mod.fn", [0.25])]
+    assert (history.entries, history.skipped, history.per_registry) == (100 + 8 + 1, 6, 100)
+
+    raw.delete("rq:wip:h:q")  # nothing running: nothing to judge, so no job hash of the history is read
+    idle, _ = read(redis_url, "h:")
+    assert (idle.history.entries, idle.history.methods, idle.history.per_registry) == (0, [], 0)
+    assert idle.commands == state.commands - 1 - (100 + 8 + 1) and idle.round_trips == 2
 
 
 # --- read-only proof ---------------------------------------------------------------------------
@@ -527,3 +597,46 @@ def test_real_workers(rq_flavour: str, bench: Bench, workers: Workers, redis_url
 
     (q,) = state.queues
     assert (q.name, q.started, q.queued, q.intermediate) == (queue, 1, 0, 0)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_real_run_history(rq_flavour: str, bench: Bench, workers: Workers, redis_url: str,
+                          redis_client: redis.Redis) -> None:
+    """A real worker runs a method 5 times and fails one job; while the method runs a 6th time, the probe
+    reads the durations of the finished and failed runs, and the job's view compares them."""
+    text = redis_client
+    w = workers.frappe(bench, rq_flavour, ("short",))
+    wait_for_worker_registered(text, w)
+    queue = bench.queue("short")
+    done = [enqueue(rq_flavour, redis_url, queue, "rqdoctor.scenarios.sleep_for", {"seconds": 0.2})
+            for _ in range(5)]
+    failed = enqueue(rq_flavour, redis_url, queue, "rqdoctor.scenarios.boom")
+    hashes = [wait_for_job_status(text, job_id, ["finished"]) for job_id in done]
+    wait_for_job_status(text, failed, ["failed"])
+    running = enqueue(rq_flavour, redis_url, queue, "rqdoctor.scenarios.sleep_for", {"seconds": 60})
+    wait_for_job_started(text, running, w)
+
+    # what every rq stores: plain ids in both registries, ISO start and end times in the job hash
+    assert set(text.zrange(f"rq:finished:{queue}", 0, -1)) == set(done)
+    assert text.zrange(f"rq:failed:{queue}", 0, -1) == [failed]
+    expected = sorted(round(epoch(h["ended_at"]) - epoch(h["started_at"]), 3) for h in hashes)
+
+    state, errors = read(redis_url, f"{bench.bench_id}:")
+    assert errors == [] and state.round_trips == 3  # the history rides along with the existing rounds
+    history = state.history
+    runs = {m.method: m for m in history.methods}
+    assert set(runs) == {"rqdoctor.scenarios.sleep_for", "rqdoctor.scenarios.boom"}
+    assert sorted(runs["rqdoctor.scenarios.sleep_for"].finished) == expected and all(0.2 <= d < 10 for d in expected)
+    assert runs["rqdoctor.scenarios.sleep_for"].failed == [] and runs["rqdoctor.scenarios.boom"].finished == []
+    (boom,) = runs["rqdoctor.scenarios.boom"].failed
+    assert 0 <= boom < 10
+    assert (history.entries, history.skipped, history.per_registry) == (6, 0, 100)
+
+    snap = Snapshot(host="elsewhere", generated_at=state.server_time, target=TargetInfo(redis_url, "test"),
+                    redis=state)
+    (row,) = job_rows(diagnose(snap))
+    assert row["job_id"] == running and row["usual_duration"]["runs"] == 5
+    assert row["usual_duration"]["p95_s"] == max(expected)
+    assert re.fullmatch(r"this method usually takes .* \(p95 of 5 recent runs, median .*\); this run is at .*",
+                        row["usual_duration"]["summary"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from rqdoctor.diagnose.activity import Activity
 from rqdoctor.diagnose.advice import process_ref
 from rqdoctor.diagnose.dbjoin import LockGraph
+from rqdoctor.diagnose.history import UsualDuration, compare_line, usual_durations
 from rqdoctor.diagnose.link import JobLink, Links
 from rqdoctor.model import Snapshot, WorkerInfo
 
@@ -27,6 +29,8 @@ class JobFacts:
     activity: Activity | None
     running_for_s: float | None
     timeout_s: int | None
+    usual: UsualDuration | None = None
+    """Recent finished runs of the same method, when there are any."""
 
     def identity(self) -> list[str]:
         """Evidence lines naming the job and its process."""
@@ -35,6 +39,10 @@ class JobFacts:
         if runner is not None:
             lines.append(f"pid {runner.pid} ({self.link.runner_role}) of worker {job.worker_name or '?'}")
         return lines
+
+    def history(self) -> list[str]:
+        """The evidence line comparing this run with the method's recent runs (none without history)."""
+        return [] if self.usual is None else [compare_line(self.usual, self.running_for_s)]
 
     def stop_advice(self) -> tuple[str, list[str]]:
         """How to stop this run by hand today, and the exact commands (printed, never executed)."""
@@ -70,6 +78,11 @@ class Context:
             return self.snapshot.redis.server_time
         return self.snapshot.generated_at
 
+    @cached_property
+    def usual(self) -> dict[str, UsualDuration]:
+        """Method -> statistics of its recent runs (empty when Redis could not be read)."""
+        return usual_durations(self.snapshot.redis.history) if self.snapshot.redis else {}
+
     def redis_workers(self) -> list[WorkerInfo]:
         """Workers read from Redis (empty when Redis could not be read)."""
         return self.snapshot.redis.workers if self.snapshot.redis else []
@@ -83,7 +96,8 @@ class Context:
             timeout = job.timeout
             if timeout is None:
                 timeout = self.snapshot.target.queue_timeouts.get(job.queue.rsplit(":", 1)[-1])
-            facts.append(JobFacts(link, activity, age(self.now, job.started_at), timeout))
+            usual = self.usual.get(job.method) if job.method else None
+            facts.append(JobFacts(link, activity, age(self.now, job.started_at), timeout, usual))
         return facts
 
     def long_running_jobs(self) -> list[JobFacts]:

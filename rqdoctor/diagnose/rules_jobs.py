@@ -8,6 +8,7 @@ from rqdoctor.diagnose.activity import Activity, short_path
 from rqdoctor.diagnose.advice import process_ref
 from rqdoctor.diagnose.context import Context, JobFacts
 from rqdoctor.diagnose.findings import Hit, rule
+from rqdoctor.diagnose.history import FAR_MARGIN_S, FAR_RATIO, runs_far_longer, seconds
 
 NEAR_TIMEOUT_RATIO = 0.8
 NETWORK_KINDS = {"http": "HTTP", "smtp": "SMTP", "imap": "IMAP", "socket": "network", "redis": "Redis"}
@@ -23,8 +24,9 @@ def _hit(facts: JobFacts, evidence: list[str], fix: str, stop: bool = True, **da
     if stop:
         advice, commands = facts.stop_advice()
         fix = f"{fix} {advice}".strip()
-    return Hit(f"job {job.job_id}", evidence=[*facts.identity(), *evidence], fix=fix, commands=commands,
-               job_id=job.job_id, pid=runner.pid if runner else None, worker=job.worker_name, data=dict(data))
+    return Hit(f"job {job.job_id}", evidence=[*facts.identity(), *evidence, *facts.history()], fix=fix,
+               commands=commands, job_id=job.job_id, pid=runner.pid if runner else None, worker=job.worker_name,
+               data=dict(data))
 
 
 def _activity_line(activity: Activity | None) -> list[str]:
@@ -213,4 +215,22 @@ def orphaned_horse(ctx: Context) -> Iterator[Hit]:
             fix="Nobody heartbeats or times out this job; when it finishes it may re-create a ghost worker hash "
                 f"(RQD202). If it is stuck, end its process group ({process_ref(process)}), then check the job's "
                 "status.",
+        )
+
+
+@rule("RQD111", "warning", "Job runs far longer than its usual runs")
+def far_longer_than_usual(ctx: Context) -> Iterator[Hit]:
+    for facts in ctx.job_facts():
+        usual, running = facts.usual, facts.running_for_s
+        if usual is None or running is None or not runs_far_longer(usual, running):
+            continue
+        yield _hit(
+            facts,
+            [f"past max({FAR_RATIO:g} x p95, p95 + {FAR_MARGIN_S:g} s) = {seconds(usual.far_past())} of its usual "
+             "runs", *_activity_line(facts.activity)],
+            "Slow or hung: this run is well outside what the same method took recently. Read what it is doing "
+            "(the activity and stack above, and its other findings): if it waits on something that never answers, "
+            "follow that finding; if it is working, its input is larger than usual or something it depends on is "
+            "slower, so let it finish and look at why.",
+            stop=False, running_for_s=round(running, 1), usual_p95_s=usual.p95_s, usual_runs=usual.runs,
         )

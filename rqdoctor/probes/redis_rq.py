@@ -14,6 +14,11 @@ one revealed, so the number of round trips does not grow with workers, queues or
    the queue reads of step 2 for queues that workers listen on but ``rq:queues`` lacks;
 4. and 5., only when step 3 found some: jobs of those queues, and workers named by a job's
    ``worker_name`` that are missing from ``rq:workers`` (``in_worker_set=False``).
+
+Run history rides along: with each queue's reads, ZREVRANGEBYSCORE of the newest live entries of
+``rq:finished:<q>`` and ``rq:failed:<q>``; in the next round that has a started job to judge (3, or 4
+for queues found in step 3), HMGET of ``status``, ``started_at``, ``ended_at`` and ``description`` of
+each of those jobs, kept as durations per method in :class:`RunHistory`.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from redis.retry import Retry
 
 from rqdoctor.errors import ConfigError, ProbeFailure
 from rqdoctor.jobids import method_of, site_of, split_member
-from rqdoctor.model import JobInfo, ProbeError, QueueInfo, RedisState, WorkerInfo
+from rqdoctor.model import JobInfo, ProbeError, QueueInfo, RedisState, RunHistory, WorkerInfo
 from rqdoctor.redact import redact_text, redact_url
 
 WORKERS_KEY = b"rq:workers"
@@ -52,6 +57,10 @@ REGISTRIES = {
 JOB_FIELDS = ("status", "origin", "description", "timeout", "created_at", "enqueued_at", "started_at",
               "last_heartbeat", "worker_name")
 """Plain-text fields of ``rq:job:<id>`` (never ``data``, ``meta`` or ``exc_info``)."""
+HISTORY_REGISTRIES = ("finished", "failed")
+HISTORY_PER_REGISTRY = 100
+"""Newest live entries read per queue from each of the finished and failed registries."""
+HISTORY_FIELDS = ("status", "started_at", "ended_at", "description")
 MAX_ROUNDS = 5
 """Safety net: the dependencies between reads end by round 5 (see the module docstring)."""
 HINT = "check --redis-url (run `rqdoctor target` to see which Redis rqdoctor uses and why)"
@@ -149,6 +158,8 @@ class _Reader:
         self.todo_jobs: list[_JobKey] = []
         self.todo_oldest: dict[bytes, bytes] = {}
         """Queue name -> id of its oldest queued job."""
+        self.todo_history: dict[tuple[str, bytes], None] = {}
+        """(registry, job id) of recent runs, read once some started job is known."""
 
     def run(self, rnd: _Round) -> bool:
         """Send one round; False when there was nothing to send."""
@@ -207,6 +218,8 @@ class _Reader:
         jobs = [(key, _add_job(rnd, *key)) for key in self.todo_jobs]
         oldest = [(name, job_id, rnd.add("hmget", JOB_PREFIX + job_id, ["enqueued_at"]))
                   for name, job_id in self.todo_oldest.items()]
+        ranges = _add_history_ranges(rnd, list(self.todo_queues), self.state.server_time)
+        runs = self.add_history_jobs(rnd)
         self.todo_queues, self.todo_workers, self.todo_jobs, self.todo_oldest = {}, {}, [], {}
         if not self.run(rnd):
             return False
@@ -219,7 +232,27 @@ class _Reader:
         for name, job_id, slot in oldest:
             values = self.reply(rnd, slot, JOB_PREFIX + job_id, [None])
             self.queues[name].oldest_enqueued_at = _ts(_text(values[0]))
+        self.read_history_ranges(rnd, ranges)
+        _read_history_jobs(rnd, runs, self.state.history)
         return True
+
+    def add_history_jobs(self, rnd: _Round) -> list[tuple[str, bytes, int]]:
+        """HMGETs of the recent runs found so far, once a started job makes them worth reading."""
+        if not self.jobs or not self.todo_history:
+            return []
+        runs = [(registry, job_id, rnd.add("hmget", JOB_PREFIX + job_id, list(HISTORY_FIELDS)))
+                for registry, job_id in self.todo_history]
+        self.todo_history = {}
+        self.state.history.per_registry = HISTORY_PER_REGISTRY
+        return runs
+
+    def read_history_ranges(self, rnd: _Round, ranges: list[tuple[str, int]]) -> None:
+        """Schedule the members of each registry range (a reply that is not a list is skipped)."""
+        for registry, slot in ranges:
+            members = rnd.replies[slot]
+            if isinstance(members, list):
+                for member in members:
+                    self.todo_history[(registry, _split_raw(member)[0])] = None
 
     def read_queue(self, rnd: _Round, name: bytes, registered: bool, slots: dict[str, int]) -> None:
         key = QUEUE_PREFIX + name
@@ -327,6 +360,28 @@ def _add_queue(rnd: _Round, name: bytes) -> dict[str, int]:
         slots[registry] = rnd.add("zcard", prefix + name)
     slots["wip"] = rnd.add("zrange", REGISTRIES["started"] + name, 0, -1, withscores=True)
     return slots
+
+
+def _add_history_ranges(rnd: _Round, names: list[bytes], now: float) -> list[tuple[str, int]]:
+    """The newest live (score >= now: not yet expired) entries of each queue's finished and failed registry."""
+    return [(registry, rnd.add("zrevrangebyscore", REGISTRIES[registry] + name, "+inf", now,
+                               start=0, num=HISTORY_PER_REGISTRY))
+            for name in names for registry in HISTORY_REGISTRIES]
+
+
+def _read_history_jobs(rnd: _Round, runs: list[tuple[str, bytes, int]], history: RunHistory) -> None:
+    """Durations of the runs whose hash still describes that run; anything else is counted as skipped."""
+    for registry, job_id, slot in runs:
+        history.entries += 1
+        values = rnd.replies[slot]
+        fields = dict(zip(HISTORY_FIELDS, map(_text, values), strict=False)) if isinstance(values, list) else {}
+        started, ended = _ts(fields.get("started_at")), _ts(fields.get("ended_at"))
+        method = method_of(fields.get("description"), _text(job_id))
+        if fields.get("status") != registry or started is None or ended is None or ended < started or not method:
+            history.skipped += 1
+            continue
+        runs = history.runs(method)
+        (runs.finished if registry == "finished" else runs.failed).append(round(ended - started, 3))
 
 
 def _add_worker(rnd: _Round, key: bytes) -> tuple[int, ...]:

@@ -22,6 +22,8 @@ def facts_lines(job: dict[str, Any]) -> list[str]:
     """The key facts of one job as short lines (shared by text and Markdown)."""
     timeout = f", timeout {duration(job['timeout_s'])}" if job["timeout_s"] not in (None, -1) else ""
     lines = [f"queue {job['queue']}, status {value(job['status'])}, running {duration(job['running_for_s'])}{timeout}"]
+    if job.get("usual_duration"):
+        lines.append(job["usual_duration"]["summary"])
     if job["location"] == "remote":
         lines.append(f"runs on host {job['host']} (worker {job['worker']}): no process or stack from here")
     elif job["pid"]:
