@@ -141,16 +141,9 @@ class Target:
         )
 
     def endpoints(self) -> list[KnownEndpoint]:
-        """The bench's services by ``host:port``: the Redis URL, the config's Redis servers, the sites' DBs."""
-        found = [KnownEndpoint(a, "redis_queue", "redis_url") for a in [_address(self.redis_url)] if a]
-        found += [KnownEndpoint(a, role, "common_site_config.json")
-                  for role, url in self.redis_roles.items() if (a := _address(url))]
-        for site in self.sites:
-            db = site.db_target(self.env)
-            if db.kind != "sqlite" and not db.socket:
-                found.append(KnownEndpoint(_join(db.host, db.port or DB_DEFAULT_PORTS[db.kind]), "db",
-                                           f"site:{site.name}"))
-        return list({(e.address, e.role): e for e in found}.values())
+        """The Redis servers common_site_config.json names, by ``host:port`` (unix sockets have none)."""
+        return [KnownEndpoint(a, role, "common_site_config.json")
+                for role, url in self.redis_roles.items() if (a := _address(url))]
 
 
 def discover(
@@ -284,12 +277,7 @@ def _address(url: str) -> str | None:
         return None
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         return None
-    return _join(parts.hostname, port)
-
-
-def _join(host: str, port: int) -> str:
-    """``host:port`` as connections spell it (``[ip]:port`` for IPv6; ``localhost`` is 127.0.0.1)."""
-    host = "127.0.0.1" if host == "localhost" else host
+    host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

@@ -78,7 +78,7 @@ class TargetInfo:
     db_urls: list[str] = field(default_factory=list)
     """Redacted database URLs given with ``--db-url``."""
     endpoints: list[KnownEndpoint] = field(default_factory=list)
-    """Every ``host:port`` the bench config names (its Redis servers, its sites' databases)."""
+    """The Redis servers common_site_config.json names (``redis_queue``/``redis_cache``/``redis_socketio``)."""
 
 
 @dataclass
