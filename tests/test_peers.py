@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rqdoctor.commands.common import load_snapshot
+from rqdoctor.config import discover
 from rqdoctor.diagnose.activity import classify, is_redis_port
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.model import (
@@ -237,3 +238,14 @@ def test_snapshot_round_trips_new_fields(incident: Snapshot) -> None:
     snapshot = _with_holder(copy.deepcopy(incident))
     snapshot.target.endpoints = known((QUEUE, "redis_queue"))
     assert Snapshot.from_dict(snapshot.to_dict()) == snapshot
+
+
+def test_target_names_the_bench_redis_servers_from_common_site_config(tmp_path: Path) -> None:
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "sites" / "common_site_config.json").write_text(
+        '{"redis_queue": "redis://:pw@localhost:16379", "redis_cache": "redis://127.0.0.1:16380", '
+        '"redis_socketio": "unix:///run/redis.sock"}')
+    info = discover(bench=str(tmp_path), env={}, scan_processes=False).info()
+    assert [(e.address, e.role) for e in info.endpoints] == [("127.0.0.1:16379", "redis_queue"),
+                                                             ("127.0.0.1:16380", "redis_cache")]
+    assert "pw" not in repr(info.endpoints)

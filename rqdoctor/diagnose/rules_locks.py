@@ -24,9 +24,10 @@ _FIX_NO_HOLDER = (
 )
 _FIX_UNSEEN = (
     "Who holds the lock could not be read here (the waiting thread's system call and /proc/locks need root or the "
-    "workers' user, and a polling filelock holds no fd between attempts). List holders with `cat /proc/locks` and "
-    "`lslocks`, find the process that has the lock file open, and wait for it or end it; do not delete the lock file."
+    "workers' user, and a polling filelock holds no fd between attempts). List the held locks with their pids and "
+    "files, see what the holder is doing, and wait for it or end it; do not delete the lock file."
 )
+_UNSEEN_COMMANDS = ["lslocks --output PID,TYPE,MODE,PATH,COMMAND", "cat /proc/locks"]
 
 
 def lock_fd(ctx: Context, pid: int, thread_id: int | None) -> tuple[str, WaitFd] | None:
@@ -65,7 +66,7 @@ def _hit(ctx: Context, facts: JobFacts, pid: int, lock_wait: tuple[str, WaitFd] 
     base = {"job_id": job.job_id, "pid": pid, "worker": job.worker_name}
     if lock_wait is None:
         evidence.append("the lock file and its holder were not seen (no system call facts for this thread)")
-        return Hit(f"job {job.job_id}", evidence=evidence, fix=_FIX_UNSEEN, **base)
+        return Hit(f"job {job.job_id}", evidence=evidence, fix=_FIX_UNSEEN, commands=_UNSEEN_COMMANDS, **base)
     syscall, wait = lock_wait
     holders = [lock for lock in wait.locks if not lock.blocked and lock.pid != pid]
     evidence.append(f"blocked in {syscall}() on fd {wait.fd}: {wait.target} (inode {wait.inode})")
