@@ -256,6 +256,16 @@ class WaitFd:
 
 
 @dataclass
+class LockFile:
+    """A lock file of the bench that someone holds an OS lock on now (from ``/proc/locks``)."""
+
+    path: str
+    inode: int
+    dev: str = ""
+    locks: list[FileLock] = field(default_factory=list)
+
+
+@dataclass
 class ThreadStack:
     """One thread of one sample, innermost frame first (py-spy order)."""
 
@@ -276,6 +286,9 @@ class ThreadStack:
     """The fds that syscall waits on (its fd argument; a poll/select/epoll set when it could be read)."""
     wait_fds_exact: bool = False
     """``wait_fds`` is the complete set the call waits on (False: none, or only part of it, was read)."""
+    lock_files: list[LockFile] = field(default_factory=list)
+    """Held lock files of the process's bench (``sites/*/locks/*.lock``, ``config/*.lock``), read only while
+    the thread runs ``filelock`` code, which polls and holds no fd between attempts."""
 
 
 @dataclass

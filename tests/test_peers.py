@@ -16,6 +16,7 @@ from rqdoctor.model import (
     FileLock,
     Frame,
     KnownEndpoint,
+    LockFile,
     ProcessInfo,
     ProcessStacks,
     Snapshot,
@@ -116,6 +117,42 @@ def test_rqd112_fires_no_holder_in_proc_locks_says_so(incident: Snapshot) -> Non
         sample.threads[0].wait_fds[0].locks = []
     finding = next(f for f in diagnose(snapshot).findings if f.job_id == FILELOCK_JOB)
     assert finding.code == "RQD112" and "no holder" in finding.evidence[-1] and not finding.commands
+
+
+SHARED = "/home/frappe/frappe-bench/sites/rqd1.localhost/locks/rqd_shared.lock"
+MIGRATE = "/home/frappe/frappe-bench/sites/rqd1.localhost/locks/bench_migrate.lock"
+
+
+def _polling(snapshot: Snapshot, *paths: str, local: str | None = None) -> Snapshot:
+    """The incident's polling filelock as the live probe records it: held lock files of the bench, no fd."""
+    stacks = next(s for s in snapshot.stacks if s.pid == 18580)
+    for sample in stacks.samples:
+        t = sample.threads[0]
+        t.syscall = "clock_nanosleep"
+        t.lock_files = [LockFile(p, 4000 + i, "fd:00", [FileLock(18453 + i, "FLOCK", "WRITE", cmdline=["bench"])])
+                        for i, p in enumerate(paths)]
+        if local:
+            t.frames[0].locals = {"lock_filename": repr(local), "poll_interval": "0.05"}
+    return snapshot
+
+
+def test_rqd112_fires_polling_filelock_with_the_only_held_lock_file(incident: Snapshot) -> None:
+    finding = next(f for f in diagnose(_polling(incident, SHARED)).findings if f.job_id == FILELOCK_JOB)
+    assert finding.code == "RQD112" and finding.data["holders"] == [18453]
+    assert any(line.startswith(f"lock file {SHARED}") and "likely" in line for line in finding.evidence)
+
+
+def test_rqd112_fires_polling_filelock_named_by_its_locals(incident: Snapshot) -> None:
+    snapshot = _polling(incident, MIGRATE, SHARED, local=SHARED)
+    finding = next(f for f in diagnose(snapshot).findings if f.job_id == FILELOCK_JOB)
+    assert finding.data["lock_file"] == SHARED and finding.data["holders"] == [18454]
+
+
+def test_rqd112_near_miss_several_held_lock_files_names_no_holder(incident: Snapshot) -> None:
+    """Two lock files held and nothing says which one it polls: no pid is singled out, nothing to kill."""
+    finding = next(f for f in diagnose(_polling(incident, MIGRATE, SHARED)).findings if f.job_id == FILELOCK_JOB)
+    assert finding.code == "RQD112" and not any(c.startswith("kill") for c in finding.commands)
+    assert f"one of: {MIGRATE}, {SHARED}" in finding.evidence[-1]
 
 
 def test_rqd112_near_miss_thread_lock_keeps_rqd106(incident: Snapshot) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from rqdoctor.diagnose.advice import process_ref
 from rqdoctor.diagnose.context import Context, JobFacts
 from rqdoctor.diagnose.findings import Hit, rule
 from rqdoctor.diagnose.rules_jobs import _activity_line
-from rqdoctor.model import FileLock, ProcessInfo, WaitFd
+from rqdoctor.model import FileLock, ProcessInfo
 
 _FIX_HOLDER = (
     "The lock is an OS flock held by {holder}: the job waits until that process closes the file or exits. "
@@ -30,15 +31,45 @@ _FIX_UNSEEN = (
 _UNSEEN_COMMANDS = ["lslocks --output PID,TYPE,MODE,PATH,COMMAND", "cat /proc/locks"]
 
 
-def lock_fd(ctx: Context, pid: int, thread_id: int | None) -> tuple[str, WaitFd] | None:
-    """The system call and the file the job's thread waits to lock, from its latest sample that read one."""
+class LockWait(NamedTuple):
+    """The lock file a job waits for and the ``/proc/locks`` lines of its inode."""
+
+    path: str
+    inode: int | None
+    locks: list[FileLock]
+    how: str
+    """How the file was found: ``flock() on fd 7``, ``filelock's lock_filename``, ``the only … held now``."""
+    others: list[str]
+    """Other held lock files it could be (the wait's file is not known exactly)."""
+
+
+_PATH_LOCALS = ("lock_filename", "lock_file", "lock_path")
+
+
+def lock_wait(ctx: Context, pid: int, thread_id: int | None) -> LockWait | None:
+    """The file the job's thread waits to lock, from its latest sample that tells.
+
+    Exactly: the blocked ``flock``/``fcntl`` call's fd. For a polling ``filelock`` (no fd between
+    attempts): the held lock file a frame's locals name, else the only held lock file of the bench.
+    """
     stacks = next((s for s in ctx.snapshot.stacks if s.pid == pid), None)
-    for sample in reversed(stacks.samples if stacks else []):
-        for thread in sample.threads:
-            if thread.thread_id == thread_id and thread.syscall in ("flock", "fcntl"):
-                found = next((w for w in thread.wait_fds if w.target.startswith("/")), None)
-                if found is not None:
-                    return thread.syscall, found
+    threads = [t for s in reversed(stacks.samples if stacks else []) for t in s.threads if t.thread_id == thread_id]
+    for t in threads:
+        fd = next((w for w in t.wait_fds if w.target.startswith("/")), None)
+        if t.syscall in ("flock", "fcntl") and fd is not None:
+            return LockWait(fd.target, fd.inode, fd.locks, f"{t.syscall}() on fd {fd.fd}", [])
+    for t in threads:
+        held = [f for f in t.lock_files if any(not lk.blocked and lk.pid != pid for lk in f.locks)]
+        if not held:
+            continue
+        named = {v.strip("'\"") for f in t.frames for k, v in (f.locals or {}).items() if k in _PATH_LOCALS}
+        exact = [f for f in held if f.path in named]
+        if exact:
+            return LockWait(exact[0].path, exact[0].inode, exact[0].locks, "the lock path in its frame's locals", [])
+        if len(held) == 1:
+            return LockWait(held[0].path, held[0].inode, held[0].locks,
+                            "likely: the only lock file of the bench held now", [])
+        return LockWait("", None, [], "", [f.path for f in held])
     return None
 
 
@@ -57,20 +88,21 @@ def file_lock_wait(ctx: Context) -> Iterator[Hit]:
         a, runner = facts.activity, facts.link.runner
         if a is None or runner is None or not a.file_lock:
             continue
-        yield _hit(ctx, facts, runner.pid, lock_fd(ctx, runner.pid, a.thread_id))
+        yield _hit(ctx, facts, runner.pid, lock_wait(ctx, runner.pid, a.thread_id))
 
 
-def _hit(ctx: Context, facts: JobFacts, pid: int, lock_wait: tuple[str, WaitFd] | None) -> Hit:
+def _hit(ctx: Context, facts: JobFacts, pid: int, wait: LockWait | None) -> Hit:
     job = facts.link.job
     evidence = [*facts.identity(), *_activity_line(facts.activity)]
     base = {"job_id": job.job_id, "pid": pid, "worker": job.worker_name}
-    if lock_wait is None:
-        evidence.append("the lock file and its holder were not seen (no system call facts for this thread)")
+    if wait is None or not wait.path:
+        seen = (f"several lock files of the bench are held now, it waits for one of: {', '.join(wait.others)}"
+                if wait else "the lock file and its holder were not seen (no /proc facts for this thread)")
+        evidence.append(seen)
         return Hit(f"job {job.job_id}", evidence=evidence, fix=_FIX_UNSEEN, commands=_UNSEEN_COMMANDS, **base)
-    syscall, wait = lock_wait
     holders = [lock for lock in wait.locks if not lock.blocked and lock.pid != pid]
-    evidence.append(f"blocked in {syscall}() on fd {wait.fd}: {wait.target} (inode {wait.inode})")
-    data: dict[str, object] = {"lock_file": wait.target, "inode": wait.inode, "holders": [h.pid for h in holders]}
+    evidence.append(f"lock file {wait.path} (inode {wait.inode}), from {wait.how}")
+    data: dict[str, object] = {"lock_file": wait.path, "inode": wait.inode, "holders": [h.pid for h in holders]}
     if not holders:
         evidence.append("/proc/locks lists no holder for that inode")
         return Hit(f"job {job.job_id}", evidence=evidence, fix=_FIX_NO_HOLDER, data=data, **base)
@@ -84,4 +116,3 @@ def _hit(ctx: Context, facts: JobFacts, pid: int, lock_wait: tuple[str, WaitFd] 
         commands += [f"rqdoctor stack {lock.pid}", f"kill -TERM {lock.pid}"]
     return Hit(f"job {job.job_id}", evidence=evidence, fix=_FIX_HOLDER.format(holder="; ".join(refs)),
                commands=commands, data=data, **base)
-

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import psutil
 
-from rqdoctor.model import FileLock, ThreadStack, WaitFd
+from rqdoctor.model import FileLock, LockFile, ThreadStack, WaitFd
 from rqdoctor.probes.processes import redact_argv
 from rqdoctor.redact import redact_text
 
@@ -29,6 +29,12 @@ MAX_FDS = 64
 """At most this many fds of one poll/select/epoll set are read and resolved."""
 MAX_LOCK_LINES = 10_000
 """``/proc/locks`` is read up to this many lines."""
+MAX_LOCK_FILES = 500
+"""At most this many of a bench's lock files are looked at."""
+_FILELOCK_CODE = ("/filelock/", "/frappe/utils/synchronization.py")
+"""Frames of code that waits for a file lock by polling (``filelock``'s nonblocking flock, then a sleep)."""
+_LOCK_GLOBS = ("*/locks/*.lock", "../config/*.lock", "sites/*/locks/*.lock", "config/*.lock")
+"""Frappe's lock files, relative to a worker's cwd (``<bench>/sites``) or the bench root."""
 _FD, _POLL, _SELECT, _EPOLL, _NONE = "fd", "poll", "select", "epoll", ""
 
 # name: (x86_64 number, aarch64 number, how its fds are found)
@@ -179,16 +185,53 @@ def _resolve(pid: int, fd: int, lock: bool) -> WaitFd:
     return wait
 
 
-def locks_of(inode: int, dev: str, path: str = "/proc/locks") -> list[FileLock]:
+def record_lock_files(pid: int, thread: ThreadStack) -> None:
+    """While the thread runs ``filelock`` code: the bench's lock files that someone holds now, with the holders."""
+    if not any(code in f.filename for f in thread.frames for code in _FILELOCK_CODE):
+        return
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return
+    table = _read_locks()
+    held = {inode for _, inode, lock in table if not lock.blocked}
+    if not held:
+        return
+    root = Path(f"/proc/{pid}/root")
+    seen: set[str] = set()
+    for pattern in _LOCK_GLOBS:
+        with contextlib.suppress(OSError, ValueError):
+            for path in sorted((root / cwd.relative_to("/")).glob(pattern))[:MAX_LOCK_FILES]:
+                plain = os.path.normpath("/" + str(path.relative_to(root)))
+                if plain in seen or len(seen) >= MAX_LOCK_FILES:
+                    continue
+                seen.add(plain)
+                with contextlib.suppress(OSError):
+                    st = path.stat()
+                    if st.st_ino in held:
+                        dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+                        thread.lock_files.append(LockFile(redact_text(plain), st.st_ino, dev,
+                                                          _matching(table, st.st_ino, dev)))
+
+
+def locks_of(inode: int, dev: str) -> list[FileLock]:
     """The ``/proc/locks`` lines of one file (same inode, and same device when it matches any line)."""
+    return _matching(_read_locks(), inode, dev)
+
+
+def _read_locks(path: str = "/proc/locks") -> list[tuple[str, int, FileLock]]:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             lines = [line for _, line in zip(range(MAX_LOCK_LINES), f, strict=False)]
     except OSError:
         return []
-    parsed = [p for p in map(parse_lock_line, lines) if p is not None and p[1] == inode]
+    return [p for p in map(parse_lock_line, lines) if p is not None]
+
+
+def _matching(table: list[tuple[str, int, FileLock]], inode: int, dev: str) -> list[FileLock]:
+    parsed = [p for p in table if p[1] == inode]
     same_dev = [p for p in parsed if p[0] == dev]
-    locks = [lock for _, _, lock in (same_dev or parsed)]
+    locks = [FileLock(**vars(lock)) for _, _, lock in (same_dev or parsed)]
     for lock in locks:
         _describe_owner(lock)
     return locks

@@ -26,7 +26,7 @@ import psutil
 
 from rqdoctor.deadline import Deadline
 from rqdoctor.model import Frame, ProbeError, ProcessStacks, StackSample, ThreadStack
-from rqdoctor.probes.procfs import record_syscall
+from rqdoctor.probes.procfs import record_lock_files, record_syscall
 from rqdoctor.redact import redact_mapping, redact_text
 
 PROBE = "stacks"
@@ -225,6 +225,7 @@ def _take_sample(pid: int, options: _Options) -> _Result:
     for thread in threads:
         thread.wchan = _wchan(pid, thread, len(threads))
         record_syscall(pid, _tid(pid, thread, len(threads)), thread)
+        record_lock_files(pid, thread)
         for frame in thread.frames:
             frame.code = _source_line(pid, frame, options.sources)
     return _Result(StackSample(taken_at=taken_at, threads=threads, cpu_time=cpu), resumed=resumed)
