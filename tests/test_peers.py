@@ -31,6 +31,8 @@ SP = "/home/frappe/frappe-bench/env/lib/python3.11/site-packages/"
 APP = "/home/frappe/frappe-bench/apps/myapp/myapp/"
 HTTP_JOB, FILELOCK_JOB = "rqd1.localhost::6e7fe896-59cd-4264-9f10-1b0f72f88585", "rqd1.localhost::rqd-filelock-wait"
 TARPIT, CACHE, QUEUE = "127.0.0.1:18088", "127.0.0.1:16380", "127.0.0.1:16379"
+SHARED = "/home/frappe/frappe-bench/sites/rqd1.localhost/locks/rqd_shared.lock"
+MIGRATE = "/home/frappe/frappe-bench/sites/rqd1.localhost/locks/bench_migrate.lock"
 
 
 @pytest.fixture
@@ -93,7 +95,7 @@ def test_rqd112_fires_recorded_incident_filelock_job_without_the_thread_deadlock
 
 def _with_holder(snapshot: Snapshot, holder: int = 18453) -> Snapshot:
     """The incident as the live probe sees it now: the waiter blocked in flock(), /proc/locks naming the holder."""
-    path = "/home/frappe/frappe-bench/sites/rqd1.localhost/locks/rqd_shared.lock"
+    path = SHARED
     locks = [FileLock(holder, "FLOCK", "WRITE", cmdline=["bench", "execute", "rqdtest.hold"], create_time=1.8e9),
              FileLock(18580, "FLOCK", "WRITE", blocked=True)]
     stacks = next(s for s in snapshot.stacks if s.pid == 18580)
@@ -104,8 +106,10 @@ def _with_holder(snapshot: Snapshot, holder: int = 18453) -> Snapshot:
 
 
 def test_rqd112_fires_with_the_holder_named_from_proc_locks(incident: Snapshot) -> None:
-    finding = next(f for f in diagnose(_with_holder(incident)).findings if f.job_id == FILELOCK_JOB)
+    diagnosis = diagnose(_with_holder(incident))
+    finding = next(f for f in diagnosis.findings if f.job_id == FILELOCK_JOB)
     assert finding.code == "RQD112" and finding.data["holders"] == [18453]
+    assert diagnosis.activities[18580].detail == f"waiting for a file lock on {SHARED} (filelock)"
     assert any("held by pid 18453" in line and "bench execute rqdtest.hold" in line for line in finding.evidence)
     assert "kill -TERM 18453" in finding.commands and "pid 18453 (started" in finding.fix
     assert "fork" not in finding.fix
@@ -117,10 +121,6 @@ def test_rqd112_fires_no_holder_in_proc_locks_says_so(incident: Snapshot) -> Non
         sample.threads[0].wait_fds[0].locks = []
     finding = next(f for f in diagnose(snapshot).findings if f.job_id == FILELOCK_JOB)
     assert finding.code == "RQD112" and "no holder" in finding.evidence[-1] and not finding.commands
-
-
-SHARED = "/home/frappe/frappe-bench/sites/rqd1.localhost/locks/rqd_shared.lock"
-MIGRATE = "/home/frappe/frappe-bench/sites/rqd1.localhost/locks/bench_migrate.lock"
 
 
 def _polling(snapshot: Snapshot, *paths: str, local: str | None = None) -> Snapshot:

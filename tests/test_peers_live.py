@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,6 +61,7 @@ class Lab:
     holder: subprocess.Popen[str]
     jobs: dict[str, str]
     has_filelock: bool
+    lock_file: Path
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                                capture_output=True)
         time.sleep(1.5)
         yield Lab(bench, http_pit, smtp_pit, holder, {k: s["job_id"] for k, s in specs.items()},
-                  probe.returncode == 0)
+                  probe.returncode == 0, lock_file)
 
 
 def hangs(lab: Lab) -> dict[str, Any]:
@@ -122,6 +124,7 @@ def test_peer_is_the_tarpit_in_every_run_and_the_file_lock_holder_is_named(lab: 
         for label in peers:
             activity = rows[lab.jobs[label]]["activity"]
             peers[label].append((activity["kind"], activity["peer"], activity["peer_exact"]))
+        assert rows[lab.jobs["flock"]]["activity"]["detail"].startswith(f"waiting for a file lock on {lab.lock_file}")
         flock = findings_of(report, lab.jobs["flock"])
         assert [f["code"] for f in flock] == ["RQD112"], flock
         if not lab.has_filelock:

@@ -640,6 +640,9 @@ def _detail(reading: _Reading, peer: str | None, child: ProcessInfo | None, poll
         return f"{reading.what or 'waiting on a network read'}{source}{via}"
     if kind == KIND_SLEEP:
         return reading.what or _SLEEPING
+    lock_file = next((w.target for w in reading.thread.wait_fds if w.target.startswith("/")), None)
+    if kind == KIND_LOCK and reading.what.startswith(_FILE_LOCK) and lock_file:
+        return f"{reading.what.replace(_FILE_LOCK, f'{_FILE_LOCK} on {lock_file}', 1)}{via}"
     return f"{reading.what or kind}{via}"
 
 
