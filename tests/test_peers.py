@@ -148,6 +148,11 @@ def test_rqd112_fires_polling_filelock_named_by_its_locals(incident: Snapshot) -
     assert finding.data["lock_file"] == SHARED and finding.data["holders"] == [18454]
 
 
+def test_rqd112_fires_polling_filelock_with_no_bench_lock_held_says_so(incident: Snapshot) -> None:
+    finding = next(f for f in diagnose(_polling(incident)).findings if f.job_id == FILELOCK_JOB)
+    assert finding.code == "RQD112" and "no lock file of the bench" in finding.evidence[-1]
+
+
 def test_rqd112_near_miss_several_held_lock_files_names_no_holder(incident: Snapshot) -> None:
     """Two lock files held and nothing says which one it polls: no pid is singled out, nothing to kill."""
     finding = next(f for f in diagnose(_polling(incident, MIGRATE, SHARED)).findings if f.job_id == FILELOCK_JOB)

@@ -70,6 +70,8 @@ def lock_wait(ctx: Context, pid: int, thread_id: int | None) -> LockWait | None:
             return LockWait(held[0].path, held[0].inode, held[0].locks,
                             "likely: the only lock file of the bench held now", [])
         return LockWait("", None, [], "", [f.path for f in held])
+    if any(t.syscall is not None for t in threads):  # /proc was read: no lock file of the bench is held
+        return LockWait("", None, [], "/proc", [])
     return None
 
 
@@ -96,8 +98,12 @@ def _hit(ctx: Context, facts: JobFacts, pid: int, wait: LockWait | None) -> Hit:
     evidence = [*facts.identity(), *_activity_line(facts.activity)]
     base = {"job_id": job.job_id, "pid": pid, "worker": job.worker_name}
     if wait is None or not wait.path:
-        seen = (f"several lock files of the bench are held now, it waits for one of: {', '.join(wait.others)}"
-                if wait else "the lock file and its holder were not seen (no /proc facts for this thread)")
+        if wait is None:
+            seen = "the lock file and its holder were not seen (no /proc facts for this thread)"
+        elif wait.others:
+            seen = f"several lock files of the bench are held now, it waits for one of: {', '.join(wait.others)}"
+        else:
+            seen = "/proc/locks shows no lock file of the bench (sites/*/locks, config) held now: the lock is elsewhere"
         evidence.append(seen)
         return Hit(f"job {job.job_id}", evidence=evidence, fix=_FIX_UNSEEN, commands=_UNSEEN_COMMANDS, **base)
     holders = [lock for lock in wait.locks if not lock.blocked and lock.pid != pid]
