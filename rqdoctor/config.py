@@ -14,7 +14,7 @@ import psutil
 from redis.connection import parse_url
 
 from rqdoctor.errors import ConfigError
-from rqdoctor.model import SiteInfo, TargetInfo
+from rqdoctor.model import KnownEndpoint, SiteInfo, TargetInfo
 from rqdoctor.redact import redact_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
@@ -23,6 +23,8 @@ FRAPPE_QUEUE_TIMEOUTS = {"short": 300, "default": 300, "long": 1500}
 """Frappe's built-in queue timeouts (``get_queues_timeout``), the same in v14, v15 and v16."""
 DB_DEFAULT_PORTS = {"mariadb": 3306, "mysql": 3306, "postgres": 5432}
 COMMON_CONFIG = Path("sites") / "common_site_config.json"
+REDIS_ROLES = ("redis_queue", "redis_cache", "redis_socketio")
+"""common_site_config.json keys naming the bench's Redis servers."""
 
 
 @dataclass
@@ -112,6 +114,8 @@ class Target:
     sites: list[Site] = field(default_factory=list)
     db_targets: list[DbTarget] = field(default_factory=list)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    redis_roles: dict[str, str] = field(default_factory=dict, repr=False)
+    """common_site_config.json ``redis_queue``/``redis_cache``/``redis_socketio`` -> URL (may hold passwords)."""
 
     @property
     def queue_filter(self) -> str | None:
@@ -133,7 +137,13 @@ class Target:
             queue_timeouts=dict(self.queue_timeouts),
             sites=[s.info(self.env) for s in self.sites],
             db_urls=[d.redacted() for d in self.db_targets if d.admin],
+            endpoints=self.endpoints(),
         )
+
+    def endpoints(self) -> list[KnownEndpoint]:
+        """The Redis servers common_site_config.json names, by ``host:port`` (unix sockets have none)."""
+        return [KnownEndpoint(a, role, "common_site_config.json")
+                for role, url in self.redis_roles.items() if (a := _address(url))]
 
 
 def discover(
@@ -247,6 +257,7 @@ def _apply_bench(target: Target, bench: Path, common: dict[str, Any]) -> None:
         for name, conf in workers.items():
             target.queue_timeouts[str(name)] = _queue_timeout(conf.get("timeout") if isinstance(conf, dict) else None)
     target.sites = list(read_sites(bench, common))
+    target.redis_roles = {k: str(common[k]) for k in REDIS_ROLES if common.get(k)}
 
 
 def _queue_timeout(value: Any) -> int:
@@ -255,6 +266,19 @@ def _queue_timeout(value: Any) -> int:
         return int(float(value))
     except (TypeError, ValueError, OverflowError):
         return FRAPPE_QUEUE_TIMEOUTS["default"]
+
+
+def _address(url: str) -> str | None:
+    """``host:port`` of a redis:// or rediss:// URL (None for unix sockets and unusable URLs)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError:
+        return None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return None
+    host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def derive_bench_id(bench: Path) -> str:

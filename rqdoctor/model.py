@@ -49,6 +49,18 @@ class SiteInfo:
 
 
 @dataclass
+class KnownEndpoint:
+    """A service of the bench, from its config: where it listens and what it is."""
+
+    address: str
+    """``host:port`` (``[ip]:port`` for IPv6), as in :class:`Connection`."""
+    role: str
+    """``redis_queue``, ``redis_cache``, ``redis_socketio`` (Redis) or ``db`` (a site's database)."""
+    source: str = ""
+    """Where it was named: ``redis_url``, ``common_site_config.json``, ``site:<name>``."""
+
+
+@dataclass
 class TargetInfo:
     """Where rqdoctor looked and why (the output of target discovery, passwords masked)."""
 
@@ -65,6 +77,8 @@ class TargetInfo:
     sites: list[SiteInfo] = field(default_factory=list)
     db_urls: list[str] = field(default_factory=list)
     """Redacted database URLs given with ``--db-url``."""
+    endpoints: list[KnownEndpoint] = field(default_factory=list)
+    """The Redis servers common_site_config.json names (``redis_queue``/``redis_cache``/``redis_socketio``)."""
 
 
 @dataclass
@@ -206,6 +220,8 @@ class Connection:
     laddr: str
     raddr: str
     status: str = ""
+    fd: int | None = None
+    """The socket's file descriptor in the process (psutil; None when unknown)."""
 
 
 @dataclass
@@ -247,6 +263,47 @@ class Frame:
 
 
 @dataclass
+class FileLock:
+    """One line of ``/proc/locks`` (a flock/POSIX/OFD lock, held or waited for)."""
+
+    pid: int
+    """The owner (or, with ``blocked``, the waiter) as ``/proc/locks`` names it."""
+    kind: str
+    """``FLOCK``, ``POSIX`` or ``OFDLCK``."""
+    access: str = ""
+    """``READ`` or ``WRITE``."""
+    blocked: bool = False
+    """A waiter (``->`` line), not a holder."""
+    cmdline: list[str] = field(default_factory=list)
+    """The pid's command line (redacted) when it could be read."""
+    create_time: float | None = None
+
+
+@dataclass
+class WaitFd:
+    """A file descriptor a blocked system call waits on, and what it points to."""
+
+    fd: int
+    target: str = ""
+    """``/proc/PID/fd/FD`` link: ``socket:[123]``, ``pipe:[4]``, a path, ``anon_inode:[eventpoll]``."""
+    inode: int | None = None
+    dev: str = ""
+    """``maj:min`` in hex as ``/proc/locks`` prints it (files only)."""
+    locks: list[FileLock] = field(default_factory=list)
+    """``/proc/locks`` lines for this file's inode (read only for ``flock``/``fcntl`` waits)."""
+
+
+@dataclass
+class LockFile:
+    """A lock file of the bench that someone holds an OS lock on now (from ``/proc/locks``)."""
+
+    path: str
+    inode: int
+    dev: str = ""
+    locks: list[FileLock] = field(default_factory=list)
+
+
+@dataclass
 class ThreadStack:
     """One thread of one sample, innermost frame first (py-spy order)."""
 
@@ -259,6 +316,17 @@ class ThreadStack:
     """Kernel thread id (Linux TID) when py-spy reports it."""
     wchan: str | None = None
     """Kernel wait channel of the thread at the sample (``/proc/PID/task/TID/wchan``; ``0`` = running)."""
+    syscall: str | None = None
+    """System call the thread is in (``/proc/PID/task/TID/syscall``): ``recvfrom``, ``flock``…, ``running``,
+    ``none`` (blocked outside a syscall), ``nr 123`` (unnamed); None when unreadable."""
+    syscall_nr: int | None = None
+    wait_fds: list[WaitFd] = field(default_factory=list)
+    """The fds that syscall waits on (its fd argument; a poll/select/epoll set when it could be read)."""
+    wait_fds_exact: bool = False
+    """``wait_fds`` is the complete set the call waits on (False: none, or only part of it, was read)."""
+    lock_files: list[LockFile] = field(default_factory=list)
+    """Held lock files of the process's bench (``sites/*/locks/*.lock``, ``config/*.lock``), read only while
+    the thread runs ``filelock`` code, which polls and holds no fd between attempts."""
 
 
 @dataclass

@@ -345,10 +345,62 @@ def tarpit(host: str = "127.0.0.1", port: int = 0) -> Tarpit:
     return Tarpit(host, port)
 
 
+# --- peers beside the bench's own connections, and file locks ----------------------------
+
+
+def _open_redis(redis_urls: list[str]) -> list[Any]:
+    """Open (and use) one connection to each Redis URL, as a Frappe job does with its cache."""
+    clients = [_redis_client(u) for u in redis_urls]
+    for client in clients:
+        if isinstance(client, _MiniRedis):
+            client.call("PING")
+        else:
+            client.ping()
+    return clients
+
+
+def http_beside_redis(url: str, redis_urls: list[str]) -> int:
+    """Connect to each Redis in ``redis_urls``, then GET ``url`` with no timeout (blocks on a tarpit)."""
+    clients = _open_redis(redis_urls)
+    try:
+        return http_no_timeout(url)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def smtp_no_timeout(host: str, port: int, redis_urls: list[str] | None = None) -> int:
+    """``smtplib.SMTP(host, port)`` with no timeout (after opening ``redis_urls``): a tarpit never greets."""
+    import smtplib
+
+    clients = _open_redis(redis_urls or [])
+    try:
+        with smtplib.SMTP(host, int(port)) as smtp:  # no timeout, on purpose
+            return smtp.noop()[0]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def file_lock_wait(path: str, seconds: float) -> bool:
+    """Take an exclusive OS lock on ``path``: the ``filelock`` package when importable, else ``fcntl.flock``."""
+    try:
+        import filelock
+    except ImportError:
+        import fcntl
+
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # blocks while another process holds it
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+    with filelock.FileLock(path, timeout=float(seconds)):
+        return True
+
+
 SCENARIOS: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (quick, boom, sleep_for, http_no_timeout, wait_child, cpu_loop, thread_deadlock,
               progress, redis_lock_poll, mysql_hold_lock, mysql_lock_wait, pg_hold_lock,
-              pg_lock_wait)
+              pg_lock_wait, http_beside_redis, smtp_no_timeout, file_lock_wait)
 }
 """Job name -> function; the dotted path for enqueueing is ``rqdoctor.scenarios.<name>``."""

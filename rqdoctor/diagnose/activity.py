@@ -14,13 +14,15 @@ own sake: the job's activity is its horse's, classified separately.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-from rqdoctor.model import Frame, ProcessInfo, ProcessStacks, StackSample, ThreadStack
+from rqdoctor.model import Frame, KnownEndpoint, ProcessInfo, ProcessStacks, Snapshot, StackSample, ThreadStack
 
 KIND_DB_QUERY = "db_query"
 KIND_DB_LOCK_WAIT = "db_lock_wait"
@@ -77,7 +79,13 @@ class Activity:
     thread_id: int | None = None
     thread_name: str | None = None
     peer: str | None = None
-    """``host:port`` of the network peer waited on, from the process's TCP connections."""
+    """``host:port`` of the network peer waited on, from the process's TCP connections (None when ambiguous)."""
+    peer_exact: bool = False
+    """``peer`` is the connection of the very fd the thread's system call waits on (``/proc``), not a deduction."""
+    peer_candidates: list[str] = field(default_factory=list)
+    """With no single peer: the endpoints it could be (also named in ``detail``)."""
+    file_lock: bool = False
+    """The thread waits for an OS file lock (``filelock``, Frappe's ``filelock()``, ``fcntl.flock``/``lockf``)."""
     child_pid: int | None = None
     """The child process waited on (``subprocess``; the horse of an ``idle`` worker parent)."""
     where: Frame | None = None
@@ -198,6 +206,8 @@ _SOCKET_NATIVE = (
 _MP_WAITS = tuple(f"multiprocessing/{m}.py" for m in ("synchronize", "queues", "connection", "pool", "managers"))
 _FUTURE_WAITS = ("result", "wait", "as_completed", "shutdown", "__exit__", "map")
 _SLEEPING = "sleeping (time.sleep)"
+_FILE_LOCK = "waiting for a file lock"
+_FILE_LOCK_SYSCALLS = ("flock", "fcntl")
 _RUNNING = "running Python code (on CPU)"
 _RULES: tuple[_Rule, ...] = (
     _Rule(3, KIND_IDLE, "rq", _under("rq/", funcs=_RQ_DEQUEUE), _WAITING_FOR_JOB),
@@ -247,8 +257,8 @@ _RULES: tuple[_Rule, ...] = (
         2, KIND_LOCK, "concurrent.futures", _under("concurrent/futures/", funcs=_FUTURE_WAITS),
         "waiting for a future's result",
     ),
-    _Rule(2, KIND_LOCK, "filelock", _under("filelock/"), "waiting for a file lock"),
-    _Rule(2, KIND_LOCK, "frappe", _path(r"(?:^|/)frappe/utils/synchronization\.py$"), "waiting for a file lock"),
+    _Rule(2, KIND_LOCK, "filelock", _under("filelock/"), _FILE_LOCK),
+    _Rule(2, KIND_LOCK, "frappe", _path(r"(?:^|/)frappe/utils/synchronization\.py$"), _FILE_LOCK),
     _Rule(2, KIND_LOCK, "libpthread", _native(*_LOCK_NATIVE), "waiting on a lock"),
     _Rule(2, KIND_SLEEP, "", _native(*_SLEEP_NATIVE), _SLEEPING),
     _Rule(1, KIND_SOCKET, "socket", _under("socket.py", "ssl.py", "selectors.py", "asyncio/")),
@@ -256,6 +266,7 @@ _RULES: tuple[_Rule, ...] = (
 )  # fmt: skip
 
 _SOURCE_KINDS: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"\b(?:fcntl\.)?(?:flock|lockf)\s*\("), KIND_LOCK, f"{_FILE_LOCK} (fcntl)"),
     (re.compile(r"\bsleep\s*\("), KIND_SLEEP, _SLEEPING),
     (re.compile(r"\bos\.wait(?:pid|4|3)?\s*\("), KIND_SUBPROCESS, "waiting on a child process (os.wait)"),
     (re.compile(r"\.acquire\s*\(|^with\b.*lock", re.IGNORECASE), KIND_LOCK, "waiting to acquire a lock"),
@@ -272,6 +283,7 @@ _WCHAN_KINDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("hrtimer_nanosleep", "do_nanosleep", "clock_nanosleep"), KIND_SLEEP, _SLEEPING),
     (("do_wait", "kernel_wait"), KIND_SUBPROCESS, "waiting on a child process"),
     (("futex",), KIND_LOCK, "waiting to acquire a lock"),
+    (("locks_lock_inode_wait", "flock_lock", "fcntl_setlk", "do_lock_file_wait"), KIND_LOCK, _FILE_LOCK),
     (_SOCKET_WCHAN, KIND_SOCKET, "blocked in a socket read"),
     (_POLL_WCHAN, KIND_SOCKET, "waiting in select/poll"),
 )
@@ -304,6 +316,8 @@ def _read(thread: ThreadStack, has_children: bool) -> _Reading:
         outer = [r for r in same if not r.lib.startswith("frappe")] or same
         return _Reading(best.kind, outer[-1].lib, outer[-1].what, "frames", thread, prefix)
 
+    if thread.syscall in _FILE_LOCK_SYSCALLS and any(w.locks for w in thread.wait_fds):
+        return _Reading(KIND_LOCK, "", f"{_FILE_LOCK} ({thread.syscall})", "syscall", thread, prefix)
     top = next((v for v in views if not v.native), None)
     code = top.frame.code if top is not None else None
     for pattern, kind, what in _SOURCE_KINDS:
@@ -395,6 +409,7 @@ def classify(
     process: ProcessInfo | None = None,
     children: Sequence[ProcessInfo] = (),
     thread_id: int | None = None,
+    known: Sequence[KnownEndpoint] = (),
 ) -> Activity:
     """Activity of one thread of a process (default: the job's main thread) over its samples."""
     if thread_id is None:
@@ -409,16 +424,19 @@ def classify(
     readings = [_read(t, bool(live_children)) for _, t in present]
     reading, polling = _choose(readings, present[-1][0].taken_at - present[0][0].taken_at)
     thread = reading.thread
-    peer = _peer(reading, process)
+    pick = _peer(reading, process, known)
     waits_on_child = reading.kind == KIND_SUBPROCESS or reading.what == _WAITING_FOR_HORSE
     child = live_children[0] if waits_on_child and live_children else None
     return Activity(
         kind=reading.kind,
-        detail=_detail(reading, peer, child, polling),
+        detail=_detail(reading, pick.peer or _one_of(pick.candidates), child, polling),
         progress=judge_progress(stacks.samples, thread_id),
         thread_id=thread_id,
         thread_name=thread.name,
-        peer=peer,
+        peer=pick.peer,
+        peer_exact=pick.exact,
+        peer_candidates=pick.candidates,
+        file_lock=reading.kind == KIND_LOCK and reading.what.startswith(_FILE_LOCK),
         child_pid=child.pid if child else None,
         where=where(thread),
         cpu_percent=cpu_percent(stacks.samples),
@@ -429,7 +447,10 @@ def classify(
 
 
 def classify_threads(
-    stacks: ProcessStacks, process: ProcessInfo | None = None, children: Sequence[ProcessInfo] = ()
+    stacks: ProcessStacks,
+    process: ProcessInfo | None = None,
+    children: Sequence[ProcessInfo] = (),
+    known: Sequence[KnownEndpoint] = (),
 ) -> list[Activity]:
     """Activity of every thread but rq's housekeeping ones, the job's main thread first."""
     main = main_thread(stacks)
@@ -437,7 +458,7 @@ def classify_threads(
         return []
     threads = next(s.threads for s in reversed(stacks.samples) if s.threads)
     others = [t.thread_id for t in threads if t.thread_id != main.thread_id and not is_housekeeping(t)]
-    return [classify(stacks, process, children, tid) for tid in [main.thread_id, *others]]
+    return [classify(stacks, process, children, tid, known) for tid in [main.thread_id, *others]]
 
 
 _POLLED = {KIND_REDIS, KIND_DB_QUERY, KIND_HTTP, KIND_SOCKET, KIND_CPU, KIND_UNKNOWN}
@@ -475,31 +496,102 @@ def _port(address: str) -> int | None:
     return int(port) if port.isdigit() else None
 
 
-def _peer(reading: _Reading, process: ProcessInfo | None) -> str | None:
-    """The remote ``host:port`` that fits the kind of wait."""
+@dataclass(frozen=True)
+class _Pick:
+    """The peer of a wait, or the endpoints it could be."""
+
+    peer: str | None = None
+    candidates: list[str] = field(default_factory=list)
+    exact: bool = False
+
+
+_REDIS_ROLES = ("redis_queue", "redis_cache", "redis_socketio")
+ROLE_WORKER = "worker"
+"""A known endpoint that the job's worker parent itself is connected to (a service of the worker, not of the job)."""
+_MAX_CANDIDATES = 4
+
+
+def known_endpoints(snapshot: Snapshot, process: ProcessInfo | None) -> list[KnownEndpoint]:
+    """The bench's services (its Redis URL, its sites' DBs, its config's Redis servers), plus what the
+    process's worker parent is connected to."""
+    target = snapshot.target
+    known = list(target.endpoints)
+    with contextlib.suppress(ValueError):
+        url = urlsplit(target.redis_url)
+        if url.scheme in ("redis", "rediss") and url.hostname:
+            known.append(KnownEndpoint(_address(url.hostname, url.port or 6379), "redis_queue", "redis_url"))
+    for site in target.sites:
+        port = site.db_port or (5432 if site.db_type == "postgres" else 3306)
+        if not site.db_socket and site.db_type != "sqlite":
+            known.append(KnownEndpoint(_address(site.db_host or "127.0.0.1", port), "db", f"site:{site.name}"))
+    parent = next((p for p in snapshot.processes if process and p.pid == process.ppid and p.worker_like), None)
+    if parent is not None:
+        known += [KnownEndpoint(c.raddr, ROLE_WORKER, f"pid {parent.pid}") for c in parent.connections if c.raddr]
+    return known
+
+
+def _address(host: str, port: int) -> str:
+    host = "127.0.0.1" if host == "localhost" else host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _peer(reading: _Reading, process: ProcessInfo | None, known: Sequence[KnownEndpoint] = ()) -> _Pick:
+    """The remote ``host:port`` the wait is on: exactly from the blocked syscall's fd, else by elimination.
+
+    By elimination, a Redis wait picks among the bench's Redis endpoints, a DB wait among its DB
+    endpoints (then the driver's usual ports), and any other wait among the endpoints the bench does
+    not know (not its Redis, DBs, nor what the worker parent talks to). Never a guess between several.
+    """
     if process is None or reading.kind not in (
         KIND_DB_QUERY, KIND_HTTP, KIND_SMTP, KIND_IMAP, KIND_REDIS, KIND_SOCKET, KIND_IDLE,
     ):  # fmt: skip
-        return None
+        return _Pick()
     if reading.kind == KIND_IDLE and reading.what != _WAITING_FOR_JOB:
-        return None
-    peers = [
-        (c.raddr, p) for c in process.connections if c.raddr and c.status in _PEER_STATUSES and (p := _port(c.raddr))
-    ]
+        return _Pick()
+    conns = [c for c in process.connections if c.raddr and c.status in _PEER_STATUSES and _port(c.raddr)]
+    thread = reading.thread
+    if thread.wait_fds_exact and all(c.fd is not None for c in conns):
+        fds = {w.fd for w in thread.wait_fds if w.target.startswith("socket:")}
+        conns = [c for c in conns if c.fd in fds]
+        if len({c.raddr for c in conns}) == 1:
+            return _Pick(conns[0].raddr, exact=True)
+    addresses = sorted({c.raddr for c in conns})
+    roles: dict[str, set[str]] = {}
+    for endpoint in known:
+        roles.setdefault(endpoint.address, set()).add(endpoint.role)
+    fits = _fits(reading, addresses, roles)
+    if len(fits) == 1:
+        return _Pick(fits[0])
+    return _Pick(candidates=fits[:_MAX_CANDIDATES])
+
+
+def _fits(reading: _Reading, addresses: list[str], roles: dict[str, set[str]]) -> list[str]:
+    """The addresses that can be the peer of this kind of wait, best evidence first."""
+    def having(*wanted: str) -> list[str]:
+        return [a for a in addresses if roles.get(a, set()) & set(wanted)]
+
+    ports = {a: _port(a) or 0 for a in addresses}
     db_ports = MYSQL_PORTS | POSTGRES_PORTS
+    if reading.kind == KIND_IDLE:
+        return having("redis_queue") or having(*_REDIS_ROLES) or [a for a in addresses if is_redis_port(ports[a])]
+    if reading.kind == KIND_REDIS:
+        return having(*_REDIS_ROLES) or [a for a in addresses if is_redis_port(ports[a])]
     if reading.kind == KIND_DB_QUERY:
         preferred = POSTGRES_PORTS if reading.lib.startswith(("psycopg", "libpq")) else MYSQL_PORTS
         if reading.lib == "frappe.db":
             preferred = db_ports
-        fits = [a for a, p in peers if p in preferred] or [a for a, p in peers if not is_redis_port(p)]
-    elif reading.kind in (KIND_REDIS, KIND_IDLE):
-        fits = [a for a, p in peers if is_redis_port(p)]
-    else:
-        ports = {KIND_SMTP: SMTP_PORTS, KIND_IMAP: IMAP_PORTS}.get(reading.kind, frozenset())
-        fits = [a for a, p in peers if p in ports] or [
-            a for a, p in peers if not is_redis_port(p) and p not in db_ports
-        ]
-    return fits[0] if fits else None
+        return having("db") or [a for a in addresses if ports[a] in preferred and not roles.get(a)]
+    unknown = [a for a in addresses if not roles.get(a)]
+    protocol = {KIND_SMTP: SMTP_PORTS, KIND_IMAP: IMAP_PORTS}.get(reading.kind, frozenset())
+    if len(unknown) > 1:  # last hints: the protocol's own ports, then not a usual Redis or DB port
+        unknown = ([a for a in unknown if ports[a] in protocol]
+                   or [a for a in unknown if not is_redis_port(ports[a]) and ports[a] not in db_ports] or unknown)
+    return unknown
+
+
+def _one_of(candidates: list[str]) -> str | None:
+    """``one of A, B`` for an ambiguous peer (None when there is no candidate)."""
+    return f"one of {', '.join(candidates)}" if candidates else None
 
 
 def _timeout_note(reading: _Reading) -> str:
@@ -548,6 +640,9 @@ def _detail(reading: _Reading, peer: str | None, child: ProcessInfo | None, poll
         return f"{reading.what or 'waiting on a network read'}{source}{via}"
     if kind == KIND_SLEEP:
         return reading.what or _SLEEPING
+    lock_file = next((w.target for w in reading.thread.wait_fds if w.target.startswith("/")), None)
+    if kind == KIND_LOCK and reading.what.startswith(_FILE_LOCK) and lock_file:
+        return f"{reading.what.replace(_FILE_LOCK, f'{_FILE_LOCK} on {lock_file}', 1)}{via}"
     return f"{reading.what or kind}{via}"
 
 

@@ -138,7 +138,7 @@ def cpu_loop(ctx: Context) -> Iterator[Hit]:
 def lock_wait(ctx: Context) -> Iterator[Hit]:
     for facts in ctx.stalled_jobs():
         a = facts.activity
-        if a is None or not (a.kind == "lock" or (a.kind == "sleep" and a.polling)):
+        if a is None or not (a.kind == "lock" or (a.kind == "sleep" and a.polling)) or a.file_lock:  # RQD112
             continue
         if a.kind == "lock":
             fix = ("A thread lock that is never released (a deadlock between threads, or a lock held across "

@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from rqdoctor.diagnose import rules_db, rules_jobs, rules_queues, rules_workers  # noqa: F401  (registers rules)
-from rqdoctor.diagnose.activity import KIND_DB_LOCK_WAIT, Activity, classify
+from rqdoctor.diagnose import rules_db, rules_jobs, rules_locks, rules_queues, rules_workers  # noqa: F401  (registers rules)
+from rqdoctor.diagnose.activity import KIND_DB_LOCK_WAIT, Activity, classify, known_endpoints
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S, Context
 from rqdoctor.diagnose.dbjoin import blocker_dict, build_graph, job_waits
 from rqdoctor.diagnose.findings import RULES, Finding, severity_rank
@@ -80,5 +80,5 @@ def classify_all(snapshot: Snapshot) -> dict[int, Activity]:
             continue
         process = processes.get(stacks.pid)
         children = [p for p in snapshot.processes if p.ppid == stacks.pid]
-        activities[stacks.pid] = classify(stacks, process, children)
+        activities[stacks.pid] = classify(stacks, process, children, known=known_endpoints(snapshot, process))
     return activities

@@ -192,9 +192,9 @@ def _measure_cpu(
 
 
 def _connections(proc: psutil.Process) -> list[Connection]:
-    """TCP connections as ``ip:port`` strings (``[ip]:port`` for IPv6); psutil < 6 calls it ``connections``."""
+    """TCP connections as ``ip:port`` strings (``[ip]:port`` for IPv6) with their fd; psutil < 6: ``connections``."""
     get = getattr(proc, "net_connections", None) or proc.connections
-    return [Connection(_addr(c.laddr), _addr(c.raddr), c.status) for c in get(kind="tcp")]
+    return [Connection(_addr(c.laddr), _addr(c.raddr), c.status, c.fd if c.fd >= 0 else None) for c in get(kind="tcp")]
 
 
 def _addr(addr: Any) -> str:

@@ -26,6 +26,7 @@ import psutil
 
 from rqdoctor.deadline import Deadline
 from rqdoctor.model import Frame, ProbeError, ProcessStacks, StackSample, ThreadStack
+from rqdoctor.probes.procfs import record_lock_files, record_syscall
 from rqdoctor.redact import redact_mapping, redact_text
 
 PROBE = "stacks"
@@ -223,6 +224,8 @@ def _take_sample(pid: int, options: _Options) -> _Result:
         return _Result(error=error, resumed=resumed)
     for thread in threads:
         thread.wchan = _wchan(pid, thread, len(threads))
+        record_syscall(pid, _tid(pid, thread, len(threads)), thread)
+        record_lock_files(pid, thread)
         for frame in thread.frames:
             frame.code = _source_line(pid, frame, options.sources)
     return _Result(StackSample(taken_at=taken_at, threads=threads, cpu_time=cpu), resumed=resumed)
@@ -257,11 +260,16 @@ def _resume(pid: int, options: _Options, was_stopped: bool) -> bool:
     return True
 
 
+def _tid(pid: int, thread: ThreadStack, thread_count: int) -> int | None:
+    """Kernel thread id of a thread (the pid for the main thread), None when unknown."""
+    if thread.os_thread_id is None and (thread.name == "MainThread" or thread_count == 1):
+        return pid
+    return thread.os_thread_id
+
+
 def _wchan(pid: int, thread: ThreadStack, thread_count: int) -> str | None:
     """Kernel wait channel of a thread (its TID is the pid for the main thread)."""
-    tid = thread.os_thread_id
-    if tid is None and (thread.name == "MainThread" or thread_count == 1):
-        tid = pid
+    tid = _tid(pid, thread, thread_count)
     if tid is None:
         return None
     try:
