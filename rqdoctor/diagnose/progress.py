@@ -157,9 +157,10 @@ def judge(window: Window, samples: Sequence[StackSample], leader: bool) -> Verdi
         return Verdict(PROGRESS_SPINNING, [*base, "on CPU in the same function in every sample, never waiting"])
     if window.kind == "sleep":
         return _sleep(window, c, woke, exact, base)
-    quiet = (cpu is None or cpu < BLOCKED_MAX_CPU_PERCENT) and not any(running) and not c.file_io
-    if window.kind == "lock" and quiet and len(lines) == 1:
+    idle = (cpu is None or cpu < BLOCKED_MAX_CPU_PERCENT) and not c.file_io
+    if window.kind == "lock" and idle and len(lines) == 1:  # an acquire may poll: it wakes, but never gets past
         return Verdict(PROGRESS_BLOCKED, [*base, "inside the same lock acquire in every sample"])
+    quiet = idle and not any(running)
     if exact == 1 and quiet and woke is not True:
         why = "the thread never woke up: one call for the whole window" if woke is False else "one call, no CPU"
         return Verdict(PROGRESS_BLOCKED, [*base, why])
