@@ -39,7 +39,7 @@ def read_loop(lines: list[str] | None) -> Loop | None:
         return None
     try:
         tree = ast.parse(textwrap.dedent("\n".join(lines)))
-    except (SyntaxError, ValueError, RecursionError):
+    except (SyntaxError, ValueError, RecursionError, SystemError, MemoryError):
         return None
     if not tree.body or not isinstance(tree.body[0], (ast.While, ast.For, ast.AsyncFor)):
         return None

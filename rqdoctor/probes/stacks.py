@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ HINT_VANISHED = "the process exited (job finished or was killed); run rqdoctor a
 HINT_TIMEOUT_NONBLOCKING = "retry with a longer --timeout; the machine may be overloaded"
 HINT_TIMEOUT_BLOCKING = "retry without blocking mode (nonblocking never pauses the target) or with a longer --timeout"
 HINT_COUNTERS = "run rqdoctor as root or as the workers' user to read /proc/<pid>/io"
+
+_AST_LOCK = threading.Lock()
+"""CPython 3.11's parser is not safe to run in several threads at once (recursion-depth SystemError)."""
 
 _PERMANENT = {"missing_tool", "permission", "unsupported", "vanished", "timeout"}
 """Failure kinds after which a pid is not sampled again."""
@@ -346,8 +350,9 @@ def _loop_source(frame: Frame, options: _Options) -> list[str] | None:
 def _blocks(text: str) -> list[tuple[int, int, bool]] | None:
     """Line spans of every loop (True) and function/class (False) of a module; None when it does not parse."""
     try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, RecursionError):
+        with _AST_LOCK:
+            tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, SystemError, MemoryError):
         return None
     loops = (ast.For, ast.AsyncFor, ast.While)
     scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
