@@ -282,6 +282,17 @@ def redis_lock_poll(redis_url: str, key: str, seconds: float) -> bool:
         client.close()
 
 
+def redis_lock_acquire(redis_url: str, name: str, seconds: float) -> bool:
+    """Wait up to ``seconds`` for redis-py's ``Lock`` ``name`` (held elsewhere): ``Lock.acquire`` polls it."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return bool(client.lock(name, timeout=600, sleep=0.1, blocking_timeout=float(seconds)).acquire())
+    finally:
+        client.close()
+
+
 # --- database locks ----------------------------------------------------------------------
 
 
@@ -296,17 +307,6 @@ def _mysql_connect(host: str, port: int, user: str, password: str, db: str) -> A
 
     return pymysql.connect(host=host, port=int(port), user=user, password=password, database=db,
                            autocommit=True)
-
-
-def redis_lock_acquire(redis_url: str, name: str, seconds: float) -> bool:
-    """Wait up to ``seconds`` for redis-py's ``Lock`` ``name`` (held elsewhere): ``Lock.acquire`` polls it."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return bool(client.lock(name, timeout=600, sleep=0.1, blocking_timeout=float(seconds)).acquire())
-    finally:
-        client.close()
 
 
 def mysql_hold_lock(host: str, port: int, user: str, password: str, db: str, table: str,
