@@ -154,7 +154,8 @@ def judge(window: Window, samples: Sequence[StackSample], leader: bool) -> Verdi
     )  # on a busy machine a spinning thread gets less than a core
     sleeps = "sleep" in window.kinds and not window.inferred
     if not sleeps and len(places) == 1 and woke is not True and hot:
-        return Verdict(PROGRESS_SPINNING, [*base, "on CPU in the same function in every sample, never waiting"])
+        never = ", never waiting" if woke is False else ""
+        return Verdict(PROGRESS_SPINNING, [*base, f"on CPU in the same function in every sample{never}"])
     if window.kind == "sleep":
         return _sleep(window, c, woke, exact, base)
     idle = (cpu is None or cpu < BLOCKED_MAX_CPU_PERCENT) and not c.file_io
@@ -162,7 +163,8 @@ def judge(window: Window, samples: Sequence[StackSample], leader: bool) -> Verdi
         return Verdict(PROGRESS_BLOCKED, [*base, "inside the same lock acquire in every sample"])
     quiet = idle and not any(running)
     if exact == 1 and quiet and woke is not True:
-        why = "the thread never woke up: one call for the whole window" if woke is False else "one call, no CPU"
+        why = ("the thread never woke up: one call for the whole window" if woke is False
+               else "the same wait in every sample, no CPU")
         return Verdict(PROGRESS_BLOCKED, [*base, why])
     if woke:
         return Verdict(PROGRESS_PROGRESSING, [*base, "the thread woke up again and again: its calls return"])
