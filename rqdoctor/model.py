@@ -260,6 +260,10 @@ class Frame:
     locals: dict[str, str] | None = None
     code: str | None = None
     """Source line of the frame (read by the stacks probe from the file, redacted), when readable."""
+    loop: list[str] | None = None
+    """Innermost thread frame only: source of the innermost ``while``/``for`` loop of its function around
+    ``line`` (header first, redacted, at most 12 lines, ``…`` last when cut); ``[]`` when no loop encloses it;
+    None when not read."""
 
 
 @dataclass
@@ -330,13 +334,34 @@ class ThreadStack:
 
 
 @dataclass
+class IoCounters:
+    """``/proc/PID/io`` of a process (all its threads). Socket ``send``/``recv`` calls are not counted."""
+
+    syscr: int
+    """Read-type syscalls (``read``, ``pread``…) so far."""
+    syscw: int
+    rchar: int
+    """Bytes passed to read-type syscalls (files, pipes, ``read()`` on sockets; page cache included)."""
+    wchar: int
+    read_bytes: int
+    """Bytes really fetched from storage."""
+    write_bytes: int
+
+
+@dataclass
 class StackSample:
-    """One ``py-spy dump`` of a process."""
+    """One ``py-spy dump`` of a process, with the process's progress counters read just before it."""
 
     taken_at: float
     threads: list[ThreadStack] = field(default_factory=list)
     cpu_time: float | None = None
     """Process CPU seconds when the sample was taken."""
+    io: IoCounters | None = None
+    """``/proc/PID/io`` (None: unreadable, see ``snapshot.errors``)."""
+    voluntary_ctx_switches: int | None = None
+    """Voluntary context switches of the main thread (``/proc/PID/status``: the thread group leader only);
+    every blocking call that waits (sleep, socket read, lock) adds one."""
+    involuntary_ctx_switches: int | None = None
 
 
 @dataclass

@@ -116,6 +116,106 @@ def progress(seconds: float) -> int:
     return n
 
 
+# --- healthy loops: they sleep, but between the sleeps they work ---------------------------
+
+
+def work_between_naps(seconds: float, nap: float = 0.02) -> int:
+    """Real work (hashing, sorting) between short sleeps, for ``seconds``; returns the step count."""
+    deadline = time.monotonic() + float(seconds)
+    n = 0
+    while time.monotonic() < deadline:
+        digest = hashlib.sha256(str(n).encode()).digest()
+        for _ in range(2000):
+            digest = hashlib.sha256(digest).digest()
+        sorted(((i * 7919 + n) % 10007 for i in range(20_000)), reverse=True)
+        n += 1
+        time.sleep(float(nap))
+    return n
+
+
+def save_every(host: str, port: int, user: str, password: str, db: str, table: str, seconds: float,
+               every: float = 0.2) -> int:
+    """INSERT and COMMIT one row into ``table`` (created if missing) every ``every`` s (a document save loop)."""
+    table = _ident(table)
+    conn = _mysql_connect(host, port, user, password, db)
+    deadline = time.monotonic() + float(seconds)
+    n = 0
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS `{table}` "
+                        "(id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(64)) ENGINE=InnoDB")
+            conn.autocommit(False)
+            while time.monotonic() < deadline:
+                cur.execute(f"INSERT INTO `{table}` (note) VALUES (%s)", (f"saved {n}",))
+                conn.commit()
+                n += 1
+                time.sleep(float(every))
+    finally:
+        conn.close()
+    return n
+
+
+def send_every(host: str, port: int, seconds: float, every: float = 0.2) -> int:
+    """A rate-limited sender: a small message over TCP to ``host:port``, then a sleep, for ``seconds``."""
+    deadline = time.monotonic() + float(seconds)
+    n = 0
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        while time.monotonic() < deadline:
+            sock.sendall(b"rqdoctor message %d\n" % n)
+            n += 1
+            time.sleep(float(every))
+    return n
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that reads and counts what clients send (for :func:`send_every`)."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self.received = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, name="rqdoctor-listener", daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            reader = threading.Thread(target=self._read, args=(conn,), daemon=True)
+            self._threads.append(reader)
+            reader.start()
+
+    def _read(self, conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                self.received += len(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2)
+        self._sock.close()
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # --- Redis lock polling ------------------------------------------------------------------
 
 
@@ -178,6 +278,17 @@ def redis_lock_poll(redis_url: str, key: str, seconds: float) -> bool:
                 return False
             time.sleep(0.2)
         return True
+    finally:
+        client.close()
+
+
+def redis_lock_acquire(redis_url: str, name: str, seconds: float) -> bool:
+    """Wait up to ``seconds`` for redis-py's ``Lock`` ``name`` (held elsewhere): ``Lock.acquire`` polls it."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return bool(client.lock(name, timeout=600, sleep=0.1, blocking_timeout=float(seconds)).acquire())
     finally:
         client.close()
 
@@ -400,7 +511,8 @@ def file_lock_wait(path: str, seconds: float) -> bool:
 SCENARIOS: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (quick, boom, sleep_for, http_no_timeout, wait_child, cpu_loop, thread_deadlock,
-              progress, redis_lock_poll, mysql_hold_lock, mysql_lock_wait, pg_hold_lock,
-              pg_lock_wait, http_beside_redis, smtp_no_timeout, file_lock_wait)
+              progress, work_between_naps, save_every, send_every, redis_lock_poll, redis_lock_acquire,
+              mysql_hold_lock, mysql_lock_wait, pg_hold_lock, pg_lock_wait, http_beside_redis, smtp_no_timeout,
+              file_lock_wait)
 }
 """Job name -> function; the dotted path for enqueueing is ``rqdoctor.scenarios.<name>``."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from rqdoctor.commands.common import load_snapshot
 from rqdoctor.diagnose.activity import (
     BLOCKED_MAX_CPU_PERCENT,
     KIND_DB_LOCK_WAIT,
@@ -23,7 +24,17 @@ from rqdoctor.diagnose.activity import (
     main_thread,
     where,
 )
-from rqdoctor.model import Connection, Frame, ProcessInfo, ProcessStacks, StackSample, ThreadStack
+from rqdoctor.diagnose.run import diagnose
+from rqdoctor.model import (
+    Connection,
+    Frame,
+    IoCounters,
+    ProcessInfo,
+    ProcessStacks,
+    StackSample,
+    ThreadStack,
+    from_plain,
+)
 from rqdoctor.probes.stacks import parse_dump
 
 DATA = Path(__file__).parent / "data" / "frappe-15.54.1"
@@ -318,24 +329,29 @@ def _poll_loop(step: str) -> list[Frame]:
 
 
 def test_loop_alternating_redis_get_and_sleep_is_a_polling_sleep() -> None:
+    """The other samples all re-check the ``while`` condition: nothing else happens in the loop."""
     samples = [[thread(_poll_loop(step))] for step in ("sleep", "get", "sleep")]
     a = classify(stacks(*samples, cpu=[1.0, 1.001, 1.002]), proc("127.0.0.1:13000"))
     assert (a.kind, a.polling, a.progress) == ("sleep", True, "blocked")
     assert a.detail == "polling loop: sleeps between redis calls"
     assert a.where is not None and a.where.name == "wait_for_lock"
+    assert "every other sample re-checks `while cache.get(key):`" in a.progress_evidence[-1]
 
 
-def test_short_sleep_seen_in_every_sample_is_a_polling_loop() -> None:
+def test_short_sleep_seen_in_every_sample_without_loop_source_is_only_sleeping() -> None:
+    """Re-entered 0.2 s sleep, but neither the loop's source nor counters say it only waits: sleeping."""
     samples = [[thread(_poll_loop("sleep"))] for _ in range(3)]
     a = classify(stacks(*samples, cpu=[1.0, 1.0, 1.0]))
-    assert (a.kind, a.polling) == ("sleep", True)
-    assert a.detail == "polling loop: sleeps 0.2 s again and again"
+    assert (a.kind, a.polling, a.progress, a.sleep_s) == ("sleep", False, "sleeping", 0.2)
+    assert a.detail == "sleeping in a loop: sleeps 0.2 s again and again"
+    assert "shorter than the window: a loop" in a.progress_evidence[-1]
 
 
 def test_long_sleep_is_not_a_polling_loop() -> None:
     samples = [[thread(job(code="time.sleep(600)"))] for _ in range(3)]
     a = classify(stacks(*samples, cpu=[1.0, 1.0, 1.0]))
     assert (a.kind, a.polling, a.progress, a.samples) == ("sleep", False, "blocked", 3)
+    assert a.sleep_s == 600 and "one sleep of 600 s for the whole window" in a.progress_evidence
 
 
 # --- progress -----------------------------------------------------------------------------
@@ -409,3 +425,134 @@ def test_activity_is_plain_json() -> None:
     assert isinstance(a, Activity)
     data = json.loads(json.dumps(dataclasses.asdict(a)))
     assert data["kind"] == "sleep" and data["where"]["name"] == "run_report" and data["where"]["line"] == 42
+
+
+# --- progress evidence: counters and loop source ------------------------------------------
+
+POLL_LOOP = ["while client.get(key) is not None:", "    if time.monotonic() >= deadline:",
+             "        return False", "    time.sleep(0.2)"]
+SAVE_LOOP = ["while time.monotonic() < deadline:", "    cur.execute(INSERT, (n,))", "    conn.commit()",
+             "    n += 1", "    time.sleep(0.2)"]
+
+
+def counted(ps: ProcessStacks, wakeups: list[int], syscalls: list[int] | None = None) -> ProcessStacks:
+    """Give each sample context-switch and /proc/<pid>/io counters."""
+    for sample, woke, calls in zip(ps.samples, wakeups, syscalls or [0] * len(wakeups), strict=True):
+        sample.voluntary_ctx_switches, sample.involuntary_ctx_switches = woke, 3
+        sample.io = IoCounters(syscr=100 + calls, syscw=50, rchar=4096 + 10 * calls, wchar=10, read_bytes=0,
+                               write_bytes=0)
+    return ps
+
+
+def sleeping_in(loop: list[str] | None, line: int = 14) -> list[Frame]:
+    app = fr("wait_for_lock", APP + "locks.py", line, "time.sleep(0.2)", loop=loop)
+    return [app, fr("execute_job", FRAPPE + "utils/background_jobs.py")]
+
+
+def test_poll_loop_from_its_source_and_quiet_counters_is_blocked_polling() -> None:
+    ps = counted(stacks(*[[thread(sleeping_in(POLL_LOOP))] for _ in range(5)], cpu=[1.0] * 5, step=0.25),
+                 [10, 11, 12, 13, 14])
+    a = classify(ps)
+    assert (a.kind, a.polling, a.progress) == ("sleep", True, "blocked")
+    assert a.detail == "polling loop: sleeps 0.2 s again and again"
+    assert "which only re-checks `client.get(key)` and sleeps" in a.progress_evidence[-1]
+    assert "file/pipe I/O: 0 read/write syscalls, 0 bytes" in a.progress_evidence
+
+
+def test_save_loop_from_its_source_is_sleeping_not_polling() -> None:
+    ps = counted(stacks(*[[thread(sleeping_in(SAVE_LOOP))] for _ in range(5)], cpu=[1.0] * 5, step=0.25),
+                 [10, 13, 16, 19, 22])
+    a = classify(ps)
+    assert (a.kind, a.polling, a.progress) == ("sleep", False, "sleeping")
+    assert "which also runs `cur.execute(INSERT, (n,))`: a loop doing work" in a.progress_evidence[-1]
+
+
+def test_loop_with_file_io_between_sleeps_is_progressing() -> None:
+    ps = counted(stacks(*[[thread(sleeping_in(POLL_LOOP))] for _ in range(3)], cpu=[1.0] * 3),
+                 [1, 3, 5], syscalls=[0, 4, 8])
+    assert classify(ps).progress == "progressing"
+
+
+def test_one_socket_read_that_never_wakes_is_blocked_but_one_that_wakes_is_not() -> None:
+    ps = counted(stacks(*[[thread(BLOCKED)] for _ in range(5)], cpu=[2.0] * 5, step=0.25), [7, 7, 7, 7, 7])
+    a = classify(ps)
+    assert a.progress == "blocked" and "the thread never woke up: one call for the whole window" in a.progress_evidence
+    streaming = counted(stacks(*[[thread(BLOCKED)] for _ in range(5)], cpu=[2.0] * 5, step=0.25), [7, 9, 12, 14, 17])
+    b = classify(streaming)
+    assert b.progress == "progressing" and "its calls return" in b.progress_evidence[-1]
+
+
+def test_spinning_needs_a_thread_that_never_waits() -> None:
+    hot = [[thread(_loop(5), active=True)] for _ in range(5)]
+    assert classify(counted(stacks(*hot, cpu=[2.0, 2.2, 2.4, 2.6, 2.8], step=0.25), [4] * 5)).progress == "spinning"
+    naps = counted(stacks(*hot, cpu=[2.0, 2.2, 2.4, 2.6, 2.8], step=0.25), [4, 14, 24, 34, 44])
+    assert classify(naps).progress == "progressing", "it sleeps between bursts of work"
+
+
+def test_redis_py_lock_acquire_is_a_lock_wait() -> None:
+    acquire = fr("Lock.acquire", SP + "redis/lock.py", 212, "mod_time.sleep(sleep)")
+    inner = [fr("AbstractConnection.read_response", SP + "redis/connection.py"),
+             fr("Redis.set", SP + "redis/client.py"),
+             fr("Lock.do_acquire", SP + "redis/lock.py", 225)]
+    samples = [[thread(job(acquire))], [thread(job(*inner, acquire))], [thread(job(acquire))]]
+    a = classify(counted(stacks(*samples, cpu=[1.0] * 3), [3, 8, 13]))
+    assert (a.kind, a.progress) == ("lock", "blocked")
+    assert "Redis lock (Lock.acquire)" in a.detail
+    assert "inside the same lock acquire in every sample" in a.progress_evidence
+
+
+def test_frame_loop_round_trips_and_old_snapshots_read() -> None:
+    frame = fr("wait_for_lock", APP + "locks.py", 14, "time.sleep(0.2)", loop=POLL_LOOP)
+    assert from_plain(Frame, json.loads(json.dumps(dataclasses.asdict(frame)))) == frame
+    assert from_plain(StackSample, {"taken_at": 1.0}).io is None
+
+
+# --- the recorded incident (Frappe 15.54.1 bench, no /proc counters in the snapshot) ------
+
+INCIDENT = Path(__file__).parent / "data" / "frappe-15.54.1-incident" / "hangs-site-account.json"
+
+
+@pytest.fixture(scope="module")
+def incident() -> Any:
+    return diagnose(load_snapshot(INCIDENT))
+
+
+def _job(diagnosis: Any, prefix: str) -> tuple[Activity, list[Any]]:
+    (link,) = [j for j in diagnosis.links.jobs if j.job.job_id.split("::")[-1].startswith(prefix)]
+    return diagnosis.activities[link.runner.pid], [f for f in diagnosis.findings if f.job_id == link.job.job_id]
+
+
+def test_rqd106_near_miss_healthy_save_loop(incident: Any) -> None:
+    """c57e0424 inserts and commits a ToDo every 0.2 s: one sample caught `d.insert(...)`."""
+    a, found = _job(incident, "c57e0424")
+    assert a.progress == "progressing" and not a.polling, a
+    assert any("between sleeps it ran `d.insert(ignore_permissions=True)`" in e for e in a.progress_evidence)
+    assert not [f.code for f in found if f.severity in ("critical", "warning")], found
+
+
+def test_rqd105_fires_recorded_cpu_loop(incident: Any) -> None:
+    a, found = _job(incident, "a9faa580")
+    assert a.progress == "spinning"
+    (f,) = [f for f in found if f.code == "RQD105"]
+    assert "progress: spinning" in f.evidence
+
+
+def test_rqd113_fires_recorded_long_sleep(incident: Any) -> None:
+    """3786cdbe sleeps in `time.sleep(seconds)`: no literal, no counters, so not provably one call."""
+    a, found = _job(incident, "3786cdbe")
+    assert (a.kind, a.progress) == ("sleep", "sleeping")
+    assert [f.code for f in found] == ["RQD113"]
+    assert "could not tell one long sleep from a loop of short ones" in found[0].evidence
+
+
+def test_recorded_filelock_wait_is_a_blocked_file_lock_not_a_thread_lock(incident: Any) -> None:
+    a, found = _job(incident, "rqd-filelock-wait")
+    assert (a.kind, a.progress, a.file_lock) == ("lock", "blocked", True)
+    assert [f.code for f in found if f.code in ("RQD106", "RQD112")] == ["RQD112"]
+
+
+def test_rqd103_fires_recorded_http_wait_without_counters(incident: Any) -> None:
+    a, found = _job(incident, "6e7fe896")
+    assert a.progress == "blocked"
+    (f,) = [f for f in found if f.code == "RQD103"]
+    assert any("judged from stacks and CPU only" in e for e in f.evidence)

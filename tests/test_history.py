@@ -66,7 +66,7 @@ def test_rqd111_fires_far_past_usual_runs() -> None:
     finding = next(f for f in diagnose(snap).findings if f.code == "RQD111")
     assert finding.severity == "warning" and finding.commands == []  # slow or hung: no kill advice from this alone
     assert finding.data["usual_p95_s"] == 4.0 and finding.data["usual_runs"] == 120
-    no_progress = next(f for f in diagnose(snap).findings if f.code == "RQD109")
+    no_progress = next(f for f in diagnose(snap).findings if f.code in ("RQD109", "RQD113"))
     assert line in no_progress.evidence  # every job finding carries the comparison
 
 
@@ -83,7 +83,7 @@ def test_rqd111_near_miss_long_method_that_always_takes_long() -> None:
     always_long = [1800.0, 2000.0, 2400.0, 2100.0, 1900.0, 2200.0]
     snap = bench_with(running=3000, finished=always_long)
     assert rqd111(snap) == []
-    no_progress = next(f for f in diagnose(snap).findings if f.code == "RQD109")
+    no_progress = next(f for f in diagnose(snap).findings if f.code in ("RQD109", "RQD113"))
     assert any(line.startswith("this method usually takes 2400 s (p95 of 6 recent runs") for line in
                no_progress.evidence)
 
@@ -91,7 +91,7 @@ def test_rqd111_near_miss_long_method_that_always_takes_long() -> None:
 def test_rqd111_near_miss_too_few_runs() -> None:
     snap = bench_with(running=5000, finished=[1.0, 1.0, 1.5, 2.0])
     assert rqd111(snap) == []
-    no_progress = next(f for f in diagnose(snap).findings if f.code == "RQD109")
+    no_progress = next(f for f in diagnose(snap).findings if f.code in ("RQD109", "RQD113"))
     assert ("only 4 recent finished run(s) of this method (longest 2 s), too few to say what is usual; "
             "this run is at 5000 s") in no_progress.evidence
 

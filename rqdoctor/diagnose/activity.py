@@ -22,6 +22,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from rqdoctor.diagnose.progress import (  # noqa: F401  (re-exported: the progress vocabulary)
+    BLOCKED_MAX_CPU_PERCENT,
+    PROGRESS_BLOCKED,
+    PROGRESS_PROGRESSING,
+    PROGRESS_SLEEPING,
+    PROGRESS_SPINNING,
+    PROGRESS_UNKNOWN,
+    SPINNING_MIN_CPU_PERCENT,
+    Verdict,
+    Window,
+    cpu_percent,
+    judge,
+    sleep_seconds,
+)
 from rqdoctor.model import Frame, KnownEndpoint, ProcessInfo, ProcessStacks, Snapshot, StackSample, ThreadStack
 
 KIND_DB_QUERY = "db_query"
@@ -42,17 +56,6 @@ KINDS = (
     KIND_DB_QUERY, KIND_DB_LOCK_WAIT, KIND_HTTP, KIND_SMTP, KIND_IMAP, KIND_REDIS, KIND_SOCKET,
     KIND_SUBPROCESS, KIND_LOCK, KIND_SLEEP, KIND_CPU, KIND_IDLE, KIND_UNKNOWN,
 )  # fmt: skip
-
-PROGRESS_BLOCKED = "blocked"
-PROGRESS_SPINNING = "spinning"
-PROGRESS_PROGRESSING = "progressing"
-PROGRESS_UNKNOWN = "unknown"
-
-BLOCKED_MAX_CPU_PERCENT = 5.0
-"""Below this process CPU over the window, an unchanged stack is blocked."""
-SPINNING_MIN_CPU_PERCENT = 50.0
-"""From this process CPU over the window, unchanged code is spinning (also below it, down to
-:data:`BLOCKED_MAX_CPU_PERCENT`, when every sample caught the thread running)."""
 
 MYSQL_PORTS = frozenset({3306, 3307})
 POSTGRES_PORTS = frozenset({5432, 5433})
@@ -75,7 +78,7 @@ class Activity:
     detail: str
     """One human line, e.g. ``waiting for HTTP response from 127.0.0.1:8081 (requests, no timeout)``."""
     progress: str = PROGRESS_UNKNOWN
-    """``blocked``, ``spinning``, ``progressing`` or ``unknown`` (a single sample)."""
+    """``blocked``, ``spinning``, ``progressing``, ``sleeping`` or ``unknown`` (see :mod:`.progress`)."""
     thread_id: int | None = None
     thread_name: str | None = None
     peer: str | None = None
@@ -95,9 +98,13 @@ class Activity:
     evidence: str = ""
     """What decided ``kind``: ``frames``, ``source``, ``wchan``, ``py-spy`` (active flag) or ``inferred``."""
     polling: bool = False
-    """A ``sleep`` that alternates with short calls (e.g. a loop waiting for a lock key in Redis)."""
+    """A loop that only re-checks a condition and sleeps (e.g. waiting for a lock key in Redis)."""
     samples: int = 0
     """How many samples contained this thread."""
+    progress_evidence: list[str] = field(default_factory=list)
+    """What ``progress`` rests on: samples, CPU, context switches, I/O counters, stack and loop source."""
+    sleep_s: float | None = None
+    """Duration of the sleep the thread is in, when its source line gives it."""
 
 
 # --- frames -------------------------------------------------------------------------------
@@ -231,6 +238,10 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(2, KIND_HTTP, "frappe.integrations", _path(r"(?:^|/)frappe/integrations/utils\.py$")),
     _Rule(2, KIND_SMTP, "smtplib", _under("smtplib.py")),
     _Rule(2, KIND_IMAP, "imaplib", _under("imaplib.py")),
+    _Rule(
+        3, KIND_LOCK, "redis-py", _under("redis/lock.py", "redis/asyncio/lock.py", funcs=("acquire", "do_acquire")),
+        "waiting for a Redis lock (Lock.acquire)",
+    ),
     _Rule(2, KIND_REDIS, "redis-py", _under("redis/")),
     _Rule(2, KIND_SUBPROCESS, "subprocess", _under("subprocess.py")),
     _Rule(2, KIND_SUBPROCESS, "multiprocessing", _under("multiprocessing/popen_")),
@@ -257,8 +268,10 @@ _RULES: tuple[_Rule, ...] = (
         2, KIND_LOCK, "concurrent.futures", _under("concurrent/futures/", funcs=_FUTURE_WAITS),
         "waiting for a future's result",
     ),
-    _Rule(2, KIND_LOCK, "filelock", _under("filelock/"), _FILE_LOCK),
-    _Rule(2, KIND_LOCK, "frappe", _path(r"(?:^|/)frappe/utils/synchronization\.py$"), _FILE_LOCK),
+    _Rule(3, KIND_LOCK, "filelock", _under("filelock/"), _FILE_LOCK),
+    _Rule(3, KIND_LOCK, "frappe", _path(r"(?:^|/)frappe/utils/synchronization\.py$"), _FILE_LOCK),
+    _Rule(2, KIND_LOCK, "fcntl", _native("flock", "__flock", "lockf", "fcntl_flock", "fcntl_lockf"),
+          f"{_FILE_LOCK} (flock)"),
     _Rule(2, KIND_LOCK, "libpthread", _native(*_LOCK_NATIVE), "waiting on a lock"),
     _Rule(2, KIND_SLEEP, "", _native(*_SLEEP_NATIVE), _SLEEPING),
     _Rule(1, KIND_SOCKET, "socket", _under("socket.py", "ssl.py", "selectors.py", "asyncio/")),
@@ -269,6 +282,7 @@ _SOURCE_KINDS: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"\b(?:fcntl\.)?(?:flock|lockf)\s*\("), KIND_LOCK, f"{_FILE_LOCK} (fcntl)"),
     (re.compile(r"\bsleep\s*\("), KIND_SLEEP, _SLEEPING),
     (re.compile(r"\bos\.wait(?:pid|4|3)?\s*\("), KIND_SUBPROCESS, "waiting on a child process (os.wait)"),
+    (re.compile(r"\bfcntl\.(?:flock|lockf)\s*\("), KIND_LOCK, "waiting for a file lock (fcntl)"),
     (re.compile(r"\.acquire\s*\(|^with\b.*lock", re.IGNORECASE), KIND_LOCK, "waiting to acquire a lock"),
     (
         re.compile(r"\.(?:recv|recv_into|recvfrom|recvmsg|accept|connect|sendall)\s*\("),
@@ -365,35 +379,9 @@ def _thread_in(sample: StackSample, thread_id: int) -> ThreadStack | None:
 # --- progress -----------------------------------------------------------------------------
 
 
-def cpu_percent(samples: Sequence[StackSample]) -> float | None:
-    """Process CPU over the window, in percent of one core (None with fewer than two CPU readings)."""
-    timed = [s for s in samples if s.cpu_time is not None]
-    if len(timed) < 2 or timed[-1].taken_at <= timed[0].taken_at:
-        return None
-    used = timed[-1].cpu_time - timed[0].cpu_time  # type: ignore[operator]
-    return max(0.0, 100.0 * used / (timed[-1].taken_at - timed[0].taken_at))
-
-
 def judge_progress(samples: Sequence[StackSample], thread_id: int) -> str:
-    """``blocked`` / ``spinning`` / ``progressing`` / ``unknown`` for one thread over the samples."""
-    threads = [t for t in (_thread_in(s, thread_id) for s in samples) if t is not None]
-    if len(threads) < 2:
-        return PROGRESS_UNKNOWN
-    exact = {tuple((f.filename, f.name, f.line) for f in t.frames) for t in threads}
-    places = {(w.filename, w.name) if (w := where(t)) else None for t in threads}
-    running = [_running(t) for t in threads]
-    cpu = cpu_percent(samples)
-    if cpu is None:
-        if len(exact) == 1 and not any(running):
-            return PROGRESS_BLOCKED
-        if len(places) == 1 and all(running):
-            return PROGRESS_SPINNING
-        return PROGRESS_PROGRESSING if len(exact) > 1 else PROGRESS_UNKNOWN
-    if cpu < BLOCKED_MAX_CPU_PERCENT and (len(exact) == 1 or len(places) == 1):
-        return PROGRESS_BLOCKED
-    if len(places) == 1 and (cpu >= SPINNING_MIN_CPU_PERCENT or all(running)):
-        return PROGRESS_SPINNING  # on a busy machine a spinning thread gets less than a core
-    return PROGRESS_PROGRESSING
+    """``blocked`` / ``spinning`` / ``progressing`` / ``sleeping`` / ``unknown`` for one thread over the samples."""
+    return classify(ProcessStacks(pid=-1, samples=list(samples)), thread_id=thread_id).progress
 
 
 def _running(thread: ThreadStack) -> bool:
@@ -422,15 +410,20 @@ def classify(
     if not present:
         return Activity(KIND_UNKNOWN, f"thread {thread_id} not in any sample", thread_id=thread_id)
     readings = [_read(t, bool(live_children)) for _, t in present]
-    reading, polling = _choose(readings, present[-1][0].taken_at - present[0][0].taken_at)
+    reading, loop = _choose(readings, present[-1][0].taken_at - present[0][0].taken_at)
     thread = reading.thread
+    window = Window([r.thread for r in readings], [r.kind for r in readings], [where(r.thread) for r in readings],
+                    reading.kind, blocking_dumps=stacks.mode.startswith("blocking"),
+                    inferred=all(r.evidence == "inferred" for r in readings if r.kind == KIND_SLEEP))
+    leader = thread.os_thread_id == stacks.pid or (thread.os_thread_id is None and thread.name == "MainThread")
+    verdict = judge(window, [s for s, _ in present], leader)
     pick = _peer(reading, process, known)
     waits_on_child = reading.kind == KIND_SUBPROCESS or reading.what == _WAITING_FOR_HORSE
     child = live_children[0] if waits_on_child and live_children else None
     return Activity(
         kind=reading.kind,
-        detail=_detail(reading, pick.peer or _one_of(pick.candidates), child, polling),
-        progress=judge_progress(stacks.samples, thread_id),
+        detail=_detail(reading, pick.peer or _one_of(pick.candidates), child, _loop_text(reading, loop, verdict)),
+        progress=verdict.progress,
         thread_id=thread_id,
         thread_name=thread.name,
         peer=pick.peer,
@@ -441,9 +434,24 @@ def classify(
         where=where(thread),
         cpu_percent=cpu_percent(stacks.samples),
         evidence=reading.evidence,
-        polling=polling is not None,
+        polling=verdict.polling,
         samples=len(readings),
+        progress_evidence=verdict.evidence,
+        sleep_s=verdict.sleep_s,
     )
+
+
+def _loop_text(reading: _Reading, loop: str | None, verdict: Verdict) -> str | None:
+    """The detail of a sleep: a poll loop, a loop that sleeps between steps, or one sleep."""
+    if verdict.polling:
+        return f"polling loop: {loop or 'sleeps and re-checks a condition'}"
+    if reading.kind != KIND_SLEEP:
+        return None
+    if verdict.progress in (PROGRESS_SLEEPING, PROGRESS_PROGRESSING) and loop:
+        return f"sleeping in a loop: {loop}"
+    if verdict.sleep_s is not None:
+        return f"{reading.what or _SLEEPING}, {verdict.sleep_s:g} s"
+    return None
 
 
 def classify_threads(
@@ -462,15 +470,15 @@ def classify_threads(
 
 
 _POLLED = {KIND_REDIS, KIND_DB_QUERY, KIND_HTTP, KIND_SOCKET, KIND_CPU, KIND_UNKNOWN}
-"""Kinds a polling loop may be caught in between its sleeps."""
-_SLEEP_LITERAL = re.compile(r"\bsleep\s*\(\s*(\d+(?:\.\d*)?|\.\d+)\s*\)")
+"""Kinds a loop may be caught in between its sleeps."""
 
 
 def _choose(readings: list[_Reading], window: float) -> tuple[_Reading, str | None]:
-    """The reading that stands for the window, and a description when it is a polling loop.
+    """The reading that stands for the window, and a description when the thread sleeps in a loop.
 
     A loop is seen either directly (samples alternate a sleep with short calls) or through a
     sleep literal shorter than the window while every sample sleeps there: it was re-entered.
+    Whether the loop only waits or does work is judged by :func:`.progress.judge`.
     """
     kinds = [r.kind for r in readings]
     others = set(kinds) - {KIND_SLEEP}
@@ -482,10 +490,9 @@ def _choose(readings: list[_Reading], window: float) -> tuple[_Reading, str | No
         and not others
         and len({(f.filename, f.line) for r in readings if (f := where(r.thread))}) == 1
     ):
-        frame = where(readings[-1].thread)
-        literal = _SLEEP_LITERAL.search(frame.code or "") if frame else None
-        if literal and float(literal[1]) < window:
-            return readings[-1], f"sleeps {float(literal[1]):g} s again and again"
+        seconds = sleep_seconds(where(readings[-1].thread))
+        if seconds is not None and seconds < window:
+            return readings[-1], f"sleeps {seconds:g} s again and again"
     counts = Counter(kinds)
     top = max(counts.values())
     return next(r for r in reversed(readings) if counts[r.kind] == top), None
@@ -606,13 +613,13 @@ def _timeout_note(reading: _Reading) -> str:
     return ""
 
 
-def _detail(reading: _Reading, peer: str | None, child: ProcessInfo | None, polling: str | None) -> str:
-    """The one-line description of a reading."""
+def _detail(reading: _Reading, peer: str | None, child: ProcessInfo | None, loop: str | None) -> str:
+    """The one-line description of a reading (``loop``: the description of a sleep, when there is one)."""
     kind, lib = reading.kind, reading.lib
     via = f" ({lib}{_timeout_note(reading)})" if lib else ""
     source = f" from {peer}" if peer else ""
-    if polling:
-        return f"polling loop: {polling}"
+    if loop:
+        return loop
     if kind == KIND_DB_QUERY:
         port = _port(peer) if peer else None
         if lib in ("PyMySQL", "mysqlclient", "libmysqlclient") or port in MYSQL_PORTS:

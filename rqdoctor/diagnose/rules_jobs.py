@@ -38,6 +38,11 @@ def _activity_line(activity: Activity | None) -> list[str]:
     return [line]
 
 
+def _progress_lines(activity: Activity) -> list[str]:
+    """The progress verdict and the evidence it rests on."""
+    return [f"progress: {activity.progress}", *activity.progress_evidence]
+
+
 @rule("RQD101", "critical", "Job is running past its timeout")
 def past_timeout(ctx: Context) -> Iterator[Hit]:
     for facts in ctx.job_facts():
@@ -96,8 +101,8 @@ def network_without_timeout(ctx: Context) -> Iterator[Hit]:
         }
         yield _hit(
             facts,
-            [f"blocked reading from {a.peer or 'a network peer'} for the whole sample window, no CPU",
-             *_activity_line(a)],
+            [f"blocked reading from {a.peer or 'a network peer'} for the whole sample window",
+             *_activity_line(a), *_progress_lines(a)],
             f"The {what} peer never answers and the call has no timeout, so it waits forever: {fixes[a.kind]}",
             peer=a.peer, kind=a.kind,
         )
@@ -129,7 +134,8 @@ def cpu_loop(ctx: Context) -> Iterator[Hit]:
         if a is None or a.progress != "spinning":
             continue
         yield _hit(
-            facts, [f"~{a.cpu_percent or 0:.0f} % CPU with the same code in every sample", *_activity_line(a)],
+            facts, [f"~{a.cpu_percent or 0:.0f} % CPU with the same code in every sample", *_activity_line(a),
+                    *_progress_lines(a)],
             "Fix the loop's exit condition, or chunk the work (one `frappe.enqueue` per batch, commit per batch).",
         )
 
@@ -147,7 +153,7 @@ def lock_wait(ctx: Context) -> Iterator[Hit]:
             fix = ("A poll loop waits for a lock key someone else holds (or left behind when a horse was killed): "
                    "find the holder; use `SET key token NX EX ttl` with a TTL longer than the job timeout, released "
                    "only by its owner, and give the wait a deadline.")
-        yield _hit(facts, _activity_line(a), fix)
+        yield _hit(facts, [*_activity_line(a), *_progress_lines(a)], fix)
 
 
 @rule("RQD107", "critical", "Worker is busy but has no current job")
@@ -195,11 +201,14 @@ def no_progress(ctx: Context) -> Iterator[Hit]:
         a = facts.activity
         if a is None or a.kind in covered or (a.kind == "sleep" and a.polling):
             continue
-        yield _hit(
-            facts, [f"{a.samples} samples, identical stack, ~0 CPU", *_activity_line(a)],
-            "Look at the frame named above: a sleep or a wait with no end. If the job should be doing work, stop "
-            "it.",
-        )
+        if a.kind == "sleep":
+            what = f"sleeping {a.sleep_s:g} s in one sleep call" if a.sleep_s is not None else "sleeping in one call"
+            fix = ("The job sleeps and does nothing else: if it should be doing work, find why it sleeps this long "
+                   "(a retry back-off, a wait with no end) at the frame named above.")
+        else:
+            what = f"{a.samples} samples, identical stack, ~0 CPU"
+            fix = "Look at the frame named above: a wait with no end. If the job should be doing work, stop it."
+        yield _hit(facts, [what, *_activity_line(a), *_progress_lines(a)], fix)
 
 
 @rule("RQD110", "warning", "Orphaned work-horse: its worker is gone")
@@ -233,4 +242,20 @@ def far_longer_than_usual(ctx: Context) -> Iterator[Hit]:
             "follow that finding; if it is working, its input is larger than usual or something it depends on is "
             "slower, so let it finish and look at why.",
             stop=False, running_for_s=round(running, 1), usual_p95_s=usual.p95_s, usual_runs=usual.runs,
+        )
+
+
+@rule("RQD113", "info", "Job is sleeping")
+def sleeping(ctx: Context) -> Iterator[Hit]:
+    for facts in ctx.long_running_jobs():
+        a = facts.activity
+        if a is None or a.progress != "sleeping":
+            continue
+        length = f" {a.sleep_s:g} s at a time" if a.sleep_s is not None else ""
+        yield _hit(
+            facts, [f"sleeping{length}: not a lock wait and not a hang by itself", *_activity_line(a),
+                    *_progress_lines(a)],
+            "Nothing to stop: a loop that sleeps between steps (or a sleep rqdoctor cannot prove is one long call) "
+            "is not stuck. If the job should finish sooner, look at why it sleeps at the frame named above.",
+            stop=False,
         )

@@ -3,12 +3,15 @@
 Every dump runs under a hard timeout derived from the deadline; failures become
 :class:`~rqdoctor.model.ProbeError` values, one process never affects another, and a
 blocking dump never leaves its target stopped. Besides py-spy's frames, each sample records
-the process CPU time, each thread's kernel wait channel, and each frame's source line, so
-diagnosis can tell a sleep from a socket read when the wait happens inside a C call.
+the process CPU time, ``/proc/PID/io`` counters and the main thread's context switches (the
+progress signals), each thread's kernel wait channel, each frame's source line, and the loop
+around each thread's innermost frame, so diagnosis can tell a sleep from a socket read when the
+wait happens inside a C call, and a poll loop from a loop that does work.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -16,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +29,7 @@ from typing import Any
 import psutil
 
 from rqdoctor.deadline import Deadline
-from rqdoctor.model import Frame, ProbeError, ProcessStacks, StackSample, ThreadStack
+from rqdoctor.model import Frame, IoCounters, ProbeError, ProcessStacks, StackSample, ThreadStack
 from rqdoctor.probes.procfs import record_lock_files, record_syscall
 from rqdoctor.redact import redact_mapping, redact_text
 
@@ -38,6 +42,8 @@ RESUME_WATCH_S = 0.1
 """How long after a blocking dump the target is watched for a stop py-spy left behind."""
 MAX_SOURCE_BYTES = 2_000_000
 MAX_CODE_CHARS = 200
+MAX_LOOP_LINES = 12
+"""Lines of a thread's innermost loop kept in the snapshot; a longer loop is cut and ends with ``…``."""
 
 HINT_MISSING = "pip install py-spy (into rqdoctor's environment) or put py-spy on PATH"
 HINT_PERMISSION = (
@@ -49,6 +55,10 @@ HINT_FAILED = "retry; a nonblocking dump can fail while the target is changing i
 HINT_VANISHED = "the process exited (job finished or was killed); run rqdoctor again"
 HINT_TIMEOUT_NONBLOCKING = "retry with a longer --timeout; the machine may be overloaded"
 HINT_TIMEOUT_BLOCKING = "retry without blocking mode (nonblocking never pauses the target) or with a longer --timeout"
+HINT_COUNTERS = "run rqdoctor as root or as the workers' user to read /proc/<pid>/io"
+
+_AST_LOCK = threading.Lock()
+"""CPython 3.11's parser is not safe to run in several threads at once (recursion-depth SystemError)."""
 
 _PERMANENT = {"missing_tool", "permission", "unsupported", "vanished", "timeout"}
 """Failure kinds after which a pid is not sampled again."""
@@ -125,6 +135,8 @@ class _Options:
     deadline: Deadline
     sources: dict[str, list[str] | None] = field(default_factory=dict)
     """Lines of the source files read so far (None: unreadable)."""
+    loops: dict[str, list[tuple[int, int, bool]] | None] = field(default_factory=dict)
+    """Per source file: (first line, last line, is a loop) of its loops and function/class bodies."""
 
 
 @dataclass
@@ -132,6 +144,8 @@ class _Result:
     sample: StackSample | None = None
     error: ProbeError | None = None
     resumed: bool = False
+    counters_error: ProbeError | None = None
+    """``/proc/PID/io`` could not be read (the sample itself is fine)."""
 
 
 def probe_stacks(
@@ -160,6 +174,7 @@ def probe_stacks(
 
     options = _Options(exe, blocking, native, with_locals, deadline)
     last_error: dict[int, ProbeError] = {}
+    counters_errors: dict[int, ProbeError] = {}
     live = list(results)
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(live)))) as pool:
@@ -176,6 +191,8 @@ def probe_stacks(
                 stacks.resumed_stopped |= result.resumed
                 if result.sample is not None:
                     stacks.samples.append(result.sample)
+                if result.counters_error is not None:
+                    counters_errors.setdefault(pid, result.counters_error)
                 if result.error is not None:
                     last_error[pid] = result.error
                     if result.error.kind in _PERMANENT:
@@ -186,6 +203,8 @@ def probe_stacks(
         if not stacks.samples and pid in last_error:
             stacks.error = last_error[pid]
             errors.append(stacks.error)
+        elif stacks.samples and pid in counters_errors:
+            errors.append(counters_errors[pid])
     return list(results.values()), errors
 
 
@@ -200,7 +219,9 @@ def _take_sample(pid: int, options: _Options) -> _Result:
     except psutil.NoSuchProcess:
         return _Result(error=_vanished(pid))
     except psutil.AccessDenied:
-        was_stopped, cpu = False, None
+        proc, was_stopped, cpu = None, False, None
+    io, counters_error = _io_counters(pid)
+    switches = _ctx_switches(proc)
 
     taken_at = time.time()
     timeout = options.deadline.timeout(cap=DUMP_TIMEOUT_CAP)
@@ -228,7 +249,33 @@ def _take_sample(pid: int, options: _Options) -> _Result:
         record_lock_files(pid, thread)
         for frame in thread.frames:
             frame.code = _source_line(pid, frame, options.sources)
-    return _Result(StackSample(taken_at=taken_at, threads=threads, cpu_time=cpu), resumed=resumed)
+        innermost = next((f for f in thread.frames if f.code is not None), None)
+        if innermost is not None:
+            innermost.loop = _loop_source(innermost, options)
+    sample = StackSample(taken_at=taken_at, threads=threads, cpu_time=cpu, io=io,
+                         voluntary_ctx_switches=switches[0], involuntary_ctx_switches=switches[1])
+    return _Result(sample, resumed=resumed, counters_error=counters_error)
+
+
+def _io_counters(pid: int) -> tuple[IoCounters | None, ProbeError | None]:
+    """``/proc/PID/io`` (readable as root or as the process's user), or why not."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines() if ":" in line)
+        values = {k: int(fields[k]) for k in ("syscr", "syscw", "rchar", "wchar", "read_bytes", "write_bytes")}
+    except (OSError, KeyError, ValueError) as exc:
+        message = f"cannot read /proc/{pid}/io ({exc}): progress judged without syscall and byte counters"
+        return None, ProbeError(PROBE, "permission", message, HINT_COUNTERS, str(pid))
+    return IoCounters(**values), None
+
+
+def _ctx_switches(proc: psutil.Process | None) -> tuple[int | None, int | None]:
+    if proc is None:
+        return None, None
+    try:
+        switches = proc.num_ctx_switches()
+    except psutil.Error:
+        return None, None
+    return switches.voluntary, switches.involuntary
 
 
 def _cpu_time(proc: psutil.Process) -> float | None:
@@ -288,6 +335,40 @@ def _source_line(pid: int, frame: Frame, sources: dict[str, list[str] | None]) -
     if lines is None or frame.line > len(lines):
         return None
     return redact_text(lines[frame.line - 1].strip()[:MAX_CODE_CHARS]) or None
+
+
+def _loop_source(frame: Frame, options: _Options) -> list[str] | None:
+    """Source of the innermost loop of the frame's function around its line; [] when there is none."""
+    lines = options.sources.get(frame.filename)
+    if lines is None:
+        return None
+    if frame.filename not in options.loops:
+        options.loops[frame.filename] = _blocks("\n".join(lines))
+    blocks = options.loops[frame.filename]
+    if blocks is None:
+        return None
+    around = sorted((b for b in blocks if b[0] <= frame.line <= b[1]), reverse=True)
+    if not around or not around[0][2]:
+        return []  # the innermost block around the line is a function (or nothing): no loop
+    first, last, _ = around[0]
+    body = [redact_text(line.rstrip()[:MAX_CODE_CHARS]) for line in lines[first - 1 : last]]
+    return body if len(body) <= MAX_LOOP_LINES else [*body[: MAX_LOOP_LINES - 1], "…"]
+
+
+def _blocks(text: str) -> list[tuple[int, int, bool]] | None:
+    """Line spans of every loop (True) and function/class (False) of a module; None when it does not parse."""
+    try:
+        with _AST_LOCK:
+            tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, SystemError, MemoryError):
+        return None
+    loops = (ast.For, ast.AsyncFor, ast.While)
+    scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+    return [
+        (node.lineno, node.end_lineno or node.lineno, isinstance(node, loops))
+        for node in ast.walk(tree)
+        if isinstance(node, loops + scopes)
+    ]
 
 
 def _read_source(pid: int, filename: str) -> list[str] | None:
