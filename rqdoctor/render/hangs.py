@@ -29,6 +29,7 @@ def facts_lines(job: dict[str, Any]) -> list[str]:
                      f"CPU {value(job['cpu_percent'])} %, RSS {size(job['rss_bytes'])}")
     else:
         lines.append(f"no local process found for worker {value(job['worker'])}")
+    lines += job.get("notes", [])
     activity = job["activity"]
     if activity:
         lines.append(f"{activity['kind']} ({activity['progress']}): {activity['detail']}")
