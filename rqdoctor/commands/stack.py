@@ -10,7 +10,7 @@ from rqdoctor.commands.common import exit_code, snapshot_for
 from rqdoctor.commands.hangs import Blocking, Interval, Locals, MinAge, Native, NoDb, Samples, collect_options, render
 from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S
-from rqdoctor.diagnose.link import gone_pids
+from rqdoctor.diagnose.link import ZOMBIE, gone_pids
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
 from rqdoctor.views import activity_dict, job_rows, threads_of
@@ -24,6 +24,9 @@ def what_it_is(diagnosis: Diagnosis, pid: int) -> list[str]:
     process = next((p for p in snapshot.processes if p.pid == pid), None)
     stacks = next((s for s in snapshot.stacks if s.pid == pid), None)
     command = " ".join(process.cmdline) if process and process.cmdline else "?"
+    if process is not None and process.status == ZOMBIE:
+        return [f"pid {pid} is a zombie: it has exited, and its parent {process.ppid} has not reaped it; "
+                "it runs nothing (no Python, no RQ job)"]
     if pid in gone_pids(snapshot):
         return [f"pid {pid} exited during the scan (it ran `{command[:200]}`): nothing left to diagnose"]
     lines = [f"pid {pid} runs `{command[:200]}`"]
