@@ -282,6 +282,8 @@ def test_horse_killed_mid_sampling_is_gone(bench: Bench, workers: Workers, redis
     assert out.strip(), err[-3000:]
     report = json.loads(out)
     [job] = [j for j in report["jobs"] if j["job_id"] == job_id]
+    [stacks] = [s for s in report["snapshot"]["stacks"] if s["pid"] == horse]
+    assert stacks["samples"], "killed before the first sample: not mid-sampling"
     assert job["pid"] == horse and job["gone"] is True, job
     assert "exited during the scan" in " ".join(job["notes"]), job
     assert job["findings"] == [] and job["activity"] is None, job
