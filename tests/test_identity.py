@@ -7,6 +7,9 @@ them may make a process a "worker" or a "horse", and none may get kill advice.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from rqdoctor.commands.common import load_snapshot
 from rqdoctor.diagnose.findings import Finding
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.model import Connection, ProbeError, ProcessInfo, Snapshot, WorkerInfo
@@ -282,3 +285,43 @@ def test_worker_hash_without_birth_still_needs_a_worker_command_line() -> None:
     w = WorkerInfo(name="w", key="rq:worker:w", hostname="here", pid=300, state="busy")
     diagnosis = diagnose(snapshot(workers=[w], processes=[stranger(300, SLEEP_ARGV)]))
     assert diagnosis.links.workers[0].location == "not-found"
+
+
+# --- the recorded Frappe 15.54.1 incident -------------------------------------------------------------
+
+INCIDENT = Path(__file__).parent / "data" / "frappe-15.54.1-incident" / "hangs-site-account.json"
+INCIDENT_HORSES = {"3786cdbe": 18583, "6e7fe896": 18534, "6e9113e8": 18533, "a9faa580": 18544, "c57e0424": 18558,
+                   "eca8b743": 18539, "rqd-filelock-wait": 18580}
+"""Job id prefix (after ``rqd1.localhost::``) -> its horse pid, as checked on the live system (README)."""
+
+
+def test_rqd110_near_miss_recorded_incident_every_job_in_its_live_horse() -> None:
+    diagnosis = diagnose(load_snapshot(INCIDENT))
+    assert {wl.location for wl in diagnosis.links.workers} == {"local"}
+    runners = {jl.job.job_id.split("::", 1)[1][:len(prefix)]: (jl.runner.pid if jl.runner else None, jl.runner_role)
+               for jl in diagnosis.links.jobs for prefix in INCIDENT_HORSES
+               if jl.job.job_id.split("::", 1)[1].startswith(prefix)}
+    assert runners == {prefix: (pid, "horse") for prefix, pid in INCIDENT_HORSES.items()}
+    assert diagnosis.links.orphans == []
+    assert not [f for f in diagnosis.findings if f.code in ("RQD110", "RQD201", "RQD107")]
+    for f in diagnosis.findings:  # every kill command names the process it was checked against
+        for command in kill_commands([f]):
+            assert f"pid {f.pid} (started " in f.fix, (f.code, command)
+
+
+def test_rqd201_fires_recorded_incident_worker_pid_now_a_stranger() -> None:
+    snap = load_snapshot(INCIDENT)
+    job = next(jl for jl in diagnose(snap).links.jobs if "3786cdbe" in jl.job.job_id)
+    worker_pid = job.worker_process.pid  # type: ignore[union-attr]
+    process = next(p for p in snap.processes if p.pid == worker_pid)  # the worker died, its pid was reused
+    process.cmdline, process.worker_like = ["/usr/bin/python3", "backup.py"], False
+    snap.processes = [p for p in snap.processes if p.pid != 18583 and p.ppid != 18583]  # its horse died too
+    snap.stacks = [s for s in snap.stacks if s.pid != 18583]
+    diagnosis = diagnose(snap)
+    [wl] = [wl for wl in diagnosis.links.workers if wl.worker.pid == worker_pid]
+    assert wl.location == "not-found" and wl.horse is None
+    assert diagnosis.links.job_for_pid(18583) is None and diagnosis.links.worker_for_pid(worker_pid) is None
+    [finding] = [f for f in diagnosis.findings if f.code == "RQD201"]
+    assert finding.pid is None and "runs: /usr/bin/python3 backup.py" in finding.evidence[0]
+    assert not [f for f in diagnosis.findings if f.pid in (worker_pid, 18583)]
+    assert not [c for c in kill_commands(diagnosis.findings) if str(worker_pid) in c or "18583" in c]
