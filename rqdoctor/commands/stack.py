@@ -10,7 +10,7 @@ from rqdoctor.commands.common import exit_code, snapshot_for
 from rqdoctor.commands.hangs import Blocking, Interval, Locals, MinAge, Native, NoDb, Samples, collect_options, render
 from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S
-from rqdoctor.diagnose.link import ZOMBIE, gone_pids
+from rqdoctor.diagnose.link import ZOMBIE
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
 from rqdoctor.views import activity_dict, job_rows, threads_of
@@ -27,7 +27,7 @@ def what_it_is(diagnosis: Diagnosis, pid: int) -> list[str]:
     if process is not None and process.status == ZOMBIE:
         return [f"pid {pid} is a zombie: it has exited, and its parent {process.ppid} has not reaped it; "
                 "it runs nothing (no Python, no RQ job)"]
-    if pid in gone_pids(snapshot):
+    if pid in diagnosis.links.gone:
         return [f"pid {pid} exited during the scan (it ran `{command[:200]}`): nothing left to diagnose"]
     lines = [f"pid {pid} runs `{command[:200]}`"]
     worker = diagnosis.links.worker_for_pid(pid)
@@ -55,7 +55,7 @@ def process_row(diagnosis: Diagnosis, pid: int) -> dict[str, Any]:
         "status": process.status if process else None, "running_for_s": None, "timeout_s": None,
         "worker": worker.worker.name if worker else None, "host": diagnosis.context.snapshot.host,
         "location": "local", "pid": pid, "runner_role": "worker" if worker else "process",
-        "gone": pid in gone_pids(diagnosis.context.snapshot), "notes": what_it_is(diagnosis, pid),
+        "gone": pid in diagnosis.links.gone, "notes": what_it_is(diagnosis, pid),
         "cpu_percent": process.cpu_percent if process else None, "rss_bytes": process.rss if process else None,
         "activity": activity_dict(diagnosis.activities.get(pid)), "blocker": None,
         "children": [{"pid": c.pid, "cmdline": c.cmdline, "cpu_percent": c.cpu_percent, "status": c.status}

@@ -91,6 +91,8 @@ class Links:
     """Orphaned work-horses of the diagnosed bench or Redis: their parent is not a live worker."""
     orphan_evidence: dict[int, list[str]] = field(default_factory=dict)
     """Per orphan pid: why it is an orphan and why it is ours (one line each)."""
+    gone: set[int] = field(default_factory=set)
+    """Pids that exited while rqdoctor read or sampled them (:func:`gone_pids`): no verdict, no advice."""
 
     def job_for_pid(self, pid: int) -> JobLink | None:
         """The job whose runner is ``pid`` or one of the runner's descendants."""
@@ -110,7 +112,7 @@ class Links:
 def link(snapshot: Snapshot) -> Links:
     """Join the snapshot's Redis workers and started jobs to its processes (nothing without Redis)."""
     if snapshot.redis is None:
-        return Links()
+        return Links(gone=gone_pids(snapshot))
     tree = _Tree(snapshot.processes)
     blind = any(e.probe == "processes" and e.kind not in _PARTIAL_ERRORS for e in snapshot.errors)
     wlinks = [_link_worker(w, snapshot.host, tree, blind) for w in snapshot.redis.workers]
@@ -118,11 +120,10 @@ def link(snapshot: Snapshot) -> Links:
     for wl in wlinks:
         _attach_horse(wl, tree)
     candidates = _orphan_candidates(wlinks, tree)
-    links = Links(workers=wlinks)
+    links = Links(workers=wlinks, gone=gone_pids(snapshot))
     links.jobs = _link_jobs(snapshot.redis.jobs, wlinks, candidates, snapshot.host)
     links.orphans, links.orphan_evidence = _ours(snapshot, candidates, tree, links)
     orphans = {p.pid for p in links.orphans}
-    gone = gone_pids(snapshot)
     for jl in links.jobs:
         if jl.runner_role == "orphaned-horse" and jl.runner is not None and jl.runner.pid not in orphans:
             jl.runner, jl.runner_role, jl.matched_by = None, None, ""  # not an orphan of ours after all
@@ -130,7 +131,7 @@ def link(snapshot: Snapshot) -> Links:
             jl.location = "unknown" if not host else "local" if host == snapshot.host else "remote"
         if jl.runner is not None:
             jl.children = list(tree.descendants(jl.runner.pid))
-            jl.gone = jl.runner.pid in gone
+            jl.gone = jl.runner.pid in links.gone
     return links
 
 

@@ -8,7 +8,6 @@ from rqdoctor.diagnose.activity import Activity, short_path
 from rqdoctor.diagnose.advice import process_ref
 from rqdoctor.diagnose.context import Context, JobFacts
 from rqdoctor.diagnose.findings import Hit, rule
-from rqdoctor.diagnose.link import gone_pids
 
 NEAR_TIMEOUT_RATIO = 0.8
 NETWORK_KINDS = {"http": "HTTP", "smtp": "SMTP", "imap": "IMAP", "socket": "network", "redis": "Redis"}
@@ -151,7 +150,7 @@ def lock_wait(ctx: Context) -> Iterator[Hit]:
 
 @rule("RQD107", "critical", "Worker is busy but has no current job")
 def busy_without_job(ctx: Context) -> Iterator[Hit]:
-    gone = gone_pids(ctx.snapshot)
+    gone = ctx.links.gone
     for link in ctx.links.workers:
         w = link.worker
         if w.state != "busy" or w.current_job or w.executions or link.location != "local" or link.process is None:
@@ -208,9 +207,8 @@ def no_progress(ctx: Context) -> Iterator[Hit]:
 
 @rule("RQD110", "warning", "Orphaned work-horse: its worker is gone")
 def orphaned_horse(ctx: Context) -> Iterator[Hit]:
-    gone = gone_pids(ctx.snapshot)
     for process in ctx.links.orphans:
-        if process.pid in gone:
+        if process.pid in ctx.links.gone:
             continue  # it exited during the scan
         job = ctx.links.job_for_pid(process.pid)
         yield Hit(
