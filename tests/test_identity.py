@@ -220,6 +220,19 @@ def test_rqd110_near_miss_another_redis_busy_worker_on_the_host() -> None:
     assert diagnosis.links.jobs[0].runner is None
 
 
+def test_rqd110_near_miss_titled_process_naming_a_worker_this_redis_does_not_know() -> None:
+    """Another Redis's SimpleWorker (titled ``Processing``, parent supervisord) and orphan, in the bench dir."""
+    other = ["rq:worker:other:", "Processing", "app.jobs.work", "from", "short", "since", "1"]
+    procs = [process(700, ppid=650, cmdline=other, create_time=NOW - 60, cwd="/b/sites"),
+             process(701, ppid=1, cmdline=other, create_time=NOW - 60, cwd="/b/sites")]
+    snap = snapshot(workers=[worker(current_job="site1::j1", pid=4242)], jobs=[started(running=60)],
+                    processes=procs, stacks=[stacks(700, SLEEP), stacks(701, SLEEP)])
+    snap.target.bench_path = "/b"
+    diagnosis = diagnose(snap)
+    assert diagnosis.links.orphans == [] and diagnosis.links.jobs[0].runner is None
+    assert not kill_commands(diagnosis.findings)
+
+
 def test_rqd110_near_miss_redis_unreadable() -> None:
     """Without Redis: no verdict about workers or jobs, no orphan, no kill advice (every rule)."""
     procs = [process(100), process(101, ppid=100), process(200, ppid=1, cmdline=HORSE_TITLE),

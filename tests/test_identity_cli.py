@@ -222,7 +222,7 @@ def test_another_redis_busy_workers_are_not_orphans(other_redis_busy: tuple[Benc
                  ["--bench", str(b.root), "--redis-url", a.redis_url]):
         for fmt in ("json", "text"):
             run = run_cli("hangs", *args, "--no-db", "--format", fmt, "--min-age", "0")
-            assert "RQD110" not in run.stdout, run
+            assert "RQD110" not in run.stdout, (args, run.report["findings"] if fmt == "json" else run.stdout)
             no_kill_advice(run)
             if fmt == "json":
                 assert not [f for f in run.report["findings"] if f["pid"] in horses], run

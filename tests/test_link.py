@@ -226,13 +226,17 @@ def test_orphan_not_claimed_by_a_job_whose_worker_lives() -> None:
 
 def test_orphan_candidates_exclude_unregistered_workers_and_other_benches() -> None:
     title = ["rq:worker:gone:", "Processing", "f", "from", "q", "since", "1"]
+    foreign = ["rq:worker:elsewhere:", "Processing", "f", "from", "q", "since", "1"]
     listening = _proc(500, 1, pgid=500, sid=500, argv=["rq:worker:x:", "Listening", "on", "q"])
     with_horse = _proc(510, 1, pgid=510, sid=510)
     its_horse = _proc(511, 510, pgid=511, sid=511, cwd="/b/sites", argv=title)  # another Redis's busy worker
-    other_bench = _proc(520, 1, pgid=520, sid=520, cwd="/other-bench/sites", argv=title)
+    other_bench = _proc(520, 1, pgid=520, sid=520, cwd="/other-bench/sites")
+    other_redis = _proc(525, 1, pgid=525, sid=525, cwd="/b/sites", argv=foreign)  # in the bench, not our worker
     ours = _proc(530, 1, pgid=530, sid=530, cwd="/b/sites", argv=title)
-    links = link(_snapshot([], [], [listening, with_horse, its_horse, other_bench, ours], bench_path="/b"))
+    procs = [listening, with_horse, its_horse, other_bench, other_redis, ours]
+    links = link(_snapshot([], [_job("j", worker_name="gone")], procs, bench_path="/b"))
     assert links.orphans == [ours]
+    assert links.jobs[0].runner is ours
 
 
 def test_reused_pid_is_not_the_worker() -> None:

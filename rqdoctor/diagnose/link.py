@@ -298,8 +298,9 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
           links: Links) -> tuple[list[ProcessInfo], dict[int, list[str]]]:
     """The candidates that are orphaned horses of the diagnosed bench or Redis, with the evidence.
 
-    A titled horse (``Processing``) belongs when its title names a worker this Redis knows (a worker hash, or
-    the worker of a started job) or its cwd is under the bench. An untitled one (Frappe v15 has no
+    A titled horse (``Processing``) belongs only when its title names a worker this Redis knows (a worker hash,
+    or the worker of a started job): a title naming another worker is another Redis's horse, or a SimpleWorker
+    of another Redis running its job in-process, whatever its cwd. An untitled one (Frappe v15 has no
     setproctitle: worker and horse share one command line) must also have been matched to a started job of
     this Redis whose worker is not alive here, and be in the bench or connected to the target Redis.
     """
@@ -313,14 +314,13 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
     for p in candidates:
         own_title = parse_title(p)
         lines = []
+        if own_title is not None:
+            if own_title[0] not in names:
+                continue  # a worker this Redis does not know: another Redis's (or a SimpleWorker's own title)
+            lines.append(f"its title names worker {own_title[0]} of this Redis")
         if bench and p.cwd and (p.cwd + "/").startswith(bench + "/"):
             lines.append(f"its working directory {p.cwd} is in the bench {bench}")
-        if own_title is not None:
-            if own_title[0] in names:
-                lines.append(f"its title names worker {own_title[0]} of this Redis")
-            if not lines:
-                continue
-        else:
+        if own_title is None:
             peer = next((c.raddr for c in p.connections if endpoint and _same_endpoint(c.raddr, endpoint)), None)
             if peer:
                 lines.append(f"it is connected to the diagnosed Redis at {peer}")
@@ -331,7 +331,7 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
         if p.ppid == 1:
             why = "its parent is pid 1 (re-parented: the worker that forked it is gone)"
         elif parent is None:
-            why = f"its parent {p.ppid} is not an RQ worker (a subreaper: the worker that forked it is gone)"
+            why = f"its parent {p.ppid} is not an RQ worker (it adopted it, as a subreaper does: the worker is gone)"
         else:
             why = f"its parent {p.ppid} (`{' '.join(parent.cmdline)[:80]}`) is not a live RQ worker"
         jl = matched.get(p.pid)
