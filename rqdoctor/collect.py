@@ -46,7 +46,7 @@ def collect(target: Target, options: CollectOptions) -> Snapshot:
     if options.redis:
         _redis(target, deadline, snapshot)
     if options.processes:
-        _guard(snapshot.errors, "processes", lambda: _processes(snapshot))
+        _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options.stack_pids))
     if options.stacks:
         _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline))
     if database is not None:
@@ -93,14 +93,15 @@ def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
     _guard(snapshot.errors, "redis", read)
 
 
-def _processes(snapshot: Snapshot) -> None:
+def _processes(snapshot: Snapshot, extra_pids: list[int]) -> None:
     from rqdoctor.probes.processes import probe_processes
 
     workers = snapshot.redis.workers if snapshot.redis else []
-    snapshot.processes = probe_processes(workers, snapshot.host, snapshot.errors)
+    snapshot.processes = probe_processes(workers, snapshot.host, snapshot.errors, extra_pids=extra_pids)
 
 
 def _stacks(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> None:
+    from rqdoctor.probes.processes import recheck_gone
     from rqdoctor.probes.stacks import probe_stacks
 
     pids = list(dict.fromkeys([*stack_targets(snapshot), *options.stack_pids]))
@@ -110,12 +111,17 @@ def _stacks(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> 
                                   blocking=options.blocking, native=options.native, with_locals=options.with_locals)
     snapshot.stacks = stacks
     snapshot.errors.extend(errors)
+    known = {e.subject for e in snapshot.errors if e.kind == "vanished"}
+    recheck_gone(snapshot.processes, [p for p in pids if str(p) not in known], snapshot.errors)
 
 
 def stack_targets(snapshot: Snapshot) -> list[int]:
-    """Pids worth a stack: every local process running a job, and busy workers with no job."""
+    """Pids worth a stack: every live local process running a job, busy workers with no job, orphaned horses.
+
+    Only processes whose identity link confirmed (never a pid a worker hash merely claims); nothing without Redis.
+    """
     links = link(snapshot)
-    pids = [j.runner.pid for j in links.jobs if j.runner is not None]
+    pids = [j.runner.pid for j in links.jobs if j.runner is not None and not j.gone]
     pids += [w.process.pid for w in links.workers
              if w.process is not None and w.worker.state == "busy" and w.horse is None]
     pids += [p.pid for p in links.orphans]

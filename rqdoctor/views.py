@@ -36,6 +36,7 @@ def worker_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "host": w.hostname,
             "pid": w.pid,
             "location": link.location,
+            "problems": link.problems,
             "state": w.state,
             "queues": w.queues,
             "current_job": current,
@@ -63,7 +64,7 @@ def queue_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
     rows = []
     for q in redis.queues:
         listening = [lk.worker.name for lk in diagnosis.links.workers
-                     if q.name in lk.worker.queues and lk.location != "dead"]
+                     if q.name in lk.worker.queues and lk.location not in ("dead", "not-found")]
         rows.append({
             "name": q.name,
             "queued": q.queued,
@@ -106,7 +107,7 @@ def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
         if f.job_id:
             codes.setdefault(f.job_id, []).append(f.code)
     rows = []
-    for facts in ctx.job_facts():
+    for facts in ctx.job_facts(include_gone=True):
         job, link, runner = facts.link.job, facts.link, facts.link.runner
         rows.append({
             "job_id": job.job_id,
@@ -123,6 +124,9 @@ def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "location": link.location,
             "pid": runner.pid if runner else None,
             "runner_role": link.runner_role,
+            "gone": link.gone,
+            "notes": [f"pid {runner.pid} exited during the scan: no verdict about it; run rqdoctor again"]
+            if link.gone and runner else [],
             "cpu_percent": runner.cpu_percent if runner else None,
             "rss_bytes": runner.rss if runner else None,
             "activity": activity_dict(facts.activity),

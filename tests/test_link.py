@@ -202,34 +202,41 @@ def test_orphaned_horse_matched_by_title() -> None:
 
 
 def test_orphaned_horse_matched_by_start_time_when_untitled() -> None:
-    early = _proc(400, 1, pgid=400, sid=400, created=T0 + 10)
-    close = _proc(410, 1, pgid=410, sid=410, created=T0 + 49.7)
+    early = _proc(400, 1, pgid=400, sid=400, created=T0 + 10, cwd="/b/sites")
+    close = _proc(410, 1, pgid=410, sid=410, created=T0 + 49.7, cwd="/b/sites")
     dead = _worker("gone", 300, birth=T0)  # its pid no longer exists: the worker is dead
-    links = link(_snapshot([dead], [_job("j", worker_name="gone", started_at=T0 + 50)], [early, close]))
+    job = _job("j", worker_name="gone", started_at=T0 + 50)
+    links = link(_snapshot([dead], [job], [early, close], bench_path="/b"))
     assert links.workers[0].location == "dead"
     assert links.workers[0].problems[0].startswith("process missing:")
-    assert links.orphans == [early, close]
+    assert links.orphans == [close]  # untitled and matched to no job: a Frappe worker looks the same
     jl = links.jobs[0]
     assert (jl.runner, jl.runner_role, jl.matched_by) == (close, "orphaned-horse", "started_at")
     assert jl.worker is dead and links.job_for_pid(400) is None
+    assert links.orphan_evidence[410][0].startswith("its parent is pid 1")
 
 
 def test_orphan_not_claimed_by_a_job_whose_worker_lives() -> None:
     worker = _worker("w", 200, state="idle")
-    orphan = _proc(400, 1, pgid=400, sid=400, created=T0 + 49.9)
-    links = link(_snapshot([worker], [_job("j", worker_name="w")], [_proc(200, 1), orphan]))
-    assert links.orphans == [orphan]
+    orphan = _proc(400, 1, pgid=400, sid=400, created=T0 + 49.9, cwd="/b/sites")
+    links = link(_snapshot([worker], [_job("j", worker_name="w")], [_proc(200, 1), orphan], bench_path="/b"))
+    assert links.orphans == []
     assert links.jobs[0].runner is None
 
 
 def test_orphan_candidates_exclude_unregistered_workers_and_other_benches() -> None:
+    title = ["rq:worker:gone:", "Processing", "f", "from", "q", "since", "1"]
+    foreign = ["rq:worker:elsewhere:", "Processing", "f", "from", "q", "since", "1"]
     listening = _proc(500, 1, pgid=500, sid=500, argv=["rq:worker:x:", "Listening", "on", "q"])
     with_horse = _proc(510, 1, pgid=510, sid=510)
-    its_horse = _proc(511, 510, pgid=511, sid=511, cwd="/b/sites")
+    its_horse = _proc(511, 510, pgid=511, sid=511, cwd="/b/sites", argv=title)  # another Redis's busy worker
     other_bench = _proc(520, 1, pgid=520, sid=520, cwd="/other-bench/sites")
-    ours = _proc(530, 1, pgid=530, sid=530, cwd="/b/sites")
-    links = link(_snapshot([], [], [listening, with_horse, its_horse, other_bench, ours], bench_path="/b"))
-    assert links.orphans == [its_horse, ours]
+    other_redis = _proc(525, 1, pgid=525, sid=525, cwd="/b/sites", argv=foreign)  # in the bench, not our worker
+    ours = _proc(530, 1, pgid=530, sid=530, cwd="/b/sites", argv=title)
+    procs = [listening, with_horse, its_horse, other_bench, other_redis, ours]
+    links = link(_snapshot([], [_job("j", worker_name="gone")], procs, bench_path="/b"))
+    assert links.orphans == [ours]
+    assert links.jobs[0].runner is ours
 
 
 def test_reused_pid_is_not_the_worker() -> None:
@@ -238,7 +245,7 @@ def test_reused_pid_is_not_the_worker() -> None:
     child = _proc(201, 200, pgid=201, sid=201, created=T0 + 601, worker_like=False)
     links = link(_snapshot([worker], [_job("j", worker_name="w")], [stranger, child]))
     wl = links.workers[0]
-    assert wl.location == "dead" and wl.process is None and wl.horse is None
+    assert wl.location == "not-found" and wl.process is None and wl.horse is None and wl.claimed is stranger
     assert wl.problems[0].startswith("pid reused:")
     assert links.jobs[0].runner is None and links.worker_for_pid(200) is None
 

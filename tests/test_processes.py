@@ -23,7 +23,7 @@ import redis
 from rqdoctor.diagnose.link import link
 from rqdoctor.model import JobInfo, ProbeError, ProcessInfo, RedisState, Snapshot, TargetInfo, WorkerInfo
 from rqdoctor.probes import processes
-from rqdoctor.probes.processes import is_worker_argv, probe_processes, redact_argv
+from rqdoctor.probes.processes import is_worker_argv, probe_processes, recheck_gone, redact_argv
 from rqdoctor.probes.redis_rq import connect, read_rq_state
 from tests.harness.bench import Bench
 from tests.harness.venvs import RQ_FLAVOURS
@@ -174,8 +174,8 @@ def test_fake_worker_tree() -> None:
 
 
 @pytest.mark.integration
-def test_fake_tree_found_through_redis_pid_and_linked() -> None:
-    """A worker known only from Redis (argv not worker-like) is still collected, with its descendants."""
+def test_non_worker_pid_named_by_redis_is_collected_but_neither_expanded_nor_linked() -> None:
+    """A Redis pid whose process is no RQ worker by argv or title: collected (link says what it is), no more."""
     with fake_tree(["plain", "script"]) as tree:
         birth = time.time()
         redis_worker = WorkerInfo(name="w", key="rq:worker:w", hostname=HOST, pid=tree.worker, birth=birth,
@@ -183,22 +183,23 @@ def test_fake_tree_found_through_redis_pid_and_linked() -> None:
         remote = WorkerInfo(name="r", key="rq:worker:r", hostname="elsewhere", pid=tree.worker)
         errors: list[ProbeError] = []
         infos = _by_pid(probe_processes([redis_worker, remote], HOST, errors, cpu_window=0.0))
-        assert {tree.worker, tree.horse, tree.child} <= set(infos)
-        assert not infos[tree.worker].worker_like and not infos[tree.horse].worker_like
+        assert tree.worker in infos and not infos[tree.worker].worker_like
+        assert not {tree.horse, tree.child} & set(infos)
         assert _mine(errors, tree) == []
         snapshot = Snapshot(host=HOST, generated_at=time.time(), target=TargetInfo("redis://x", "test"),
                             redis=RedisState(server_time=time.time(), workers=[redis_worker, remote],
                                              jobs=[JobInfo("j", "q", status="started", worker_name="w")]),
                             processes=list(infos.values()))
         links = link(snapshot)
-        assert links.jobs[0].runner == infos[tree.horse] and [c.pid for c in links.jobs[0].children] == [tree.child]
-        assert [wl.location for wl in links.workers] == ["local", "remote"]
+        assert links.jobs[0].runner is None and links.worker_for_pid(tree.worker) is None
+        assert [wl.location for wl in links.workers] == ["not-found", "remote"]
+        assert links.workers[0].problems[0].startswith("not a worker:")
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("born_ago", [3600.0, -10.0])
 def test_reused_pid_is_collected_but_not_expanded(born_ago: float) -> None:
-    """Our own pid as a Redis worker: expanded only when its process is older than the worker's birth."""
+    """Our own pid (no RQ worker) as a Redis worker: collected so link can say what holds it, never expanded."""
     bystander = subprocess.Popen(["sleep", "30"])
     try:
         claimed = WorkerInfo(name="w", key="rq:worker:w", hostname=HOST, pid=os.getpid(),
@@ -207,8 +208,8 @@ def test_reused_pid_is_collected_but_not_expanded(born_ago: float) -> None:
     finally:
         bystander.kill()
         bystander.wait(timeout=10)
-    assert os.getpid() in infos  # collected either way, so link can flag a reused pid
-    assert (bystander.pid in infos) is (born_ago < 0)
+    assert os.getpid() in infos  # collected either way, so link can flag a reused pid or a stranger
+    assert bystander.pid not in infos  # not an RQ worker's child, whatever the birth
 
 
 @pytest.mark.integration
@@ -431,3 +432,27 @@ def test_real_orphaned_horse(
     assert jl.runner is not None and jl.runner.pid == started.horse.pid
     assert (jl.runner_role, jl.matched_by, jl.location) == ("orphaned-horse", matched_by, "local")
     assert [c.cmdline[0] for c in jl.children] == ["sleep"]
+
+
+@pytest.mark.integration
+def test_extra_pid_is_described_and_a_process_that_exits_later_is_marked_vanished() -> None:
+    """``stack <pid>`` of any process: it is collected; once it exits (zombie, then reaped) it is gone."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    keep = subprocess.Popen(["sleep", "30"])
+    try:
+        errors: list[ProbeError] = []
+        infos = probe_processes([], HOST, errors, cpu_window=0.0, extra_pids=[sleeper.pid, keep.pid])
+        by_pid = _by_pid(infos)
+        assert by_pid[sleeper.pid].cmdline == ["sleep", "30"] and not by_pid[sleeper.pid].worker_like
+        sleeper.kill()
+        deadline = time.monotonic() + 10
+        while psutil.Process(sleeper.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        recheck_gone(infos, [sleeper.pid, keep.pid], errors)  # not reaped yet: a zombie
+        assert by_pid[sleeper.pid].status == "vanished" and by_pid[keep.pid].status != "vanished"
+        ours = {f"pid {sleeper.pid}", f"pid {keep.pid}"}  # other workers on this host may vanish meanwhile
+        assert [e.subject for e in errors if e.kind == "vanished" and e.subject in ours] == [f"pid {sleeper.pid}"]
+    finally:
+        for p in (sleeper, keep):
+            p.kill()
+            p.wait(timeout=10)

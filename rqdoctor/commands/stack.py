@@ -10,6 +10,7 @@ from rqdoctor.commands.common import exit_code, snapshot_for
 from rqdoctor.commands.hangs import Blocking, Interval, Locals, MinAge, Native, NoDb, Samples, collect_options, render
 from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S
+from rqdoctor.diagnose.link import ZOMBIE
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
 from rqdoctor.views import activity_dict, job_rows, threads_of
@@ -17,8 +18,35 @@ from rqdoctor.views import activity_dict, job_rows, threads_of
 Subject = Annotated[str, typer.Argument(help="A process id, or an RQ job id (as stored in Redis).")]
 
 
+def what_it_is(diagnosis: Diagnosis, pid: int) -> list[str]:
+    """Plain statements of what a process that runs no job is: its command line, Python or not, any claim on it."""
+    snapshot = diagnosis.context.snapshot
+    process = next((p for p in snapshot.processes if p.pid == pid), None)
+    stacks = next((s for s in snapshot.stacks if s.pid == pid), None)
+    command = " ".join(process.cmdline) if process and process.cmdline else "?"
+    if process is not None and process.status == ZOMBIE:
+        return [f"pid {pid} is a zombie: it has exited, and its parent {process.ppid} has not reaped it; "
+                "it runs nothing (no Python, no RQ job)"]
+    if pid in diagnosis.links.gone:
+        return [f"pid {pid} exited during the scan (it ran `{command[:200]}`): nothing left to diagnose"]
+    lines = [f"pid {pid} runs `{command[:200]}`"]
+    worker = diagnosis.links.worker_for_pid(pid)
+    if worker is not None:
+        role = "work-horse" if worker.horse is not None and worker.horse.pid == pid else "process"
+        lines.append(f"it is the {role} of RQ worker {worker.worker.name}, and runs no started job now")
+    elif stacks is not None and stacks.error is not None and stacks.error.kind == "unsupported":
+        lines.append("it runs no Python (py-spy finds no interpreter), so no RQ job either")
+    else:
+        lines.append("it is not an RQ worker or work-horse of the diagnosed Redis, and runs no RQ job")
+    for wl in diagnosis.links.workers:
+        if wl.claimed is not None and wl.claimed.pid == pid:
+            lines.append(f"worker {wl.worker.name}'s hash names pid {pid} on this host, but this process is not "
+                         f"that worker ({wl.problems[0] if wl.problems else 'identity not confirmed'})")
+    return lines
+
+
 def process_row(diagnosis: Diagnosis, pid: int) -> dict[str, Any]:
-    """A ``hangs`` row for a process that runs no job (a worker parent, any Python process)."""
+    """A ``hangs`` row for a process that runs no job (a worker parent, any Python or other process)."""
     process = next((p for p in diagnosis.context.snapshot.processes if p.pid == pid), None)
     worker = diagnosis.links.worker_for_pid(pid)
     return {
@@ -27,6 +55,7 @@ def process_row(diagnosis: Diagnosis, pid: int) -> dict[str, Any]:
         "status": process.status if process else None, "running_for_s": None, "timeout_s": None,
         "worker": worker.worker.name if worker else None, "host": diagnosis.context.snapshot.host,
         "location": "local", "pid": pid, "runner_role": "worker" if worker else "process",
+        "gone": pid in diagnosis.links.gone, "notes": what_it_is(diagnosis, pid),
         "cpu_percent": process.cpu_percent if process else None, "rss_bytes": process.rss if process else None,
         "activity": activity_dict(diagnosis.activities.get(pid)), "blocker": None,
         "children": [{"pid": c.pid, "cmdline": c.cmdline, "cpu_percent": c.cpu_percent, "status": c.status}
@@ -48,11 +77,15 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
     snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url)
     diagnosis = diagnose(snapshot, min_age_s=min_age)
     rows = [r for r in job_rows(diagnosis) if r["job_id"] == subject or (pid is not None and r["pid"] == pid)]
+    essential: tuple[str, ...] = ("redis", "stacks")
     if not rows and pid is not None:
         if not any(p.pid == pid for p in snapshot.processes) and not any(
                 s.pid == pid and s.samples for s in snapshot.stacks):
-            raise RqdoctorError(f"no process {pid} here", "list running jobs with `rqdoctor hangs`")
+            raise RqdoctorError(f"no process {pid} on this host ({snapshot.host})",
+                                "list running jobs and their pids with `rqdoctor hangs`")
         rows = [process_row(diagnosis, pid)]
+        if any(s.pid == pid and s.error is not None and s.error.kind == "unsupported" for s in snapshot.stacks):
+            essential = ("redis",)  # not Python: having no stack is the answer, not a failure
     if not rows:
         raise RqdoctorError(f"no running job {subject!r} in {snapshot.target.redis_url}",
                             "job ids are as stored in Redis (Frappe v15: site::id); `rqdoctor hangs` lists them")
@@ -61,4 +94,4 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
     diagnosis.findings = [f for f in diagnosis.findings
                           if f.code in codes and (f.job_id == row["job_id"] or f.pid == row["pid"])]
     render("stack", snapshot, diagnosis, rows, fmt, output, verbose=True)
-    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis", "stacks")))
+    raise typer.Exit(exit_code(diagnosis, snapshot, essential=essential))

@@ -49,11 +49,17 @@ class JobFacts:
         runner = self.link.runner
         if runner is None:
             return "Its process is not on this host; stop it where it runs.", []
+        if self.link.gone:
+            return f"Its process {runner.pid} exited during the scan: run rqdoctor again to see the job's state.", []
+        group = runner.pgid or runner.pid
+        if self.link.runner_role == "orphaned-horse":
+            return (f"Its worker is gone: end the orphaned horse's process group, after checking that "
+                    f"{process_ref(runner)} still runs this job; the job stays 'started' until a registry cleanup "
+                    "fails it (AbandonedJobError).", [f"kill -TERM -{group}"])
         if self.link.runner_role == "worker":
             return (f"Stop the worker itself ({process_ref(runner)}): TERM twice (warm, then cold shutdown); "
                     "supervisor restarts it, and the job is failed by the next registry cleanup.",
                     [f"kill -TERM {runner.pid}"])
-        group = runner.pgid or runner.pid
         return (f"Kill the horse's process group, after checking that {process_ref(runner)} still runs this "
                 "job; the worker then fails the job with 'waitpid returned 9' and takes the next one.",
                 [f"kill -KILL -{group}"])
@@ -87,12 +93,18 @@ class Context:
         """Workers read from Redis (empty when Redis could not be read)."""
         return self.snapshot.redis.workers if self.snapshot.redis else []
 
-    def job_facts(self) -> list[JobFacts]:
-        """Every started job with its activity, age and effective timeout."""
+    def job_facts(self, include_gone: bool = False) -> list[JobFacts]:
+        """Every started job with its activity, age and effective timeout.
+
+        A job whose process exited during the scan (``JobLink.gone``) gets no verdict: it is left out unless
+        ``include_gone`` (the job views), and then has no activity.
+        """
         facts = []
         for link in self.links.jobs:
+            if link.gone and not include_gone:
+                continue
             job = link.job
-            activity = self.activities.get(link.runner.pid) if link.runner else None
+            activity = self.activities.get(link.runner.pid) if link.runner and not link.gone else None
             timeout = job.timeout
             if timeout is None:
                 timeout = self.snapshot.target.queue_timeouts.get(job.queue.rsplit(":", 1)[-1])

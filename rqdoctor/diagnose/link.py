@@ -1,16 +1,21 @@
 """Join Redis workers and started jobs to the local processes that run them (pure, no I/O).
 
-A Redis worker is matched to its pid on ``snapshot.host`` when that process is old enough to
-have written the worker's ``birth``; its horse is the child whose process group is its own;
-a job runs in that horse, in the worker itself (SimpleWorker), or in an orphaned horse whose
-worker is gone. Works on a snapshot loaded from JSON on any machine.
+Identity before any claim: a Redis worker is matched to its pid on ``snapshot.host`` only when
+that process is alive (not a zombie), is an RQ worker by its argv or title, and is old enough to
+have written the worker's ``birth``; otherwise the worker is ``dead`` (no such process, or it
+exited) or ``not-found`` (the pid is held by something else). Its horse is the child whose
+process group is its own; a job runs in that horse, in the worker itself (SimpleWorker), or in an
+orphaned horse: a horse-like process whose parent is not a live worker, that belongs to the
+diagnosed bench or Redis. Works on a snapshot loaded from JSON on any machine.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from rqdoctor.model import JobInfo, ProcessInfo, Snapshot, WorkerInfo
 
@@ -19,7 +24,10 @@ BIRTH_SLACK = 3.0
 ORPHAN_WINDOW = 5.0
 """Max seconds between an orphaned horse's start and its job's ``started_at`` for a match by time."""
 VANISHED = "vanished"
-"""``ProcessInfo.status`` of a process that exited while the process probe read it."""
+"""``ProcessInfo.status`` of a process that exited while rqdoctor read or sampled it."""
+ZOMBIE = "zombie"
+"""psutil status of a process that exited and was not reaped by its parent."""
+GONE = frozenset({VANISHED, ZOMBIE})
 _PARTIAL_ERRORS = {"vanished", "permission", "truncated"}
 """Process-probe error kinds that still leave a usable process view."""
 _FORKED = ("Forked", "Spawned")
@@ -36,12 +44,17 @@ class WorkerLink:
     horse: ProcessInfo | None = None
     pool_parent: ProcessInfo | None = None
     location: str = "unknown"
-    """``local`` (process found), ``remote`` (other host), ``dead`` (this host, no such process) or ``unknown``."""
+    """``local`` (its live worker process found), ``remote`` (other host), ``dead`` (this host: no such
+    process, it exited, a newer worker holds its pid, or it recorded its death), ``not-found`` (this host:
+    the pid is held by a process that is not this worker) or ``unknown``."""
     kind: str = "unknown"
     """``fork`` (has a horse), ``simple`` (runs its job in-process), ``pool`` (has a pool parent) or ``unknown``."""
     problems: list[str] = field(default_factory=list)
-    """One line each, starting with a stable tag: ``pid reused:``, ``process missing:``, ``pid taken:``,
-    ``death registered:``, ``horse missing:``, ``no pid:``."""
+    """One line each, starting with a stable tag: ``pid reused:``, ``not a worker:``, ``zombie:``,
+    ``process missing:``, ``pid taken:``, ``death registered:``, ``horse missing:``, ``no pid:``."""
+    claimed: ProcessInfo | None = None
+    """The local process holding the hash's pid when it is not this worker: an unrelated or newer process,
+    a zombie, or a newer worker (``pid taken``)."""
 
 
 @dataclass
@@ -64,6 +77,8 @@ class JobLink:
     ``title``, ``started_at`` (orphaned horse found)."""
     pre_start: bool = False
     """A horse runs it but the job is still ``queued``: stuck before ``prepare_job_execution`` (rq 2.x+)."""
+    gone: bool = False
+    """Its runner exited while rqdoctor read or sampled it (vanished, or a zombie): no verdict, no advice."""
 
 
 @dataclass
@@ -73,7 +88,11 @@ class Links:
     workers: list[WorkerLink] = field(default_factory=list)
     jobs: list[JobLink] = field(default_factory=list)
     orphans: list[ProcessInfo] = field(default_factory=list)
-    """Horse-like processes whose worker is not alive (re-parented, or the worker's hash is gone)."""
+    """Orphaned work-horses of the diagnosed bench or Redis: their parent is not a live worker."""
+    orphan_evidence: dict[int, list[str]] = field(default_factory=dict)
+    """Per orphan pid: why it is an orphan and why it is ours (one line each)."""
+    gone: set[int] = field(default_factory=set)
+    """Pids that exited while rqdoctor read or sampled them (:func:`gone_pids`): no verdict, no advice."""
 
     def job_for_pid(self, pid: int) -> JobLink | None:
         """The job whose runner is ``pid`` or one of the runner's descendants."""
@@ -91,21 +110,46 @@ class Links:
 
 
 def link(snapshot: Snapshot) -> Links:
-    """Join the snapshot's Redis workers and started jobs to its processes."""
+    """Join the snapshot's Redis workers and started jobs to its processes (nothing without Redis)."""
+    if snapshot.redis is None:
+        return Links(gone=gone_pids(snapshot))
     tree = _Tree(snapshot.processes)
     blind = any(e.probe == "processes" and e.kind not in _PARTIAL_ERRORS for e in snapshot.errors)
-    workers = snapshot.redis.workers if snapshot.redis else []
-    jobs = snapshot.redis.jobs if snapshot.redis else []
-    wlinks = [_link_worker(w, snapshot.host, tree, blind) for w in workers]
+    wlinks = [_link_worker(w, snapshot.host, tree, blind) for w in snapshot.redis.workers]
     _resolve_shared_pids(wlinks)
     for wl in wlinks:
         _attach_horse(wl, tree)
-    links = Links(workers=wlinks, orphans=_orphans(wlinks, tree, snapshot.target.bench_path))
-    links.jobs = _link_jobs(jobs, wlinks, links.orphans, snapshot.host)
+    candidates = _orphan_candidates(wlinks, tree)
+    links = Links(workers=wlinks, gone=gone_pids(snapshot))
+    links.jobs = _link_jobs(snapshot.redis.jobs, wlinks, candidates, snapshot.host)
+    links.orphans, links.orphan_evidence = _ours(snapshot, candidates, tree, links)
+    orphans = {p.pid for p in links.orphans}
     for jl in links.jobs:
+        if jl.runner_role == "orphaned-horse" and jl.runner is not None and jl.runner.pid not in orphans:
+            jl.runner, jl.runner_role, jl.matched_by = None, None, ""  # not an orphan of ours after all
+            host = jl.worker.hostname if jl.worker else None
+            jl.location = "unknown" if not host else "local" if host == snapshot.host else "remote"
         if jl.runner is not None:
             jl.children = list(tree.descendants(jl.runner.pid))
+            jl.gone = jl.runner.pid in links.gone
     return links
+
+
+def alive(p: ProcessInfo) -> bool:
+    """Not exited: neither vanished while read nor a zombie."""
+    return p.status not in GONE
+
+
+def gone_pids(snapshot: Snapshot) -> set[int]:
+    """Pids that exited while rqdoctor read or sampled them (vanished status or error, zombie)."""
+    pids = {p.pid for p in snapshot.processes if not alive(p)}
+    pids |= {s.pid for s in snapshot.stacks if s.error is not None and s.error.kind == VANISHED}
+    for e in snapshot.errors:
+        if e.kind == VANISHED and e.subject:
+            digits = e.subject.removeprefix("pid ").strip()
+            if digits.isdigit():
+                pids.add(int(digits))
+    return pids
 
 
 class _Tree:
@@ -150,17 +194,29 @@ def _link_worker(w: WorkerInfo, host: str, tree: _Tree, blind: bool) -> WorkerLi
         wl.location = "dead"
         wl.problems.append("death registered: the worker recorded a clean exit")
     else:
-        p = tree.by_pid.get(w.pid)
-        if p is None or p.status == VANISHED:
-            wl.location = "unknown" if blind else "dead"
-            wl.problems.append(f"process missing: no process {w.pid} on {host}")
-        elif p.create_time is not None and w.birth is not None and p.create_time > w.birth + BIRTH_SLACK:
-            wl.location = "dead"
-            late = p.create_time - w.birth
-            wl.problems.append(f"pid reused: process {p.pid} started {late:.0f} s after the worker's birth")
-        else:
-            wl.process, wl.location = p, "local"
+        _identify(wl, tree.by_pid.get(w.pid), host, blind)
     return wl
+
+
+def _identify(wl: WorkerLink, p: ProcessInfo | None, host: str, blind: bool) -> None:
+    """Accept ``p`` as the worker only if it is a live RQ worker that started before the hash's birth."""
+    w = wl.worker
+    if p is None or p.status == VANISHED:
+        wl.location = "unknown" if blind else "dead"
+        wl.problems.append(f"process missing: no process {w.pid} on {host}")
+    elif p.status == ZOMBIE:
+        wl.location, wl.claimed = "dead", p
+        wl.problems.append(f"zombie: process {p.pid} has exited; its parent {p.ppid} has not reaped it")
+    elif p.create_time is not None and w.birth is not None and p.create_time > w.birth + BIRTH_SLACK:
+        wl.location, wl.claimed = "not-found", p
+        late = p.create_time - w.birth
+        wl.problems.append(f"pid reused: process {p.pid} started {late:.0f} s after the worker's birth")
+    elif not p.worker_like:
+        wl.location, wl.claimed = "not-found", p
+        wl.problems.append(f"not a worker: process {p.pid} runs `{' '.join(p.cmdline)[:120] or '?'}`, "
+                           "which is not an RQ worker by its command line or title")
+    else:
+        wl.process, wl.location = p, "local"
 
 
 def _resolve_shared_pids(wlinks: list[WorkerLink]) -> None:
@@ -173,7 +229,7 @@ def _resolve_shared_pids(wlinks: list[WorkerLink]) -> None:
         group.sort(key=lambda wl: wl.worker.birth or 0.0, reverse=True)
         for wl in group[1:]:
             wl.problems.append(f"pid taken: process {wl.process.pid} belongs to worker {group[0].worker.name}")
-            wl.process, wl.location = None, "dead"
+            wl.claimed, wl.process, wl.location = wl.process, None, "dead"
 
 
 def _attach_horse(wl: WorkerLink, tree: _Tree) -> None:
@@ -183,7 +239,7 @@ def _attach_horse(wl: WorkerLink, tree: _Tree) -> None:
         return
     v1 = (wl.worker.version or "").startswith("1.")
     horses = [c for c in tree.kids.get(p.pid, []) if _is_group_leader(c) and (not v1 or c.sid in (None, c.pid))]
-    horses.sort(key=lambda c: (c.status != VANISHED, c.worker_like, c.create_time or 0.0))
+    horses.sort(key=lambda c: (alive(c), c.worker_like, c.create_time or 0.0))
     wl.horse = horses[-1] if horses else None
     parent = tree.by_pid.get(p.ppid) if p.ppid is not None else None
     wl.pool_parent = parent if parent is not None and parent.worker_like else None
@@ -213,24 +269,109 @@ def _current_jobs(w: WorkerInfo) -> set[str]:
     return ids | ({w.current_job} if w.current_job else set())
 
 
-def _orphans(wlinks: list[WorkerLink], tree: _Tree, bench_path: str | None) -> list[ProcessInfo]:
-    """Worker-like process-group leaders that are neither a live worker, its pool parent nor its horse."""
-    live = {wl.process.pid for wl in wlinks if wl.process is not None}
-    taken = live | {wl.pool_parent.pid for wl in wlinks if wl.pool_parent is not None}
-    prefix = bench_path.rstrip("/") + "/" if bench_path else None
+def _orphan_candidates(wlinks: list[WorkerLink], tree: _Tree) -> list[ProcessInfo]:
+    """Live worker-like group leaders whose parent is not a live worker: re-parented (ppid 1, a subreaper).
+
+    Excluded: live workers, pool parents, anybody's horse (a child of a live worker-like process, even one
+    Redis does not list: another Redis's worker), a worker's own title (Listening / Forked / Spawned) and
+    an unregistered worker with a horse of its own.
+    """
+    taken = {wl.process.pid for wl in wlinks if wl.process is not None}
+    taken |= {wl.pool_parent.pid for wl in wlinks if wl.pool_parent is not None}
     out = []
     for p in tree.by_pid.values():
-        if not (p.worker_like and _is_group_leader(p)) or p.status == VANISHED or p.pid in taken or p.ppid in live:
+        if not (p.worker_like and _is_group_leader(p)) or not alive(p) or p.pid in taken:
             continue
+        parent = tree.by_pid.get(p.ppid) if p.ppid is not None else None
+        if parent is not None and parent.worker_like and alive(parent):
+            continue  # the horse of a live worker (of this Redis or another)
         own_title = parse_title(p)
         if own_title and own_title[1] != "Processing":
             continue  # a worker's own title: Listening / Forked / Spawned
         if any(c.worker_like and _is_group_leader(c) for c in tree.kids.get(p.pid, [])):
             continue  # a worker (not in Redis) with its own horse
-        if prefix and p.cwd and not (p.cwd + "/").startswith(prefix):
-            continue  # another bench's process
         out.append(p)
     return sorted(out, key=lambda p: p.pid)
+
+
+def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
+          links: Links) -> tuple[list[ProcessInfo], dict[int, list[str]]]:
+    """The candidates that are orphaned horses of the diagnosed bench or Redis, with the evidence.
+
+    A titled horse (``Processing``) belongs only when its title names a worker this Redis knows (a worker hash,
+    or the worker of a started job): a title naming another worker is another Redis's horse, or a SimpleWorker
+    of another Redis running its job in-process, whatever its cwd. An untitled one (Frappe v15 has no
+    setproctitle: worker and horse share one command line) must also have been matched to a started job of
+    this Redis whose worker is not alive here, and be in the bench or connected to the target Redis.
+    """
+    redis = snapshot.redis
+    assert redis is not None
+    names = {w.name for w in redis.workers} | {j.worker_name for j in redis.jobs if j.worker_name}
+    bench = (snapshot.target.bench_path or "").rstrip("/")
+    endpoint = _redis_endpoint(snapshot.target.redis_url)
+    matched = {jl.runner.pid: jl for jl in links.jobs if jl.runner_role == "orphaned-horse" and jl.runner}
+    out, evidence = [], {}
+    for p in candidates:
+        own_title = parse_title(p)
+        lines = []
+        if own_title is not None:
+            if own_title[0] not in names:
+                continue  # a worker this Redis does not know: another Redis's (or a SimpleWorker's own title)
+            lines.append(f"its title names worker {own_title[0]} of this Redis")
+        if bench and p.cwd and (p.cwd + "/").startswith(bench + "/"):
+            lines.append(f"its working directory {p.cwd} is in the bench {bench}")
+        if own_title is None:
+            peer = next((c.raddr for c in p.connections if endpoint and _same_endpoint(c.raddr, endpoint)), None)
+            if peer:
+                lines.append(f"it is connected to the diagnosed Redis at {peer}")
+            jl = matched.get(p.pid)
+            if not lines or jl is None:
+                continue
+        parent = tree.by_pid.get(p.ppid) if p.ppid is not None else None
+        if p.ppid == 1:
+            why = "its parent is pid 1 (re-parented: the worker that forked it is gone)"
+        elif parent is None:
+            why = f"its parent {p.ppid} is not an RQ worker (it adopted it, as a subreaper does: the worker is gone)"
+        else:
+            why = f"its parent {p.ppid} (`{' '.join(parent.cmdline)[:80]}`) is not a live RQ worker"
+        jl = matched.get(p.pid)
+        if jl is not None:
+            how = "its title" if jl.matched_by == "title" else "its start time (the job's started_at)"
+            lines.append(f"runs job {jl.job.job_id} of worker {jl.job.worker_name} (matched by {how})")
+        out.append(p)
+        evidence[p.pid] = [why, *lines]
+    return out, evidence
+
+
+def _redis_endpoint(url: str) -> tuple[set[str], int] | None:
+    """Equivalent hosts and the port of a ``redis://`` / ``rediss://`` URL (None for a unix socket)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError:
+        return None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return None
+    host = parts.hostname
+    if host == "localhost" or _is_loopback(host):
+        return {"127.0.0.1", "::1", "localhost"}, port
+    return {host}, port
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_endpoint(raddr: str, endpoint: tuple[set[str], int]) -> bool:
+    """``ip:port`` / ``[ip]:port`` equals the endpoint (any loopback address counts as localhost)."""
+    host, _, port = raddr.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or int(port) != endpoint[1]:
+        return False
+    return host in endpoint[0] or ("127.0.0.1" in endpoint[0] and _is_loopback(host))
 
 
 def _find_worker(job: JobInfo, wlinks: list[WorkerLink]) -> tuple[WorkerLink | None, str]:

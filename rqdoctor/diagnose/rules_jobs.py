@@ -158,37 +158,42 @@ def lock_wait(ctx: Context) -> Iterator[Hit]:
 
 @rule("RQD107", "critical", "Worker is busy but has no current job")
 def busy_without_job(ctx: Context) -> Iterator[Hit]:
+    gone = ctx.links.gone
     for link in ctx.links.workers:
         w = link.worker
-        if w.state != "busy" or w.current_job or w.executions or link.location != "local":
+        if w.state != "busy" or w.current_job or w.executions or link.location != "local" or link.process is None:
             continue
         if (w.version or "").startswith("3."):
             continue
-        runner = link.horse or link.process
-        activity = ctx.activities.get(runner.pid) if runner else None
-        commands = [f"kill -KILL -{link.horse.pgid or link.horse.pid}"] if link.horse else []
-        target = f" ({process_ref(link.horse)})" if link.horse else ""
-        yield Hit(
-            f"worker {w.name}",
-            evidence=["state busy, no current_job: the horse never reached prepare_job_execution",
-                      *_activity_line(activity)],
-            worker=w.name, pid=runner.pid if runner else w.pid, commands=commands,
-            fix="A lock inherited across fork() from a background thread (logging, Sentry, gRPC) deadlocks the "
-                "horse before the job body runs. Avoid starting threads before the fork, or use a spawn-based "
-                f"worker. Kill the horse's process group{target} to free the worker; the job is still queued or "
-                "started.",
-        )
+        horse = link.horse if link.horse is not None and link.horse.pid not in gone else None
+        if link.horse is not None and horse is None:
+            continue  # its horse exited during the scan: nothing left to judge
+        runner = horse or link.process
+        activity = ctx.activities.get(runner.pid)
+        evidence = ["state busy, no current_job: the horse never reached prepare_job_execution",
+                    f"worker process {process_ref(link.process)}"]
+        if horse is not None:
+            evidence.append(f"its work-horse {process_ref(horse)}, leading its own process group")
+        fix = ("A lock inherited across fork() from a background thread (logging, Sentry, gRPC) deadlocks the "
+               "horse before the job body runs. Avoid starting threads before the fork, or use a spawn-based "
+               "worker.")
+        if horse is not None:
+            fix += (f" Kill the horse's process group ({process_ref(horse)}) to free the worker; the job is still "
+                    "queued or started.")
+        yield Hit(f"worker {w.name}", evidence=[*evidence, *_activity_line(activity)], worker=w.name,
+                  pid=runner.pid, commands=[f"kill -KILL -{horse.pgid or horse.pid}"] if horse else [], fix=fix)
 
 
 @rule("RQD108", "warning", "SimpleWorker: the job blocks its worker")
 def simple_worker_blocked(ctx: Context) -> Iterator[Hit]:
     for facts in ctx.long_running_jobs():
-        if facts.link.runner_role != "worker":
+        runner = facts.link.runner
+        if facts.link.runner_role != "worker" or runner is None:
             continue
         yield _hit(
             facts,
-            ["the job runs inside the worker process itself: no work-horse, no hard kill at timeout + 60 s, "
-             "and the worker takes no other job meanwhile", *_activity_line(facts.activity)],
+            [f"the job runs inside the worker process itself ({process_ref(runner)}): no work-horse, no hard "
+             "kill at timeout + 60 s, and the worker takes no other job meanwhile", *_activity_line(facts.activity)],
             "Use the forking Worker for jobs that may hang, or make the job's blocking calls time out. "
             "Stopping this run stops the worker itself.",
         )
@@ -214,12 +219,15 @@ def no_progress(ctx: Context) -> Iterator[Hit]:
 @rule("RQD110", "warning", "Orphaned work-horse: its worker is gone")
 def orphaned_horse(ctx: Context) -> Iterator[Hit]:
     for process in ctx.links.orphans:
+        if process.pid in ctx.links.gone:
+            continue  # it exited during the scan
         job = ctx.links.job_for_pid(process.pid)
         yield Hit(
             f"process {process.pid}",
-            evidence=[f"pid {process.pid} (parent {process.ppid}) looks like an RQ work-horse with no live worker",
-                      f"`{' '.join(process.cmdline)[:200]}`"],
+            evidence=[f"{process_ref(process)} is an RQ work-horse with no live worker",
+                      *ctx.links.orphan_evidence.get(process.pid, [])],
             pid=process.pid, job_id=job.job.job_id if job else None,
+            worker=job.job.worker_name if job else None,
             commands=[f"kill -TERM -{process.pgid or process.pid}"],
             fix="Nobody heartbeats or times out this job; when it finishes it may re-create a ghost worker hash "
                 f"(RQD202). If it is stuck, end its process group ({process_ref(process)}), then check the job's "

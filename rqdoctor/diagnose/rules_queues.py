@@ -20,7 +20,7 @@ def is_scheduled_job(job_id: str) -> bool:
 def listeners(ctx: Context, queue: str) -> list[str]:
     """Names of workers (not known dead) listening on ``queue``."""
     return [link.worker.name for link in ctx.links.workers
-            if queue in link.worker.queues and link.location != "dead" and link.worker.death is None]
+            if queue in link.worker.queues and link.location not in ("dead", "not-found") and link.worker.death is None]
 
 
 @rule("RQD501", "critical", "Queue has jobs but no worker listens on it")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from rqdoctor.diagnose.advice import redis_cli
+from rqdoctor.diagnose.advice import process_ref, redis_cli
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
 
@@ -18,21 +18,28 @@ IDLE_HEARTBEAT_LIMIT_S = 540
 def dead_worker(ctx: Context) -> Iterator[Hit]:
     for link in ctx.links.workers:
         w = link.worker
-        if link.location != "dead" or w.death is not None:
+        if link.location not in ("dead", "not-found") or w.death is not None:
             continue
-        evidence = [f"Redis says pid {w.pid} on host {w.hostname}; no such process here"]
+        if link.claimed is None:
+            evidence = [f"Redis says pid {w.pid} on host {w.hostname}; no such process here"]
+        else:
+            evidence = [f"Redis says pid {w.pid} on host {w.hostname}; that pid is now {process_ref(link.claimed)}"]
         evidence += list(link.problems)
         if w.current_job:
             evidence.append(f"its current job {w.current_job} stays 'started' until a cleanup runs")
         evidence.append(f"worker key expires in {w.ttl} s" if w.ttl and w.ttl > 0 else "worker key never expires")
-        yield Hit(
-            f"worker {w.name}",
-            evidence=evidence, worker=w.name, pid=w.pid,
-            fix="Find out why it died (logs/worker.error.log, the kernel log for the OOM killer), then restart "
-                "the workers (supervisor, or `bench restart`). Its job, if any, is moved to the failed registry by "
-                "the next maintenance run of a worker on that queue (see RQD503).",
-            commands=["dmesg | grep -i -e oom -e killed", "sudo supervisorctl restart all"],
-        )
+        fix = ("Find out why it died (logs/worker.error.log, the kernel log for the OOM killer), then restart "
+               "the workers (supervisor, or `bench restart`). Its job, if any, is moved to the failed registry by "
+               "the next maintenance run of a worker on that queue (see RQD503).")
+        if link.location == "not-found":
+            fix = (f"Pid {w.pid} here is not this worker, so nothing on this host is to be stopped for it: leave "
+                   f"that process alone. If a worker named {w.name} runs elsewhere under this hostname (a container "
+                   "sharing it), look there; otherwise the worker died: " + fix[0].lower() + fix[1:])
+        commands = ["dmesg | grep -i -e oom -e killed"]
+        if link.location == "dead":
+            commands.append("sudo supervisorctl restart all")
+        yield Hit(f"worker {w.name}", evidence=evidence, worker=w.name, fix=fix, commands=commands,
+                  pid=w.pid if link.claimed is None else None)  # never point at a process that is not the worker
 
 
 @rule("RQD202", "warning", "Ghost worker: a persistent partial worker hash")
@@ -57,7 +64,7 @@ def ghost_worker(ctx: Context) -> Iterator[Hit]:
 def stale_heartbeat(ctx: Context) -> Iterator[Hit]:
     for link in ctx.links.workers:
         w = link.worker
-        if link.location == "dead" or w.last_heartbeat is None or w.death is not None:
+        if link.location in ("dead", "not-found") or w.last_heartbeat is None or w.death is not None:
             continue
         limit = BUSY_HEARTBEAT_LIMIT_S if w.state == "busy" else IDLE_HEARTBEAT_LIMIT_S
         heartbeat_age = age(ctx.now, w.last_heartbeat)

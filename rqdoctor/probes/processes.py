@@ -71,15 +71,16 @@ def redact_argv(argv: list[str]) -> list[str]:
 
 
 def probe_processes(
-    workers: list[WorkerInfo], hostname: str, errors: list[ProbeError], cpu_window: float = 0.2
+    workers: list[WorkerInfo], hostname: str, errors: list[ProbeError], cpu_window: float = 0.2,
+    extra_pids: list[int] | None = None,
 ) -> list[ProcessInfo]:
-    """Collect worker-like local processes, this host's Redis worker pids, and their descendants.
+    """Collect worker-like local processes, this host's Redis worker pids, ``extra_pids``, and their descendants.
 
     CPU percent is measured over one shared ``cpu_window`` for all processes. A process that
     vanishes or denies access gives partial data plus an entry in ``errors``, never an exception.
     """
     table = _scan()
-    pids = _select(table, workers, hostname, errors)
+    pids = _select(table, workers, hostname, errors, extra_pids or [])
     started = time.monotonic()
     for pid in pids:
         with contextlib.suppress(psutil.Error):
@@ -104,11 +105,13 @@ def _scan() -> dict[int, _Row]:
     return table
 
 
-def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, errors: list[ProbeError]) -> list[int]:
-    """Worker-like processes and this host's Redis worker pids, then their descendants (depth-limited).
+def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, errors: list[ProbeError],
+            extra_pids: list[int]) -> list[int]:
+    """Worker-like processes, this host's Redis worker pids and ``extra_pids``, then descendants (depth-limited).
 
-    A Redis pid whose process started after the worker's birth (a reused pid) is kept but not expanded.
-    Worker-like parents (pool parents) are themselves worker-like, so they are seeds too.
+    A Redis pid is kept so link can say what holds it, but expanded only when its process is worker-like
+    and started before the worker's birth (not an unrelated process, not a reused pid). Worker-like
+    parents (pool parents) are themselves worker-like, so they are seeds too.
     """
     children: dict[int, list[int]] = {}
     for pid, row in table.items():
@@ -121,8 +124,13 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
         if row is None:
             continue
         seeds[row.proc.pid] = None
-        if w.birth is None or row.create_time is None or row.create_time <= w.birth + BIRTH_SLACK:
+        fits = w.birth is None or row.create_time is None or row.create_time <= w.birth + BIRTH_SLACK
+        if fits and is_worker_argv(row.argv):
             expand.add(row.proc.pid)
+    for pid in extra_pids:
+        if pid in table:
+            seeds[pid] = None
+            expand.add(pid)
     order = dict(seeds)
     frontier = [pid for pid in order if pid in expand]
     for _ in range(MAX_DEPTH):
@@ -189,6 +197,28 @@ def _measure_cpu(
         _vanished(info, errors)
     except psutil.AccessDenied:
         denied.setdefault(proc.pid, []).append("cpu")
+
+
+def recheck_gone(processes: list[ProcessInfo], pids: list[int], errors: list[ProbeError]) -> None:
+    """Mark ``pids`` that exited since they were read (no such process, a zombie, or a new process on the pid).
+
+    Run after stack sampling, so a target that died mid-sampling is reported as gone, not judged.
+    """
+    by_pid = {p.pid: p for p in processes}
+    for pid in pids:
+        info = by_pid.get(pid)
+        if info is None or info.status == VANISHED:
+            continue
+        try:
+            proc = psutil.Process(pid)
+            gone = proc.status() == psutil.STATUS_ZOMBIE or (
+                info.create_time is not None and abs(proc.create_time() - info.create_time) > 1.0)
+        except psutil.NoSuchProcess:
+            gone = True
+        except psutil.AccessDenied:
+            gone = False
+        if gone:
+            _vanished(info, errors)
 
 
 def _connections(proc: psutil.Process) -> list[Connection]:

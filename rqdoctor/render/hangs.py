@@ -27,10 +27,11 @@ def facts_lines(job: dict[str, Any]) -> list[str]:
     if job["location"] == "remote":
         lines.append(f"runs on host {job['host']} (worker {job['worker']}): no process or stack from here")
     elif job["pid"]:
-        lines.append(f"pid {job['pid']} ({job['runner_role']}) of worker {job['worker']}, "
+        lines.append(f"pid {job['pid']} ({job['runner_role']}) of worker {value(job['worker'])}, "
                      f"CPU {value(job['cpu_percent'])} %, RSS {size(job['rss_bytes'])}")
     else:
         lines.append(f"no local process found for worker {value(job['worker'])}")
+    lines += job.get("notes", [])
     activity = job["activity"]
     if activity:
         lines.append(f"{activity['kind']} ({activity['progress']}): {activity['detail']}")
