@@ -120,7 +120,7 @@ def test_rqd201_near_miss_process_probe_failed() -> None:
 def test_horse_that_vanished_mid_sampling_is_gone_without_verdict_or_kill() -> None:
     for mark in ("status", "error", "zombie"):
         snap = busy_bench(running=600, timeout=300)  # past its timeout, and the same stack in every sample
-        assert {"RQD101", "RQD109"} <= {f.code for f in diagnose(snap).findings}
+        assert "RQD101" in {f.code for f in diagnose(snap).findings}
         horse = next(p for p in snap.processes if p.pid == 101)
         if mark == "status":
             horse.status = "vanished"
