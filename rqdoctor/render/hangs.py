@@ -13,14 +13,15 @@ from rich.text import Text
 from rqdoctor.diagnose.activity import short_path
 from rqdoctor.diagnose.findings import Finding
 from rqdoctor.render.fmt import duration, size, value
-from rqdoctor.render.layout import GAP, Para, one_line
+from rqdoctor.render.layout import GAP, Para, one_line, whole
 from rqdoctor.render.text import SEVERITY_STYLE
 
 TRIMMED_FRAMES = 8
 MIN_FREE = 16
 """Room the summary keeps for "what it waits on" before it drops the site, then moves the identifiers first."""
-ORDERS = ((0, 1, 2, 3, 4), (0, 1, 3, 4), (4, 1, 0, 3))
-"""Summary columns by index in (severity, job, site, age, pid), widest layout first."""
+ORDERS = ((0, 1, 2, 3, 4), (0, 1, 3, 4), (4, 0, 3, 1))
+"""Summary columns by index in (severity, job, site, age, pid), widest layout first; the narrowest puts the
+pid first and the job id last, so that nothing needs to line up after a long id."""
 
 
 def _headline(job: dict[str, Any]) -> str:
@@ -104,7 +105,11 @@ class JobSummary:
         header = ("severity", "job", "site", "age", "pid")
         pad = [max(cell_len(c) for c in col) for col in zip(header, *(r[:5] for r in self.rows), strict=True)]
         order = next((o for o in ORDERS if sum(pad[i] + len(GAP) for i in o) + MIN_FREE <= width), ORDERS[-1])
-        yield Text(one_line([header[i].ljust(pad[i]) for i in order], "waiting on", width).rstrip(), style="dim",
+        aligned = sum(pad[i] + len(GAP) for i in order) <= width
+        if not aligned:
+            pad = [0] * len(pad)  # identifiers longer than the line: no alignment, nothing cut
+        yield Text(one_line([header[i].ljust(pad[i]) for i in order], "waiting on" if aligned else "", width).rstrip(),
+                   style="dim",
                    no_wrap=True, overflow="ignore")
         for row in self.rows:
             yield Text(one_line([row[i].ljust(pad[i]) for i in order], row[5], width).rstrip(),
@@ -119,7 +124,8 @@ def text_jobs(jobs: list[dict[str, Any]], findings: list[Finding], verbose: bool
     for job in jobs:
         style = SEVERITY_STYLE.get(severity(job, findings), "green")
         out.append(Text(""))
-        out.append(Para(Text(f"── {_headline(job)}", style=f"bold {style}"), hang=3))
+        out.append(whole(f"── {job['job_id']}", style=f"bold {style}"))
+        out.append(Para(f"   {job['method'] or '?'} ({job['site'] or 'no site'})", hang=5))
         out += [Para(f"   {line}", hang=5) for line in facts_lines(job)]
         out += [Para(Text(f"   {line}", style="dim"), hang=9) for line in stack_lines(job, verbose)]
     return out

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.containers import Lines
 from rich.table import Table
 from rich.text import Text
@@ -63,6 +63,11 @@ def _line(pad: int, body: Text) -> Text:
     line.append_text(body)
     line.rstrip()
     return line
+
+
+def whole(text: str, style: str = "") -> Group:
+    """One line that is never wrapped or cut (a bare top-level Text would lose ``no_wrap`` in ``Console.print``)."""
+    return Group(Text(text, style=style, no_wrap=True, overflow="ignore"))
 
 
 class Para:
@@ -186,13 +191,12 @@ def _pack(pairs: list[str], width: int) -> Iterator[Text]:
         yield Text(line, no_wrap=True, overflow="ignore")
 
 
-def one_line(fixed: Sequence[str], free: str, width: int) -> str:
-    """``fixed`` parts whole, then ``free`` cut with an ellipsis so the line fits ``width`` (if it can)."""
+def one_line(fixed: Sequence[str], free: str, width: int, least: int = 8) -> str:
+    """``fixed`` parts whole, then ``free`` cut with an ellipsis to fit ``width``; left out when fewer than
+    ``least`` cells would remain for it."""
     head = GAP.join(fixed)
     room = width - cell_len(head) - len(GAP)
-    if not free:
-        return head
-    if room <= 1:
+    if not free or room < least:
         return head
     if cell_len(free) > room:
         free = free[: room - 1].rstrip() + "…"
