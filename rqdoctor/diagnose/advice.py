@@ -48,3 +48,15 @@ def redis_cli(target: TargetInfo, *args: str) -> str:
     if parts.password:
         cli.append("--askpass")
     return " ".join(shlex.quote(a) for a in [*cli, *args])
+
+
+def rqdoctor_cli(target: TargetInfo, *args: str) -> str:
+    """``rqdoctor`` pointed at the same target: ``--bench`` when one was diagnosed, else ``--redis-url``."""
+    where = ["--bench", target.bench_path] if target.bench_path else ["--redis-url", target.redis_url]
+    return " ".join(shlex.quote(a) for a in ["rqdoctor", *args, *where])
+
+
+def bench_cli(target: TargetInfo, *args: str) -> str:
+    """``bench`` run in the diagnosed bench (``cd`` there first when its path is known)."""
+    command = " ".join(shlex.quote(a) for a in ["bench", *args])
+    return f"cd {shlex.quote(target.bench_path)} && {command}" if target.bench_path else command

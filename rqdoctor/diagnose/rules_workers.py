@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from rqdoctor.diagnose.advice import redis_cli
+from rqdoctor.diagnose.advice import bench_cli, redis_cli
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
 
@@ -28,10 +28,12 @@ def dead_worker(ctx: Context) -> Iterator[Hit]:
         yield Hit(
             f"worker {w.name}",
             evidence=evidence, worker=w.name, pid=w.pid,
-            fix="Find out why it died (logs/worker.error.log, the kernel log for the OOM killer), then restart "
-                "the workers (supervisor, or `bench restart`). Its job, if any, is moved to the failed registry by "
-                "the next maintenance run of a worker on that queue (see RQD503).",
-            commands=["dmesg | grep -i -e oom -e killed", "sudo supervisorctl restart all"],
+            fix="Find out why it died (logs/worker.error.log, the kernel log for the OOM killer: the first command "
+                "below), then restart the workers (supervisor: the second; or bench, from the bench: the last). Its "
+                "job, if any, is moved to the failed registry by the next maintenance run of a worker on that queue "
+                "(see RQD503).",
+            commands=["dmesg | grep -i -e oom -e killed", "sudo supervisorctl restart all",
+                      bench_cli(ctx.snapshot.target, "restart")],
         )
 
 
