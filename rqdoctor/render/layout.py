@@ -83,7 +83,7 @@ class Para:
 @dataclass(frozen=True)
 class Col:
     """A table column: ``kind`` ID is never wrapped or cut; ``drop`` > 0 may be hidden when narrow (highest
-    first); ``label`` names it in stacked blocks (default: the header)."""
+    first); ``label`` names it in stacked blocks (default: the header); ``justify`` "right" for numbers."""
 
     header: str
     kind: str = ID
@@ -149,10 +149,11 @@ class Records:
         table = Table(show_edge=False, header_style="bold")
         for i, w in zip(shown, widths, strict=True):
             col = self.columns[i]
-            table.add_column(col.header, width=w, no_wrap=col.kind == ID, overflow="ignore" if col.kind == ID
-                             else "fold", justify=col.justify)  # type: ignore[arg-type]
+            table.add_column(col.header, width=w, no_wrap=col.kind == ID,
+                             overflow="ignore" if col.kind == ID else "fold")
+        right = {i: w for i, w in zip(shown, widths, strict=True) if self.columns[i].justify == "right"}
         for row in self.rows:
-            table.add_row(*(row[i] for i in shown))
+            table.add_row(*(row[i].rjust(right[i]) if i in right else row[i] for i in shown))
         yield table
         hidden = [c.key for i, c in enumerate(self.columns) if i not in shown]
         if hidden:

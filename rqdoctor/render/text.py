@@ -83,10 +83,11 @@ def table(columns: list[Col], rows: list[list[Any]], title: int = 0) -> Renderab
     return Records(columns, [[value(v) for v in row] for row in rows], title=title)
 
 
-WORKER_COLUMNS = [Col("worker"), Col("host", drop=3), Col("pid", justify="right"), Col("where", drop=2),
-                  Col("state"), Col("queues", TEXT, drop=1), Col("current job"), Col("running", drop=1),
+WORKER_COLUMNS = [Col("worker"), Col("host", drop=4), Col("pid", justify="right"), Col("where", drop=3),
+                  Col("state"), Col("queues", TEXT, drop=2), Col("current job"), Col("running", drop=1),
                   Col("beat", drop=2, label="heartbeat"), Col("horse", justify="right"),
-                  Col("supervisor", drop=4), Col("findings", TEXT)]
+                  Col("supervisor", drop=5), Col("findings", TEXT)]
+"""Workers' columns; when narrow, hidden from the highest ``drop`` down (supervisor first, running last)."""
 
 
 def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> RenderableType:
