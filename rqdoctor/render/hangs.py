@@ -79,8 +79,7 @@ SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 def severity(job: dict[str, Any], findings: list[Finding]) -> str:
     """The most severe finding about this job (``ok`` when none)."""
-    found = [f.severity for f in findings if f.code in job["findings"] and (
-        f.job_id == job["job_id"] or (f.job_id is None and f.pid is not None and f.pid == job["pid"]))]
+    found = [f.severity for f in findings if f.job_id == job["job_id"]]
     return min(found, key=lambda s: SEVERITY_RANK.get(s, 9), default="ok")
 
 
@@ -108,9 +107,8 @@ class JobSummary:
         aligned = sum(pad[i] + len(GAP) for i in order) <= width
         if not aligned:
             pad = [0] * len(pad)  # identifiers longer than the line: no alignment, nothing cut
-        yield Text(one_line([header[i].ljust(pad[i]) for i in order], "waiting on" if aligned else "", width).rstrip(),
-                   style="dim",
-                   no_wrap=True, overflow="ignore")
+        head = one_line([header[i].ljust(pad[i]) for i in order], "waiting on" if aligned else "", width)
+        yield Text(head.rstrip(), style="dim", no_wrap=True, overflow="ignore")
         for row in self.rows:
             yield Text(one_line([row[i].ljust(pad[i]) for i in order], row[5], width).rstrip(),
                        style=SEVERITY_STYLE.get(row[0], "green"), no_wrap=True, overflow="ignore")
