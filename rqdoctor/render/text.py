@@ -76,11 +76,13 @@ def errors(items: list[ProbeError]) -> list[RenderableType]:
     return out
 
 
-def table(columns: list[Col], rows: list[list[Any]], title: int = 0) -> RenderableType:
-    """Rows at the console's width (see :class:`Records`); a dim "(none)" when there are no rows."""
+def table(columns: list[Col | str], rows: list[list[Any]], title: int = 0) -> RenderableType:
+    """Rows at the console's width (see :class:`Records`; a plain header is an identifier column); a dim
+    "(none)" when there are no rows."""
     if not rows:
         return Text("  (none)", style="dim")
-    return Records(columns, [[value(v) for v in row] for row in rows], title=title)
+    cols = [c if isinstance(c, Col) else Col(c) for c in columns]
+    return Records(cols, [[value(v) for v in row] for row in rows], title=title)
 
 
 WORKER_COLUMNS = [Col("worker"), Col("host", drop=4), Col("pid", justify="right"), Col("where", drop=3),
