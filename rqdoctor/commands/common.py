@@ -63,11 +63,11 @@ def emit(fmt: Format, output: Path | None, text: Callable[[], list[RenderableTyp
         if output is None:
             console = Console(highlight=False)
             for item in renderables:
-                console.print(item)
+                console.print(item, crop=False)
             return
         console = Console(record=True, width=120, file=io.StringIO(), highlight=False)
         for item in renderables:
-            console.print(item)
+            console.print(item, crop=False)
         body = console.export_text()
     if output is None:
         sys.stdout.write(body)

@@ -57,11 +57,12 @@ def render(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[di
     emit(
         fmt, output,
         text=lambda: [text.summary(line, diagnosis.findings, snapshot.errors),
-                      *hangs_render.text_panels(jobs, verbose),
+                      *hangs_render.text_jobs(jobs, diagnosis.findings, verbose),
                       *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
         markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{line}\n",
                                     md.findings(diagnosis.findings, snapshot.errors),
-                                    "## Jobs\n", hangs_render.markdown(jobs), md.errors(snapshot.errors)]),
+                                    "## Jobs\n", hangs_render.markdown(jobs, diagnosis.findings),
+                                    md.errors(snapshot.errors)]),
         as_json=lambda: json_render.report(command, diagnosis, jobs=jobs),
     )
 

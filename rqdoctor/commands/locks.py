@@ -16,6 +16,7 @@ from rqdoctor.render import json as json_render
 from rqdoctor.render import markdown as md
 from rqdoctor.render import text
 from rqdoctor.render.fmt import duration
+from rqdoctor.render.layout import TEXT, Col
 
 
 def lock_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
@@ -41,8 +42,12 @@ def _cells(rows: list[dict[str, Any]]) -> list[list[Any]]:
             for r in rows]
 
 
-COLUMNS = ["waiter", "role", "job/pid", "waiting", "lock", "table", "blocker", "role", "job/pid", "blocker doing",
-           "to end it"]
+COLUMNS = [Col("waiter", label="waiting session"), Col("role", drop=3, label="waiter role"),
+           Col("job/pid", label="waiter job/pid"), Col("waiting"), Col("lock", drop=3), Col("table", drop=2),
+           Col("blocker", label="blocking session"), Col("role", drop=2, label="blocker role"),
+           Col("job/pid", label="blocker job/pid"), Col("blocker doing", TEXT, drop=1),
+           Col("to end it", drop=1)]
+"""The lock table (the kill statements are also printed whole under each finding)."""
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, timeout: Timeout = 10.0,
@@ -64,7 +69,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
         text=lambda: [text.summary(line, diagnosis.findings, snapshot.errors),
                       text.table(COLUMNS, _cells(rows)),
                       *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor locks\n\n{line}\n", md.table(COLUMNS, _cells(rows)),
+        markdown=lambda: "\n".join([f"# rqdoctor locks\n\n{line}\n", md.table([c.header for c in COLUMNS], _cells(rows),
+                                                                             code_columns=(0, 2, 6, 8, 10)),
                                     md.findings(diagnosis.findings, snapshot.errors), md.errors(snapshot.errors)]),
         as_json=lambda: json_render.report("locks", diagnosis, locks=rows),
     )

@@ -6,6 +6,7 @@ names the real process, Redis and database. Commands are printed, never run.
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -48,3 +49,22 @@ def redis_cli(target: TargetInfo, *args: str) -> str:
     if parts.password:
         cli.append("--askpass")
     return " ".join(shlex.quote(a) for a in [*cli, *args])
+
+
+def rqdoctor_cli(target: TargetInfo, *args: str) -> str:
+    """``rqdoctor`` pointed at the same target: ``--bench`` when one was diagnosed, else ``--redis-url``."""
+    where = ["--bench", target.bench_path] if target.bench_path else ["--redis-url", target.redis_url]
+    return " ".join(shlex.quote(a) for a in ["rqdoctor", *args, *where])
+
+
+def bench_cli(target: TargetInfo, *args: str) -> str:
+    """``bench`` run in the diagnosed bench (``cd`` there first when its path is known)."""
+    command = " ".join(shlex.quote(a) for a in ["bench", *args])
+    return f"cd {shlex.quote(target.bench_path)} && {command}" if target.bench_path else command
+
+
+def supervisor_restart_workers(target: TargetInfo) -> str:
+    """Restart only the bench's worker programs: bench's supervisor config groups them as ``<bench>-workers``."""
+    if not target.bench_path:
+        return "sudo supervisorctl restart all"
+    return f"sudo supervisorctl restart {shlex.quote(os.path.basename(target.bench_path.rstrip('/')) + '-workers:')}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from rqdoctor.diagnose.advice import redis_cli
+from rqdoctor.diagnose.advice import redis_cli, rqdoctor_cli
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
 
@@ -93,8 +93,9 @@ def queue_backlog(ctx: Context) -> Iterator[Hit]:
             evidence=[f"{q.queued} queued, oldest waited {waited:.0f} s",
                       f"{busy} of {len(names)} listening workers busy"],
             data={"queue": q.name, "queued": q.queued},
-            fix="If every listening worker is busy with a hung job, `rqdoctor hangs` shows which. Otherwise add "
-                "workers (`background_workers` in common_site_config.json, then regenerate the supervisor config) or "
-                "move long work to the `long` queue.",
-            commands=["bench setup supervisor", "sudo supervisorctl reread && sudo supervisorctl update"],
+            fix="If every listening worker is busy with a hung job, the first command below shows which. Otherwise "
+                "add workers (`background_workers` in common_site_config.json, then regenerate the supervisor "
+                "config with the other two) or move long work to the `long` queue.",
+            commands=[rqdoctor_cli(ctx.snapshot.target, "hangs"), "bench setup supervisor",
+                      "sudo supervisorctl reread && sudo supervisorctl update"],
         )

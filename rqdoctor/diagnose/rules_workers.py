@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from rqdoctor.diagnose.advice import process_ref, redis_cli
+from rqdoctor.diagnose.advice import process_ref, redis_cli, supervisor_restart_workers
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
 
@@ -28,16 +28,17 @@ def dead_worker(ctx: Context) -> Iterator[Hit]:
         if w.current_job:
             evidence.append(f"its current job {w.current_job} stays 'started' until a cleanup runs")
         evidence.append(f"worker key expires in {w.ttl} s" if w.ttl and w.ttl > 0 else "worker key never expires")
-        fix = ("Find out why it died (logs/worker.error.log, the kernel log for the OOM killer), then restart "
-               "the workers (supervisor, or `bench restart`). Its job, if any, is moved to the failed registry by "
-               "the next maintenance run of a worker on that queue (see RQD503).")
+        fix = ("Find out why it died (logs/worker.error.log, the kernel log for the OOM killer: the first command "
+               "below), then restart the bench's workers (the second command; supervisor restarts only the worker "
+               "programs). Its job, if any, is moved to the failed registry by the next maintenance run of a worker "
+               "on that queue (see RQD503).")
         if link.location == "not-found":
             fix = (f"Pid {w.pid} here is not this worker, so nothing on this host is to be stopped for it: leave "
                    f"that process alone. If a worker named {w.name} runs elsewhere under this hostname (a container "
                    "sharing it), look there; otherwise the worker died: " + fix[0].lower() + fix[1:])
         commands = ["dmesg | grep -i -e oom -e killed"]
         if link.location == "dead":
-            commands.append("sudo supervisorctl restart all")
+            commands.append(supervisor_restart_workers(ctx.snapshot.target))
         yield Hit(f"worker {w.name}", evidence=evidence, worker=w.name, fix=fix, commands=commands,
                   pid=w.pid if link.claimed is None else None)  # never point at a process that is not the worker
 

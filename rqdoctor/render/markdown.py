@@ -14,10 +14,21 @@ def cell(v: Any) -> str:
     return value(v).replace("|", "\\|").replace("\n", " ")
 
 
-def table(columns: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub-flavoured Markdown table."""
+def code(text: str) -> str:
+    """``text`` as a code span (a longer fence when it holds backticks)."""
+    fence = "``" if "`" in text else "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def table(columns: list[str], rows: list[list[Any]], code_columns: tuple[int, ...] = ()) -> str:
+    """A GitHub-flavoured Markdown table; identifiers of ``code_columns`` as code spans (``-`` when empty)."""
+    def show(i: int, v: Any) -> str:
+        text = cell(v)
+        return code(text) if i in code_columns and text != "-" else text
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(show(i, v) for i, v in enumerate(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -55,6 +66,7 @@ def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> str:
         [[r["name"], r["host"], r["pid"], r["location"], r["state"], [short_queue(q, prefix) for q in r["queues"]],
           r["current_job"], duration(r["job_running_for_s"]), duration(r["heartbeat_age_s"]), r["horse_pid"],
           r["findings"]] for r in rows],
+        code_columns=(0, 2, 6, 9),
     )
 
 
@@ -65,4 +77,5 @@ def queues_table(rows: list[dict[str, Any]], prefix: str | None) -> str:
          "findings"],
         [[short_queue(r["name"], prefix), r["queued"], duration(r["oldest_queued_age_s"]), r["started"], r["failed"],
           r["finished"], r["deferred"], r["scheduled"], r["listening_workers"], r["findings"]] for r in rows],
+        code_columns=(0,),
     )

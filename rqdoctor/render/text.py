@@ -12,6 +12,7 @@ from rich.text import Text
 from rqdoctor.diagnose.findings import Finding
 from rqdoctor.model import ProbeError, TargetInfo
 from rqdoctor.render.fmt import duration, short_queue, value
+from rqdoctor.render.layout import TEXT, Col, Para, Records
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -33,18 +34,18 @@ def summary(line: str, findings: list[Finding], errors: list[ProbeError]) -> Tex
 
 
 def finding(f: Finding) -> RenderableType:
-    """One finding: code, title, subject, evidence, fix."""
+    """One finding: code, title, subject, evidence, fix, then each command whole on its own line."""
     head = Text()
     head.append(f"{f.code} ", style=SEVERITY_STYLE.get(f.severity, ""))
     head.append(f"[{f.severity}] ", style=SEVERITY_STYLE.get(f.severity, ""))
     head.append(f.title, style="bold")
     head.append(f"  ({f.subject})", style="dim")
-    lines: list[RenderableType] = [head]
-    lines += [Text(f"    • {e}") for e in f.evidence]
+    lines: list[RenderableType] = [Para(head, hang=4)]
+    lines += [Para(f"    • {e}", hang=6) for e in f.evidence]
     if f.fix:
         fix = Text("    fix: ", style="green")
         fix.append(f.fix)
-        lines.append(fix)
+        lines.append(Para(fix, hang=9))
     lines += [command(c) for c in f.commands]
     return Group(*lines)
 
@@ -71,40 +72,49 @@ def errors(items: list[ProbeError]) -> list[RenderableType]:
         line.append(e.message)
         if e.hint:
             line.append(f"  (hint: {e.hint})", style="dim")
-        out.append(line)
+        out.append(Para(line, hang=4))
     return out
 
 
-def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> RenderableType:
-    """A plain rich table (a dim "(none)" when there are no rows)."""
+def table(columns: list[Col | str], rows: list[list[Any]], title: int = 0) -> RenderableType:
+    """Rows at the console's width (see :class:`Records`; a plain header is an identifier column); a dim
+    "(none)" when there are no rows."""
     if not rows:
         return Text("  (none)", style="dim")
-    t = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    for row in rows:
-        t.add_row(*(value(v) for v in row))
-    return t
+    cols = [c if isinstance(c, Col) else Col(c) for c in columns]
+    return Records(cols, [[value(v) for v in row] for row in rows], title=title)
+
+
+WORKER_COLUMNS = [Col("worker"), Col("host", drop=4), Col("pid", justify="right"), Col("where", drop=3),
+                  Col("state"), Col("queues", TEXT, drop=2), Col("current job"), Col("running", drop=1),
+                  Col("beat", drop=2, label="heartbeat"), Col("horse", justify="right"),
+                  Col("supervisor", drop=5), Col("findings", TEXT)]
+"""Workers' columns; when narrow, hidden from the highest ``drop`` down (supervisor first, running last)."""
 
 
 def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> RenderableType:
     """The ``rqdoctor workers`` table."""
     return table(
-        ["worker", "host", "pid", "where", "state", "queues", "current job", "running", "heartbeat",
-         "horse", "supervisor", "findings"],
-        [[r["name"][:12], r["host"], r["pid"], r["location"], r["state"],
-          [short_queue(q, prefix) for q in r["queues"]], r["current_job"], duration(r["job_running_for_s"]),
-          duration(r["heartbeat_age_s"]), r["horse_pid"], r["supervisor_program"], r["findings"]] for r in rows],
+        WORKER_COLUMNS,
+        [[r["name"], r["host"], r["pid"], r["location"], r["state"],
+          ", ".join(short_queue(q, prefix) for q in r["queues"]), r["current_job"], duration(r["job_running_for_s"]),
+          duration(r["heartbeat_age_s"]), r["horse_pid"], r["supervisor_program"], ", ".join(r["findings"])]
+         for r in rows],
     )
+
+
+QUEUE_COLUMNS = [Col("queue"), Col("queued", justify="right"), Col("oldest", justify="right"),
+                 Col("started", justify="right"), Col("failed", drop=1, justify="right"),
+                 Col("finished", drop=3, justify="right"), Col("deferred", drop=2, justify="right"),
+                 Col("scheduled", drop=2, justify="right"), Col("workers", justify="right"), Col("findings", TEXT)]
 
 
 def queues_table(rows: list[dict[str, Any]], prefix: str | None) -> RenderableType:
     """The ``rqdoctor queues`` table."""
     return table(
-        ["queue", "queued", "oldest", "started", "failed", "finished", "deferred", "scheduled", "workers",
-         "findings"],
+        QUEUE_COLUMNS,
         [[short_queue(r["name"], prefix), r["queued"], duration(r["oldest_queued_age_s"]), r["started"],
-          r["failed"], r["finished"], r["deferred"], r["scheduled"], r["listening_workers"], r["findings"]]
+          r["failed"], r["finished"], r["deferred"], r["scheduled"], r["listening_workers"], ", ".join(r["findings"])]
          for r in rows],
     )
 

@@ -1,0 +1,204 @@
+"""Width-aware terminal layouts: identifiers are never folded, cut or split across lines.
+
+The width is the console's at render time (a terminal's, else ``COLUMNS``, else 80 for a pipe).
+Free text wraps at spaces only; a word longer than the line is printed whole and runs past it
+(the report is printed with ``crop=False``), never folded. A table that does not fit drops its
+low-value columns, then becomes one small stacked block of ``key: value`` lines per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.containers import Lines
+from rich.table import Table
+from rich.text import Text
+
+ID, TEXT = "id", "text"
+GAP = "  "
+PAIR_GAP = "   "
+
+
+def lines_of(text: Text | str, width: int, indent: int = 0, hang: int | None = None) -> Lines:
+    """``text`` wrapped at spaces to ``width``, ``indent`` spaces before the first line and ``hang`` before the
+    others (default: ``indent``); words are never folded or cut."""
+    text = Text(text) if isinstance(text, str) else text.copy()
+    hang = indent if hang is None else hang
+    out = Lines()
+    first = True
+    for paragraph in text.split("\n", allow_blank=True):
+        pad = indent if first else hang
+        rest = paragraph
+        while True:
+            room = max(width - pad, 1)
+            plain = rest.plain
+            if cell_len(plain) <= room:
+                out.append(_line(pad, rest))
+                break
+            cut = plain.rfind(" ", 0, room + 1)
+            if cut <= 0:  # a word longer than the line: printed whole, running past it
+                cut = plain.find(" ", room)
+                if cut < 0:
+                    out.append(_line(pad, rest))
+                    break
+            out.append(_line(pad, rest[:cut]))
+            rest = _lstrip(rest[cut:])
+            pad = hang
+            if not rest.plain:
+                break
+        first = False
+    return out
+
+
+def _lstrip(text: Text) -> Text:
+    n = len(text.plain) - len(text.plain.lstrip(" "))
+    return text[n:] if n else text
+
+
+def _line(pad: int, body: Text) -> Text:
+    line = Text(" " * pad, no_wrap=True, overflow="ignore")
+    line.append_text(body)
+    line.rstrip()
+    return line
+
+
+def whole(text: str, style: str = "") -> Group:
+    """One line that is never wrapped or cut (a bare top-level Text would lose ``no_wrap`` in ``Console.print``)."""
+    return Group(Text(text, style=style, no_wrap=True, overflow="ignore"))
+
+
+class Para:
+    """Free text wrapped at spaces with a hanging indent, at the console's width."""
+
+    def __init__(self, text: Text | str, indent: int = 0, hang: int | None = None) -> None:
+        self.text, self.indent, self.hang = text, indent, hang
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from lines_of(self.text, options.max_width, self.indent, self.hang)
+
+
+@dataclass(frozen=True)
+class Col:
+    """A table column: ``kind`` ID is never wrapped or cut; ``drop`` > 0 may be hidden when narrow (highest
+    first); ``label`` names it in stacked blocks (default: the header); ``justify`` "right" for numbers."""
+
+    header: str
+    kind: str = ID
+    drop: int = 0
+    label: str = ""
+    justify: str = "left"
+
+    @property
+    def key(self) -> str:
+        return self.label or self.header
+
+
+def _words(s: str) -> int:
+    return max((cell_len(w) for w in s.split()), default=0)
+
+
+def _need(col: Col, cells: Sequence[str]) -> tuple[int, int]:
+    """(minimum, natural) width of a column: IDs need their longest cell, text its longest word."""
+    natural = max([cell_len(c) for c in cells] + [_words(col.header)])
+    if col.kind == ID:
+        return natural, natural
+    return max([_words(c) for c in cells] + [_words(col.header), min(natural, 12)]), natural
+
+
+def table_width(widths: Sequence[int]) -> int:
+    """Width of a rich table without outer edges and padding 1: every cell +2, plus the separators."""
+    return sum(widths) + 3 * len(widths) - 1
+
+
+def fit(columns: Sequence[Col], rows: Sequence[Sequence[str]], width: int) -> tuple[list[int], list[int]] | None:
+    """(shown column indexes, their widths) for the widest layout that fits ``width``; None if none does."""
+    shown = list(range(len(columns)))
+    needs = [_need(c, [r[i] for r in rows]) for i, c in enumerate(columns)]
+    droppable = sorted((i for i, c in enumerate(columns) if c.drop), key=lambda i: (-columns[i].drop, -i))
+    while True:
+        minimum = [needs[i][0] for i in shown]
+        if table_width(minimum) <= width:
+            widths = minimum[:]
+            spare = width - table_width(minimum)
+            for k, i in enumerate(shown):
+                grow = min(needs[i][1] - widths[k], spare)
+                widths[k] += grow
+                spare -= grow
+            return shown, widths
+        if not droppable:
+            return None
+        shown.remove(droppable.pop(0))
+
+
+class Records:
+    """Rows as a table when it fits, with fewer columns when narrower, else one stacked block per row."""
+
+    def __init__(self, columns: Sequence[Col], rows: Sequence[Sequence[str]], title: int = 0) -> None:
+        self.columns, self.rows, self.title = list(columns), [list(r) for r in rows], title
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        layout = fit(self.columns, self.rows, width)
+        if layout is None:
+            yield from self.stacked(width)
+            return
+        shown, widths = layout
+        table = Table(show_edge=False, header_style="bold")
+        for i, w in zip(shown, widths, strict=True):
+            col = self.columns[i]
+            table.add_column(col.header, width=w, no_wrap=col.kind == ID,
+                             overflow="ignore" if col.kind == ID else "fold")
+        right = {i: w for i, w in zip(shown, widths, strict=True) if self.columns[i].justify == "right"}
+        for row in self.rows:
+            table.add_row(*(row[i].rjust(right[i]) if i in right else row[i] for i in shown))
+        yield table
+        hidden = [c.key for i, c in enumerate(self.columns) if i not in shown]
+        if hidden:
+            yield Para(Text(f"({', '.join(hidden)} hidden at {width} columns; a wider terminal or "
+                            "--format markdown shows them)", style="dim"))
+
+    def stacked(self, width: int) -> Iterator[Text]:
+        """Each row as its title value, then ``key: value`` pairs packed on lines of at most ``width``."""
+        for n, row in enumerate(self.rows):
+            if n:
+                yield Text("")
+            head = self.columns[self.title]
+            yield Text(f"{head.key} {row[self.title]}", style="bold", no_wrap=True, overflow="ignore")
+            pairs: list[str] = []
+            for i, col in enumerate(self.columns):
+                if i == self.title or row[i] in ("", "-"):
+                    continue
+                if col.kind == TEXT:
+                    yield from _pack(pairs, width)
+                    pairs = []
+                    yield from lines_of(f"{col.key}: {row[i]}", width, indent=2, hang=4)
+                else:
+                    pairs.append(f"{col.key}: {row[i]}")
+            yield from _pack(pairs, width)
+
+
+def _pack(pairs: list[str], width: int) -> Iterator[Text]:
+    """``key: value`` pairs, as many per line as fit (a pair is never split)."""
+    line = ""
+    for pair in pairs:
+        if line and cell_len(line) + len(PAIR_GAP) + cell_len(pair) > width:
+            yield Text(line, no_wrap=True, overflow="ignore")
+            line = ""
+        line = f"{line}{PAIR_GAP}{pair}" if line else f"  {pair}"
+    if line:
+        yield Text(line, no_wrap=True, overflow="ignore")
+
+
+def one_line(fixed: Sequence[str], free: str, width: int, least: int = 8) -> str:
+    """``fixed`` parts whole, then ``free`` cut with an ellipsis to fit ``width``; left out when fewer than
+    ``least`` cells would remain for it."""
+    head = GAP.join(fixed)
+    room = width - cell_len(head) - len(GAP)
+    if not free or room < least:
+        return head
+    if cell_len(free) > room:
+        free = free[: room - 1].rstrip() + "…"
+    return head + GAP + free
