@@ -76,9 +76,9 @@ class Run:
         return f"rqdoctor {' '.join(self.args)} -> exit {self.code} in {self.seconds:.1f}s\n{self.stderr[-1500:]}"
 
 
-def rqdoctor(*args: str, cwd: Path, timeout: float = 120) -> Run:
-    """Run the installed console script (never inside a bench folder, no Redis/DB env)."""
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}
+def rqdoctor(*args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None) -> Run:
+    """Run the installed console script (no Redis/DB env, plus ``env``)."""
+    env = {**{k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}, **(env or {})}
     env.update(COLUMNS="250", NO_COLOR="1", TERM="dumb")
     started = time.monotonic()
     proc = subprocess.run([str(RQDOCTOR), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)

@@ -303,6 +303,10 @@ def access_lines(database: DatabaseState | None) -> list[str]:
     if database is None:
         return []
     lines = []
+    known = {a.server for a in database.access}
+    for server in (s for s in database.servers if s not in known):  # a snapshot older than DbAccess
+        sees = "limited view" if server in database.limited_view else "full view"
+        lines.append(f"database {server}: account as in the DSN, route not recorded ({sees})")
     for a in database.access:
         sees = "sees every session" if a.privileged else "limited view: its own sessions, no lock views"
         lines.append(f"database {a.server}: account {a.user!r} via {a.detail or a.route} ({sees})")
