@@ -8,6 +8,7 @@ account's own view still names the victim and the likely holder.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -18,8 +19,8 @@ import redis
 
 from rqdoctor.diagnose.dbjoin import LIKELY_WAIT_S
 from tests import test_locks_cli
-from tests.harness.bench import Bench
-from tests.harness.services import DBInfo
+from tests.harness.bench import Bench, seeded_secret
+from tests.harness.services import DBInfo, private_database
 from tests.harness.workers import Workers
 from tests.test_locks_cli import (
     FAST,
@@ -28,6 +29,7 @@ from tests.test_locks_cli import (
     _db,
     findings,
     hold_row,
+    ident,
     job_row,
     kill,
     lock_kwargs,
@@ -141,3 +143,56 @@ def test_without_root_routes_the_site_account_names_victim_and_likely_holder(
     rows = [r for r in locks["locks"] if r["waiting"]["job_id"] == job_id]
     assert rows and rows[0]["blocker"]["session_id"] == console.session, locks["locks"]
     assert locks["findings"], locks
+
+
+@pytest.mark.parametrize(("db", "flavour"), PARAMS, indirect=["db"])
+def test_root_view_hides_another_databases_lock_wait(db: DBInfo, flavour: str, site_account: tuple[str, str],
+                                                      make_bench: Callable[..., Bench], clients: Clients) -> None:
+    _, password = site_account
+    bench = one_site_bench(make_bench, db.kind, db_name=db.database, db_password=password)
+    with private_database(db.kind) as other:  # another bench's database, with a real lock wait in it
+        make_table(other)
+        clients.python("holder", other, *hold_row(other))
+        clients.python("waiter", other, f"SELECT * FROM {ident(other.kind, test_locks_cli.TABLE)} WHERE id = 1 "
+                       "FOR UPDATE", wait_ready=False)
+        wait_for_waiters(other, 1)
+        run = zero_flag("locks", bench)
+        report = run.json()
+        database = report["snapshot"]["database"]
+        assert report["database_access"][0]["privileged"] is True, report["database_access"]
+        assert database["scope"] == [db.database]
+        assert database["hidden_lock_waits"] >= 1 and database["hidden_sessions"] >= 2, database
+        assert all(s["db"] != other.database for s in database["sessions"]), database["sessions"]
+        assert report["locks"] == [] and not findings(report, "RQD401"), report["locks"]
+        assert run.code == 0, run
+        text = rqdoctor("locks", "--timeout", "20", cwd=bench.root)
+        assert "hidden" in text.stdout and "no problems" in text.stdout.lower(), text.stdout
+
+
+@pytest.mark.parametrize(("db", "flavour"), PARAMS, indirect=["db"])
+def test_root_password_from_common_site_config_is_the_first_route(db: DBInfo, flavour: str,
+                                                                   site_account: tuple[str, str],
+                                                                   make_bench: Callable[..., Bench]) -> None:
+    _, password = site_account
+    bench = one_site_bench(make_bench, db.kind, db_name=db.database, db_password=password)
+    admin_user, admin_password = f"{db.database}_adm", seeded_secret(db.database, "root-route")
+    if db.kind == "mariadb":
+        test_locks_cli.sql(db, f"CREATE USER '{admin_user}'@'127.0.0.1' IDENTIFIED BY '{admin_password}'",
+                           f"GRANT PROCESS, SELECT ON *.* TO '{admin_user}'@'127.0.0.1'")
+    else:  # trust on this host: any password logs in; the route, user and redaction are what is tested
+        admin_user = "postgres"
+    common = bench.root / "sites" / "common_site_config.json"
+    common.write_text(json.dumps({**json.loads(common.read_text()), "root_login": admin_user,
+                                  "root_password": admin_password}, indent=1))
+    try:
+        run = zero_flag("locks", bench)
+        text = rqdoctor("locks", "--format", "markdown", "--timeout", "20", cwd=bench.root)
+    finally:
+        if db.kind == "mariadb":
+            test_locks_cli.sql(db, f"DROP USER IF EXISTS '{admin_user}'@'127.0.0.1'")
+    (access,) = run.json()["database_access"]
+    assert (access["route"], access["user"], access["privileged"]) == ("root_password", admin_user, True), access
+    assert "site1.local" in access["detail"]
+    assert f"account '{admin_user}' via root_password" in text.stdout, text.stdout
+    for out in (run.stdout, run.stderr, text.stdout, text.stderr):
+        assert admin_password not in out and password not in out

@@ -17,7 +17,7 @@ from types import ModuleType
 
 import psutil
 
-from rqdoctor.config import DB_DEFAULT_PORTS, DbTarget
+from rqdoctor.config import DbTarget
 from rqdoctor.dbroutes import ROUTE_SITE, is_privileged_route, route_of
 from rqdoctor.deadline import Deadline
 from rqdoctor.model import DatabaseState, DbAccess, DbSession, LockWait, ProbeError, ProcessInfo
@@ -57,8 +57,6 @@ class ServerView:
     server_ip: str | None = None
     """Address the probe reached it at; None over a Unix socket."""
     unix_paths: set[str] = field(default_factory=set)
-    reported_port: int | None = None
-    """The port the server says it listens on (None when it does not say)."""
     sessions: list[DbSession] = field(default_factory=list)
     lock_waits: list[LockWait] = field(default_factory=list)
     attr_pids: dict[int, int] = field(default_factory=dict)
@@ -206,9 +204,6 @@ def _probe_server(candidates: list[DbTarget], deadline: Deadline) -> Outcome:
             problems.append(error)
             if error.kind != "auth":
                 break
-            continue
-        if privileged and view.reported_port not in (None, target.port or DB_DEFAULT_PORTS[target.kind]):
-            tried.append(f"{target.source}: that server listens on port {view.reported_port}, not the site's")
             continue
         if not view.limited:
             return view, problems, tried

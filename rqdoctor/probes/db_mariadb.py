@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from rqdoctor.config import DbTarget
+from rqdoctor.dbroutes import is_privileged_route
 from rqdoctor.deadline import Deadline
 from rqdoctor.model import DbSession, LockWait
 from rqdoctor.probes.database import (
@@ -142,8 +143,10 @@ def _read(conn: Any, target: DbTarget, deadline: Deadline) -> ServerView:
     cur = conn.cursor()
     cur.execute("SELECT @@port, @@socket, @@performance_schema")
     port, sock, perf_schema = cur.fetchone()
+    if is_privileged_route(target) and target.socket and int(port) != (target.port or 3306):
+        raise WrongServer(f"the server on {target.socket} listens on port {port}, not the site's {target.port or 3306}")
     peer = conn._sock.getpeername() if not target.socket else None
-    view = ServerView(target=target, server_ports={int(port), target.port or 3306}, reported_port=int(port),
+    view = ServerView(target=target, server_ports={int(port), target.port or 3306},
                       server_ip=peer[0] if peer else None, unix_paths={sock} if sock else set())
 
     cur.execute(_SESSIONS.format(time="TIME_MS / 1000" if mariadb else "TIME", fetch=QUERY_FETCH,
@@ -177,6 +180,10 @@ def _read(conn: Any, target: DbTarget, deadline: Deadline) -> ServerView:
     if mysql8 or perf_schema:
         view.partial("connection attributes", lambda: view.attr_pids.update(_connect_pids(cur)))
     return view
+
+
+class WrongServer(Exception):
+    """A privileged route reached another server than the site's."""
 
 
 def _reread_examined(cur: Any, by_id: dict[int, DbSession], deadline: Deadline) -> None:

@@ -90,8 +90,7 @@ def _read(conn: Any, target: DbTarget, deadline: Deadline) -> ServerView:
     port, socket_dirs, privileged, current_db = conn.execute(_SERVER).fetchone()
     dirs = [d.strip() for d in (socket_dirs or target.socket or DEFAULT_SOCKET_DIRS).split(",")]
     hostaddr = conn.info.hostaddr if not target.socket else ""
-    view = ServerView(target=target, server_ports={int(port), target.port or 5432}, reported_port=int(port),
-                      server_ip=hostaddr or None,
+    view = ServerView(target=target, server_ports={int(port), target.port or 5432}, server_ip=hostaddr or None,
                       unix_paths={f"{d}/.s.PGSQL.{port}" for d in dirs if d and not d.startswith("@")},
                       limited="" if privileged else LIMITED)
     for row in conn.execute(_SESSIONS).fetchall():
