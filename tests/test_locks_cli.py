@@ -321,7 +321,7 @@ def test_web_request_holding_a_row_lock_blocks_a_job(db: DBInfo, flavour: str, m
     assert f"web worker pid {web.pid}" in blocker["summary"]
     (victim,) = findings(report, "RQD401")
     assert (victim["job_id"], victim["pid"], victim["data"]["blocker"]["session_id"]) == (job_id, horse, web.session)
-    assert victim["commands"] == [kill(db.kind, web.session)]  # printed whole, on its own line
+    assert victim["commands"] == [kill(db.kind, web.session)]
     (idle,) = findings(report, "RQD402", web.session)
     assert (idle["subject"], idle["pid"]) == (f"db session {web.session}", web.pid)
     assert "RQD401" in row["findings"]
