@@ -32,6 +32,8 @@ class CollectOptions:
     native: bool = False
     with_locals: bool = False
     database: bool = False
+    root_db: bool = True
+    """Try the privileged database routes (:mod:`rqdoctor.dbroutes`) before the site accounts."""
     redis: bool = True
 
 
@@ -42,7 +44,7 @@ def collect(target: Target, options: CollectOptions) -> Snapshot:
                         rqdoctor_version=__version__)
     database = None
     if options.database:
-        database = Background(lambda: _database(target, deadline, snapshot.errors))
+        database = Background(lambda: _database(target, options.root_db, deadline, snapshot.errors))
     if options.redis:
         _redis(target, deadline, snapshot)
     if options.processes:
@@ -128,10 +130,12 @@ def stack_targets(snapshot: Snapshot) -> list[int]:
     return list(dict.fromkeys(pids))
 
 
-def _database(target: Target, deadline: Deadline, errors: list[ProbeError]) -> DatabaseState:
-    from rqdoctor.probes.database import probe_databases
+def _database(target: Target, root_db: bool, deadline: Deadline, errors: list[ProbeError]) -> DatabaseState:
+    from rqdoctor import dbroutes
+    from rqdoctor.probes.database import probe_groups
 
-    return probe_databases(target.db_targets, deadline, errors)
+    allow = not dbroutes.disabled(not root_db, target.env)
+    return probe_groups(dbroutes.plan(target, allow), deadline, errors, dbroutes.scope(target))
 
 
 def _join_database(snapshot: Snapshot, database: Background, deadline: Deadline) -> None:

@@ -399,6 +399,27 @@ class DbSession:
     trx_rows_locked: int | None = None
     idle_in_transaction: bool = False
     wait_event: str | None = None
+    examined_rows: int | None = None
+    """MariaDB ``EXAMINED_ROWS`` at the first read (limited views only)."""
+    examined_rows_later: int | None = None
+    """The same counter read again a moment later (unchanged: the statement made no progress)."""
+
+
+@dataclass
+class DbAccess:
+    """How one server was reached: the account and the route that found it."""
+
+    server: str
+    """Redacted DSN of the connection used (the ``server`` of its sessions)."""
+    user: str
+    route: str
+    """``--db-url``, ``root_password`` (site config), ``unix_socket`` (as OS root) or ``site_account``."""
+    detail: str = ""
+    """Where the route came from, e.g. ``root_password in the config of site1.local``."""
+    privileged: bool = False
+    """It sees every session and the lock views (no ``limited`` entry)."""
+    tried: list[str] = field(default_factory=list)
+    """Routes tried before it, each with why it was not used (passwords never included)."""
 
 
 @dataclass
@@ -426,6 +447,13 @@ class DatabaseState:
     lock_waits: list[LockWait] = field(default_factory=list)
     limited_view: list[str] = field(default_factory=list)
     """Servers seen only through per-site accounts (other users' sessions may be hidden)."""
+    access: list[DbAccess] = field(default_factory=list)
+    """Per server: the account and route used."""
+    scope: list[str] = field(default_factory=list)
+    """Databases the report is about (the bench's sites and ``--db-url`` ones); empty: every database."""
+    hidden_sessions: int = 0
+    """Sessions of other databases left out (neither in scope nor in a lock wait with one in scope)."""
+    hidden_lock_waits: int = 0
 
 
 @dataclass

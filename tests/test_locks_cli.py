@@ -76,9 +76,9 @@ class Run:
         return f"rqdoctor {' '.join(self.args)} -> exit {self.code} in {self.seconds:.1f}s\n{self.stderr[-1500:]}"
 
 
-def rqdoctor(*args: str, cwd: Path, timeout: float = 120) -> Run:
-    """Run the installed console script (never inside a bench folder, no Redis/DB env)."""
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}
+def rqdoctor(*args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None) -> Run:
+    """Run the installed console script (no Redis/DB env, plus ``env``)."""
+    env = {**{k: v for k, v in os.environ.items() if k not in _CLEAN_ENV}, **(env or {})}
     env.update(COLUMNS="250", NO_COLOR="1", TERM="dumb")
     started = time.monotonic()
     proc = subprocess.run([str(RQDOCTOR), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
@@ -296,7 +296,7 @@ def lock_kwargs(info: DBInfo, seconds: float = 90, **over: Any) -> dict[str, Any
 def test_web_request_holding_a_row_lock_blocks_a_job(db: DBInfo, flavour: str, make_bench: Callable[..., Bench],
                                                        workers: Workers, redis_client: redis.Redis,
                                                        clients: Clients, tmp_path: Path) -> None:
-    bench = one_site_bench(make_bench, db.kind)
+    bench = one_site_bench(make_bench, db.kind, db_name=db.database)  # the bench scope is its sites' databases
     worker = workers.frappe(bench, flavour, ("long",))
     make_table(db)
     web = clients.python("gunicorn", db, *hold_row(db), argv=("-b", "127.0.0.1:8000", "frappe.app:application"))
@@ -354,7 +354,7 @@ def test_web_request_holding_a_row_lock_blocks_a_job(db: DBInfo, flavour: str, m
 def test_job_holding_a_transaction_blocks_another_job(db: DBInfo, flavour: str, make_bench: Callable[..., Bench],
                                                        workers: Workers, redis_client: redis.Redis,
                                                        tmp_path: Path) -> None:
-    bench = one_site_bench(make_bench, db.kind)
+    bench = one_site_bench(make_bench, db.kind, db_name=db.database)  # the bench scope is its sites' databases
     short, long = workers.frappe(bench, flavour, ("short",)), workers.frappe(bench, flavour, ("long",))
     holder, holder_pid = start_job(redis_client, flavour, bench, short, "short", HOLD[db.kind],
                                    lock_kwargs(db, seconds=120), job_id="holdlock")
@@ -390,7 +390,7 @@ def test_ddl_behind_an_open_transaction_is_a_metadata_lock_wait(db: DBInfo, flav
                                                                  make_bench: Callable[..., Bench], workers: Workers,
                                                                  redis_client: redis.Redis, clients: Clients,
                                                                  tmp_path: Path) -> None:
-    bench = one_site_bench(make_bench, db.kind)
+    bench = one_site_bench(make_bench, db.kind, db_name=db.database)  # the bench scope is its sites' databases
     short, long = workers.frappe(bench, flavour, ("short",)), workers.frappe(bench, flavour, ("long",))
     holder, holder_pid = start_job(redis_client, flavour, bench, short, "short", HOLD[db.kind],
                                    lock_kwargs(db, seconds=120))
@@ -450,7 +450,7 @@ def test_blocker_on_a_unix_socket_is_matched_or_reported_unmatched(db: DBInfo, f
                                                                     make_bench: Callable[..., Bench],
                                                                     workers: Workers, redis_client: redis.Redis,
                                                                     clients: Clients, tmp_path: Path) -> None:
-    bench = one_site_bench(make_bench, db.kind)
+    bench = one_site_bench(make_bench, db.kind, db_name=db.database)  # the bench scope is its sites' databases
     worker = workers.frappe(bench, flavour, ("long",))
     make_table(db)
     cli = unix_client(db, clients)
@@ -527,7 +527,7 @@ def test_site_credentials_say_what_they_cannot_see_and_admin_url_sees_all(
     dsn = f"{'mysql' if db.kind == 'mariadb' else 'postgresql'}://{user}:***@127.0.0.1:" \
           f"{db.port}/{db.database}"
 
-    limited = hangs(bench, cwd=tmp_path)
+    limited = hangs(bench, "--no-root-db", cwd=tmp_path)  # the site account alone (no root routes)
     report = limited.json()
     assert limited.code in (0, 1), limited
     entries = [e for e in report["errors"] if e["probe"] == "database"]
@@ -540,10 +540,10 @@ def test_site_credentials_say_what_they_cannot_see_and_admin_url_sees_all(
     assert len(own) >= 2 and all(s["client_pid"] for s in own), own  # the two jobs' sessions, tied to horses
     for other in (s for s in database["sessions"] if s["user"] != user):  # PostgreSQL lists, but hides, the rest
         assert (other["query"], other["client_host"], other["client_pid"]) == (None, None, None), other
-    if db.kind == "mariadb":  # no INNODB_TRX without PROCESS: the wait itself is invisible
-        assert database["lock_waits"] == [] and job_row(report, victim)["blocker"] is None
-        assert findings(report, "RQD401") == []
-    text = locks(bench, cwd=tmp_path, fmt="text")
+    if db.kind == "mariadb":  # no INNODB_TRX without PROCESS: no exact edge (the fallback needs a 5 s wait)
+        assert database["lock_waits"] == [] and findings(report, "RQD401") == []
+    assert [(a["route"], a["privileged"]) for a in report["database_access"]] == [("site_account", False)]
+    text = locks(bench, "--no-root-db", cwd=tmp_path, fmt="text")
     assert "Could not see" in text.stdout and "--db-url" in text.stdout, text.stdout
     assert ("PROCESS privilege" if db.kind == "mariadb" else "pg_read_all_stats") in text.stdout
 
@@ -660,7 +660,8 @@ def test_seeded_passwords_never_appear_in_any_output(db: DBInfo, flavour: str, s
         assert site_password in (bench.sites_path / "site1.local" / "site_config.json").read_text()
         admin_url = f"mysql://{admin_user}:{admin_password}@127.0.0.1:3306/"
         wrong_url = f"mysql://root:{wrong_password}@localhost:3306/"
-        runs: list[Run] = [rqdoctor("locks", "--bench", str(bench.root), "--format", "json", cwd=tmp_path)]
+        runs: list[Run] = [rqdoctor("locks", "--bench", str(bench.root), "--format", "json", "--no-root-db",
+                                    cwd=tmp_path)]
         for fmt in ("json", "text", "markdown"):
             common = ("--bench", str(bench.root), "--format", fmt)
             urls = ("--db-url", admin_url, "--db-url", wrong_url)

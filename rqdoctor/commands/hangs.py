@@ -16,18 +16,21 @@ from rqdoctor.commands.options import (
     Format,
     FormatOpt,
     FromFile,
+    NoRootDb,
     Output,
     RedisUrl,
     Timeout,
     Verbose,
 )
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S
+from rqdoctor.diagnose.dbjoin import access_dicts, access_lines
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.model import Snapshot
 from rqdoctor.render import hangs as hangs_render
 from rqdoctor.render import json as json_render
 from rqdoctor.render import markdown as md
 from rqdoctor.render import text
+from rqdoctor.render.layout import Para
 from rqdoctor.views import job_rows
 
 Samples = Annotated[int, typer.Option("--samples", min=1, max=20, help="Stack samples per process.")]
@@ -57,23 +60,33 @@ def render(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[di
     emit(
         fmt, output,
         text=lambda: [text.summary(line, diagnosis.findings, snapshot.errors),
+                      *(Para(a, hang=2) for a in access_lines(snapshot.database)),
                       *hangs_render.text_jobs(jobs, diagnosis.findings, verbose),
                       *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{line}\n",
+        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{line}\n", *md_access(snapshot),
                                     md.findings(diagnosis.findings, snapshot.errors),
                                     "## Jobs\n", hangs_render.markdown(jobs, diagnosis.findings),
                                     md.errors(snapshot.errors)]),
-        as_json=lambda: json_render.report(command, diagnosis, jobs=jobs),
+        as_json=lambda: json_render.report(command, diagnosis, jobs=jobs,
+                                           database_access=access_dicts(snapshot.database)),
     )
+
+
+def md_access(snapshot: Snapshot) -> list[str]:
+    """The database access lines as a markdown list (nothing without a database probe)."""
+    lines = access_lines(snapshot.database)
+    return [*(f"- {line}" for line in lines), ""] if lines else []
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False,
             timeout: Timeout = 15.0, fmt: FormatOpt = Format.text, output: Output = None,
             from_file: FromFile = None, verbose: Verbose = False, samples: Samples = 5, interval: Interval = 0.25,
             blocking: Blocking = False, native: Native = False, with_locals: Locals = False,
-            min_age: MinAge = DEFAULT_MIN_AGE_S, db_url: DbUrl = None, no_db: NoDb = False) -> None:
+            min_age: MinAge = DEFAULT_MIN_AGE_S, db_url: DbUrl = None, no_db: NoDb = False,
+            no_root_db: NoRootDb = False) -> None:
     """Show every running job: its process, live stack, what it waits on, for how long, and the fix."""
     options = collect_options(timeout, samples, interval, blocking, native, with_locals, not no_db)
+    options.root_db = not no_root_db
     snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url)
     diagnosis = diagnose(snapshot, min_age_s=min_age)
     render("hangs", snapshot, diagnosis, job_rows(diagnosis), fmt, output, verbose)

@@ -8,15 +8,26 @@ import typer
 
 from rqdoctor.collect import CollectOptions
 from rqdoctor.commands.common import emit, exit_code, snapshot_for
-from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
-from rqdoctor.diagnose.dbjoin import blocker_dict
+from rqdoctor.commands.options import (
+    AllQueues,
+    Bench,
+    DbUrl,
+    Format,
+    FormatOpt,
+    FromFile,
+    NoRootDb,
+    Output,
+    RedisUrl,
+    Timeout,
+)
+from rqdoctor.diagnose.dbjoin import access_dicts, access_lines, blocker_dict, likely_blocker_dict
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
 from rqdoctor.render import json as json_render
 from rqdoctor.render import markdown as md
 from rqdoctor.render import text
 from rqdoctor.render.fmt import duration
-from rqdoctor.render.layout import TEXT, Col
+from rqdoctor.render.layout import TEXT, Col, Para
 
 
 def lock_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
@@ -32,7 +43,23 @@ def lock_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
                         "job_id": role.job_id, "query": waiter.query if waiter else None},
             "blocker": blocker_dict(graph, wait),
         })
+    for likely in graph.likely:
+        waiter = graph.session(likely.server, likely.waiting_session)
+        for holder in likely.holders or [None]:
+            rows.append({
+                "server": likely.server, "kind": "row (likely)", "table": None, "wait_age_s": likely.waited_s,
+                "waiting": {"session_id": likely.waiting_session, "pid": likely.pid, "role": "rq-job",
+                            "job_id": likely.job_id, "query": waiter.query if waiter else None},
+                "blocker": likely_blocker_dict(graph, likely, holder) if holder is not None else _unseen(likely),
+            })
     return rows
+
+
+def _unseen(likely: Any) -> dict[str, Any]:
+    """The blocker of a likely wait when no session of this account could hold the lock."""
+    return {"server": likely.server, "session_id": None, "pid": None, "role": "not visible", "job_id": None,
+            "doing": "held by another account's session", "inferred": True, "kill": "",
+            "summary": "not visible to this account"}
 
 
 def _cells(rows: list[dict[str, Any]]) -> list[list[Any]]:
@@ -52,9 +79,10 @@ COLUMNS = [Col("waiter", label="waiting session"), Col("role", drop=3, label="wa
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, timeout: Timeout = 10.0,
             fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None,
-            db_url: DbUrl = None) -> None:
+            db_url: DbUrl = None, no_root_db: NoRootDb = False) -> None:
     """Show who waits for whom in the databases (row and metadata locks, chains, cycles) and the fix."""
-    options = CollectOptions(timeout=timeout, database=True)
+    options = CollectOptions(timeout=timeout, database=True, root_db=not no_root_db, stacks=True, samples=3,
+                             interval=0.2)
     snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url)
     tried = any(e.probe == "database" for e in snapshot.errors)
     if (snapshot.database is None or not snapshot.database.servers) and not tried:
@@ -67,11 +95,14 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     emit(
         fmt, output,
         text=lambda: [text.summary(line, diagnosis.findings, snapshot.errors),
+                      *(Para(a, hang=2) for a in access_lines(snapshot.database)),
                       text.table(COLUMNS, _cells(rows)),
                       *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor locks\n\n{line}\n", md.table([c.header for c in COLUMNS], _cells(rows),
-                                                                             code_columns=(0, 2, 6, 8, 10)),
+        markdown=lambda: "\n".join([f"# rqdoctor locks\n\n{line}\n",
+                                    *(f"- {a}" for a in access_lines(snapshot.database)), "",
+                                    md.table([c.header for c in COLUMNS], _cells(rows), code_columns=(0, 2, 6, 8, 10)),
                                     md.findings(diagnosis.findings, snapshot.errors), md.errors(snapshot.errors)]),
-        as_json=lambda: json_render.report("locks", diagnosis, locks=rows),
+        as_json=lambda: json_render.report("locks", diagnosis, locks=rows,
+                                           database_access=access_dicts(snapshot.database)),
     )
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("database",)))

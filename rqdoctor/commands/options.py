@@ -34,3 +34,6 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything 
 DbUrl = Annotated[list[str] | None, typer.Option(
     "--db-url", help="Database to inspect (repeatable): mysql://user:pw@host:3306/ or postgresql://user@host/db. "
     "An admin account sees every session. Default: each site's site_config.json.")]
+NoRootDb = Annotated[bool, typer.Option(
+    "--no-root-db", help="Use only --db-url and the site accounts: do not try the bench's root_password nor the "
+    "local socket as OS root (also: env RQDOCTOR_NO_ROOT_DB=1).")]

@@ -8,7 +8,18 @@ import typer
 
 from rqdoctor.commands.common import exit_code, snapshot_for
 from rqdoctor.commands.hangs import Blocking, Interval, Locals, MinAge, Native, NoDb, Samples, collect_options, render
-from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
+from rqdoctor.commands.options import (
+    AllQueues,
+    Bench,
+    DbUrl,
+    Format,
+    FormatOpt,
+    FromFile,
+    NoRootDb,
+    Output,
+    RedisUrl,
+    Timeout,
+)
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S
 from rqdoctor.diagnose.link import ZOMBIE
 from rqdoctor.diagnose.run import Diagnosis, diagnose
@@ -68,9 +79,11 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
             timeout: Timeout = 15.0, fmt: FormatOpt = Format.text, output: Output = None,
             from_file: FromFile = None, samples: Samples = 5, interval: Interval = 0.25, blocking: Blocking = False,
             native: Native = False, with_locals: Locals = False, min_age: MinAge = DEFAULT_MIN_AGE_S,
-            db_url: DbUrl = None, no_db: NoDb = False) -> None:
+            db_url: DbUrl = None, no_db: NoDb = False,
+            no_root_db: NoRootDb = False) -> None:
     """Show one process or one job: its live stack, what it waits on, and the fix."""
     options = collect_options(timeout, samples, interval, blocking, native, with_locals, not no_db)
+    options.root_db = not no_root_db
     pid = int(subject) if subject.isdigit() else None
     if pid is not None:
         options.stack_pids = [pid]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from rqdoctor.diagnose.activity import KIND_DB_QUERY, Activity
 from rqdoctor.diagnose.link import Links
-from rqdoctor.model import DbSession, LockWait, ProcessInfo, Snapshot
+from rqdoctor.model import DatabaseState, DbSession, LockWait, ProcessInfo, Snapshot
 
 WEB_SERVERS = ("gunicorn", "uwsgi", "waitress", "frappe.app", "werkzeug")
 DB_CLIENTS = ("mysql", "mariadb", "psql", "pgcli", "mycli")
@@ -26,12 +28,30 @@ class SessionRole:
 
 
 @dataclass
+class LikelyWait:
+    """A job's statement that by every visible sign waits on a lock the server would not show (limited view)."""
+
+    server: str
+    waiting_session: int
+    job_id: str
+    pid: int | None
+    waited_s: float
+    evidence: list[str] = field(default_factory=list)
+    holders: list[int] = field(default_factory=list)
+    """Session ids that could hold the lock, likeliest first."""
+    holders_idle_before: bool = True
+    """The holders were idle since before the wait began (else: every other idle session, a weaker guess)."""
+
+
+@dataclass
 class LockGraph:
     """The lock-wait graph of one snapshot with every session's role."""
 
     sessions: dict[tuple[str, int], DbSession] = field(default_factory=dict)
     roles: dict[tuple[str, int], SessionRole] = field(default_factory=dict)
     waits: list[LockWait] = field(default_factory=list)
+    likely: list[LikelyWait] = field(default_factory=list)
+    """Lock waits inferred from what a limited account sees (see :func:`likely_waits`)."""
 
     def session(self, server: str, session_id: int) -> DbSession | None:
         """A session by server and id."""
@@ -156,3 +176,141 @@ def job_waits(graph: LockGraph) -> dict[str, LockWait]:
         if role.role == "rq-job" and role.job_id:
             found.setdefault(role.job_id, wait)
     return found
+
+
+# --- what a limited account still shows --------------------------------------------------------------------
+
+LIKELY_WAIT_S = 5.0
+"""A locking statement of a job running this long with no sign of progress is called a likely lock wait."""
+_LOCKING = re.compile(r"^\s*(?:/\*.*?\*/\s*)*(?:UPDATE|DELETE|INSERT|REPLACE)\b|\bFOR\s+(?:UPDATE|SHARE|NO\s+KEY"
+                      r"\s+UPDATE|KEY\s+SHARE)\b|\bLOCK\s+IN\s+SHARE\s+MODE\b", re.IGNORECASE | re.DOTALL)
+
+
+def is_locking(query: str | None) -> bool:
+    """A statement that takes row locks (UPDATE/DELETE/INSERT/REPLACE, SELECT … FOR UPDATE/SHARE)."""
+    return bool(query and _LOCKING.search(query))
+
+
+def likely_waits(snapshot: Snapshot, graph: LockGraph, activities: dict[int, Activity]) -> list[LikelyWait]:
+    """Jobs whose statement waits on a lock that no lock view named, each with its likely holders.
+
+    Only on servers seen through a limited account (or PostgreSQL sessions in a ``Lock`` wait that no
+    edge explains). A MariaDB victim needs a locking statement running ``LIKELY_WAIT_S`` or more and a
+    positive sign of no progress: its process's stack stuck in a DB query, or ``EXAMINED_ROWS`` unchanged
+    when read twice; any sign of progress rules it out.
+    """
+    database = snapshot.database
+    if database is None:
+        return []
+    waiting = {(w.server, w.waiting_session) for w in graph.waits}
+    found = []
+    for key, session in graph.sessions.items():
+        role = graph.role(*key)
+        if role.role != "rq-job" or not role.job_id or key in waiting:
+            continue
+        evidence = _wait_evidence(session, key[0] in database.limited_view, activities.get(role.pid or -1))
+        if evidence is None:
+            continue
+        holders, before = _holders(graph, session, role.pid, activities)
+        found.append(LikelyWait(key[0], session.session_id, role.job_id, role.pid, session.time_s or 0.0,
+                                evidence, holders, before))
+    return found
+
+
+def _wait_evidence(session: DbSession, limited: bool, activity: Activity | None) -> list[str] | None:
+    """Why this session's statement is a lock wait, or None when the evidence is not there."""
+    waited = session.time_s or 0.0
+    what = f"session {session.session_id} runs `{(session.query or '?')[:120]}`"
+    if session.wait_event and session.wait_event.startswith("Lock:"):
+        return [f"{what}, in wait event {session.wait_event} for {waited:.0f} s (a heavyweight lock wait)"]
+    if not limited or session.command != "Query" or not is_locking(session.query) or waited < LIKELY_WAIT_S:
+        return None
+    signs = []
+    if activity is not None:
+        if activity.kind != KIND_DB_QUERY or activity.progress != "blocked":
+            return None
+        signs.append("its process's stack is stuck waiting for this query's result, with no CPU use")
+    if session.examined_rows is not None and session.examined_rows_later is not None:
+        if session.examined_rows_later != session.examined_rows:
+            return None
+        signs.append(f"rows examined did not move ({session.examined_rows} on two reads)")
+    if not signs:
+        return None
+    state = f" (state {session.state})" if session.state else ""
+    return [f"{what}{state} for {waited:.0f} s: a locking statement", *signs,
+            "this account cannot read the lock views (no PROCESS privilege), so the holder is not named by the server"]
+
+
+def _holders(graph: LockGraph, victim: DbSession, victim_pid: int | None,
+             activities: dict[int, Activity]) -> tuple[list[int], bool]:
+    """Idle sessions of the same account and database that could hold the lock, likeliest first."""
+    pool = []
+    for (server, sid), s in graph.sessions.items():
+        pid = graph.role(server, sid).pid
+        if server != victim.server or sid == victim.session_id or s.user != victim.user or s.db != victim.db:
+            continue
+        if pid is not None and pid == victim_pid:
+            continue
+        if not _idle(s):
+            continue
+        pool.append(s)
+    before = [s for s in pool if (s.time_s or 0.0) >= (victim.time_s or 0.0)]
+    if before:
+        return [s.session_id for s in sorted(before, key=lambda s: -(s.time_s or 0.0))], True
+    quiet = [s for s in pool if not _progressing(graph.role(s.server, s.session_id), activities)]
+    return [s.session_id for s in sorted(quiet, key=lambda s: -(s.time_s or 0.0))], False
+
+
+def _idle(session: DbSession) -> bool:
+    """Between statements: MariaDB ``Sleep``; PostgreSQL ``idle in transaction`` (plain ``idle`` holds no lock)."""
+    if session.command is not None:
+        return session.command.lower() == "sleep"
+    return session.idle_in_transaction
+
+
+def _progressing(role: SessionRole, activities: dict[int, Activity]) -> bool:
+    activity = activities.get(role.pid or -1)
+    return activity is not None and activity.progress == "progressing"
+
+
+def likely_blocker_dict(graph: LockGraph, likely: LikelyWait, holder: int) -> dict[str, Any]:
+    """The ``blocker`` object of a likely wait (same keys as :func:`blocker_dict`), for one candidate holder."""
+    session = graph.session(likely.server, holder)
+    role = graph.role(likely.server, holder)
+    who = role.description or role.role
+    why = "idle since before the wait began" if likely.holders_idle_before else "idle (a weaker guess)"
+    doing = holding(session) if session is None or session.trx_age_s is not None or session.idle_in_transaction \
+        else f"idle for {session.time_s or 0:.0f} s, perhaps in an open transaction"
+    return {
+        "server": likely.server, "session_id": holder, "pid": role.pid, "role": role.role, "job_id": role.job_id,
+        "doing": doing, "trx_age_s": session.trx_age_s if session else None, "table": None,
+        "lock_kind": "row", "wait_age_s": likely.waited_s, "chain": [likely.waiting_session, holder],
+        "cycle": False, "inferred": True, "kill": kill_statement(likely.server, holder),
+        "summary": f"likely session {holder} = {who}, {doing} ({why}; the server does not say)",
+    }
+
+
+def access_dicts(database: DatabaseState | None) -> list[dict[str, Any]]:
+    """Per server: the account and route used, and what the bench scope hid."""
+    if database is None:
+        return []
+    return [{"server": a.server, "user": a.user, "route": a.route, "detail": a.detail, "privileged": a.privileged,
+             "tried": a.tried} for a in database.access]
+
+
+def access_lines(database: DatabaseState | None) -> list[str]:
+    """One line per server saying how it was seen, plus what the bench scope hid."""
+    if database is None:
+        return []
+    lines = []
+    known = {a.server for a in database.access}
+    for server in (s for s in database.servers if s not in known):  # a snapshot older than DbAccess
+        sees = "limited view" if server in database.limited_view else "full view"
+        lines.append(f"database {server}: account as in the DSN, route not recorded ({sees})")
+    for a in database.access:
+        sees = "sees every session" if a.privileged else "limited view: its own sessions, no lock views"
+        lines.append(f"database {a.server}: account {a.user!r} via {a.detail or a.route} ({sees})")
+    if database.hidden_sessions or database.hidden_lock_waits:
+        lines.append(f"{database.hidden_sessions} session(s) and {database.hidden_lock_waits} lock wait(s) of "
+                     f"databases other than {', '.join(database.scope)} hidden")
+    return lines

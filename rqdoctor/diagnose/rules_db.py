@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rqdoctor.diagnose.context import Context
-from rqdoctor.diagnose.dbjoin import blocker_dict, holding, is_postgres, job_waits, kill_statement
+from rqdoctor.diagnose.dbjoin import blocker_dict, holding, is_postgres, job_waits, kill_statement, likely_blocker_dict
 from rqdoctor.diagnose.findings import Hit, rule
 
 LONG_TRANSACTION_S = 300
@@ -123,4 +123,29 @@ def lock_chain(ctx: Context) -> Iterator[Hit]:
             fix="End the session at the head of the chain; everything behind it then proceeds." if not cycle
             else "The server's deadlock detector normally breaks cycles within seconds; if it persists end one member.",
             commands=[kill_statement(server, head)],
+        )
+
+
+@rule("RQD406", "warning", "Job likely waits on a database lock (holder not visible)")
+def likely_lock_wait(ctx: Context) -> Iterator[Hit]:
+    for likely in ctx.graph.likely:
+        holders = [likely_blocker_dict(ctx.graph, likely, sid) for sid in likely.holders]
+        evidence = list(likely.evidence)
+        if holders:
+            basis = ("idle in this account since before the wait began" if likely.holders_idle_before
+                     else "idle in this account now (none was idle since before the wait began)")
+            evidence.append(f"likely holder(s), {basis}: " + "; ".join(
+                f"session {h['session_id']} = {h['summary'].split(' = ', 1)[1]}" for h in holders))
+        else:
+            evidence.append("no idle session of this account could hold it: the holder is another account's")
+        yield Hit(
+            f"job {likely.job_id}", evidence=evidence, job_id=likely.job_id, pid=likely.pid,
+            data={"server": likely.server, "session_id": likely.waiting_session, "likely_holders": holders},
+            commands=[h["kill"] for h in holders],
+            fix=f"The account rqdoctor used on {likely.server} cannot read the lock views, so the holder is a guess: "
+                "check each candidate below (its process, what it runs) before ending it, the likeliest first, with "
+                "the statement below (printed, never run by rqdoctor). Killing the victim does not help. To name "
+                "the holder for sure, run rqdoctor as OS root on the database host, put root_password in "
+                "common_site_config.json, or pass --db-url with an account that has the PROCESS privilege "
+                "(PostgreSQL: pg_read_all_stats).",
         )

@@ -9,7 +9,7 @@ from typing import Any
 from rqdoctor.diagnose import rules_db, rules_jobs, rules_locks, rules_queues, rules_workers  # noqa: F401  (registers rules)
 from rqdoctor.diagnose.activity import KIND_DB_LOCK_WAIT, Activity, classify, known_endpoints
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S, Context
-from rqdoctor.diagnose.dbjoin import blocker_dict, build_graph, job_waits
+from rqdoctor.diagnose.dbjoin import blocker_dict, build_graph, job_waits, likely_blocker_dict, likely_waits
 from rqdoctor.diagnose.findings import RULES, Finding, severity_rank
 from rqdoctor.diagnose.link import Links, link
 from rqdoctor.model import Snapshot
@@ -43,6 +43,7 @@ def diagnose(snapshot: Snapshot, codes: set[str] | None = None, min_age_s: float
     """Run the rules (all, or those whose code starts with one of ``codes``) on ``snapshot``."""
     links = link(snapshot)
     context = Context(snapshot, links, classify_all(snapshot), min_age_s, build_graph(snapshot, links))
+    context.graph.likely = likely_waits(snapshot, context.graph, context.activities)
     blockers = mark_lock_waits(context)
     findings: list[Finding] = []
     for code, registered in sorted(RULES.items()):
@@ -68,6 +69,15 @@ def mark_lock_waits(context: Context) -> dict[str, dict[str, Any]]:
             context.activities[pid] = Activity(KIND_DB_LOCK_WAIT, detail, progress="blocked")
         else:
             context.activities[pid] = dataclasses.replace(current, kind=KIND_DB_LOCK_WAIT, detail=detail)
+    for likely in context.graph.likely:
+        holder = likely_blocker_dict(context.graph, likely, likely.holders[0]) if likely.holders else None
+        if holder is not None:
+            blockers.setdefault(likely.job_id, holder)
+        detail = f"likely waiting {likely.waited_s:.0f} s for a row lock; " + (
+            f"held by {holder['summary']}" if holder else "the holder is not visible to this account")
+        current = context.activities.get(likely.pid or -1)
+        if likely.pid is not None and current is not None:
+            context.activities[likely.pid] = dataclasses.replace(current, kind=KIND_DB_LOCK_WAIT, detail=detail)
     return blockers
 
 

@@ -18,8 +18,9 @@ from types import ModuleType
 import psutil
 
 from rqdoctor.config import DbTarget
+from rqdoctor.dbroutes import ROUTE_SITE, is_privileged_route, route_of
 from rqdoctor.deadline import Deadline
-from rqdoctor.model import DatabaseState, DbSession, LockWait, ProbeError, ProcessInfo
+from rqdoctor.model import DatabaseState, DbAccess, DbSession, LockWait, ProbeError, ProcessInfo
 from rqdoctor.probes.processes import is_worker_argv, redact_argv
 from rqdoctor.probes.sockets import LocalSockets
 from rqdoctor.redact import MASK, redact_text
@@ -93,34 +94,66 @@ def clean_query(text: str | bytes | None) -> str | None:
 
 
 def probe_databases(targets: list[DbTarget], deadline: Deadline, errors: list[ProbeError]) -> DatabaseState:
-    """Read every distinct server once, concurrently; failures are appended to ``errors``."""
-    groups = server_groups(targets)
+    """Read every distinct server once through the given accounts (see :func:`probe_groups`)."""
+    return probe_groups(server_groups(targets), deadline, errors)
+
+
+def probe_groups(groups: list[list[DbTarget]], deadline: Deadline, errors: list[ProbeError],
+                 scope: Iterable[str] = ()) -> DatabaseState:
+    """Read every server once (its candidate accounts in order), concurrently; failures go to ``errors``.
+
+    With a ``scope`` (database names), sessions of other databases are dropped and counted, unless a
+    lock wait ties them to a session in scope.
+    """
     outcomes = _run_all([lambda c=c: _probe_server(c, deadline) for c in groups], deadline)
-    state = DatabaseState()
+    state = DatabaseState(scope=sorted(set(scope)))
     views = []
     for candidates, outcome in zip(groups, outcomes, strict=True):
-        dsn = candidates[0].redacted()
+        dsn = candidates[-1].redacted()
         if outcome is None:
             errors.append(ProbeError(PROBE, "timeout", f"{dsn}: no answer within the {deadline.seconds:g}s deadline",
                                      "the server accepts connections but does not answer: is it overloaded or hung? "
                                      "Raise --timeout to wait longer", subject=dsn))
             continue
-        view, problems = outcome
+        view, problems, tried = outcome
         errors.extend(problems)
         if view is None:
             continue
+        if state.scope:
+            hidden_sessions, hidden_waits = keep_scope(view, set(state.scope))
+            state.hidden_sessions += hidden_sessions
+            state.hidden_lock_waits += hidden_waits
         views.append(view)
         errors.extend(view.notes)
         state.servers.append(view.dsn)
         state.sessions.extend(view.sessions)
         state.lock_waits.extend(view.lock_waits)
+        state.access.append(DbAccess(server=view.dsn, user=view.target.user, route=route_of(view.target),
+                                     detail=view.target.source, privileged=not view.limited, tried=tried))
         if view.limited:
             state.limited_view.append(view.dsn)
+            hint = LIMITED_HINT[view.target.kind] + (f"; privileged routes tried first: {'; '.join(tried)}"
+                                                     if tried else "")
             errors.append(ProbeError(PROBE, "limited", f"{view.dsn}: seen through account {view.target.user!r} "
-                                     f"({view.target.source}); {view.limited}",
-                                     LIMITED_HINT[view.target.kind], subject=view.dsn))
+                                     f"({view.target.source}); {view.limited}", hint, subject=view.dsn))
     attach_clients(views, LocalSockets())
     return state
+
+
+def keep_scope(view: ServerView, scope: set[str]) -> tuple[int, int]:
+    """Drop sessions of databases outside ``scope`` unless a lock wait links them to one inside; counts dropped."""
+    kept = {s.session_id for s in view.sessions if s.db in scope}
+    waits = view.lock_waits
+    grew = True
+    while grew:
+        linked = {sid for w in waits if {w.waiting_session, w.blocking_session} & kept
+                  for sid in (w.waiting_session, w.blocking_session)}
+        grew = not linked <= kept
+        kept |= linked
+    before = (len(view.sessions), len(view.lock_waits))
+    view.sessions = [s for s in view.sessions if s.session_id in kept]
+    view.lock_waits = [w for w in waits if w.waiting_session in kept]
+    return before[0] - len(view.sessions), before[1] - len(view.lock_waits)
 
 
 def server_groups(targets: Iterable[DbTarget]) -> list[list[DbTarget]]:
@@ -131,10 +164,12 @@ def server_groups(targets: Iterable[DbTarget]) -> list[list[DbTarget]]:
     return [sorted(group, key=lambda t: not t.admin) for group in groups.values()]
 
 
-def _run_all(jobs: list[Callable[[], tuple[ServerView | None, list[ProbeError]]]],
-             deadline: Deadline) -> list[tuple[ServerView | None, list[ProbeError]] | None]:
+Outcome = tuple[ServerView | None, list[ProbeError], list[str]]
+
+
+def _run_all(jobs: list[Callable[[], Outcome]], deadline: Deadline) -> list[Outcome | None]:
     """Run each job in a daemon thread; a job still running at the deadline yields None (and is abandoned)."""
-    results: list[tuple[ServerView | None, list[ProbeError]] | None] = [None] * len(jobs)
+    results: list[Outcome | None] = [None] * len(jobs)
 
     def run(i: int) -> None:
         results[i] = jobs[i]()
@@ -147,19 +182,38 @@ def _run_all(jobs: list[Callable[[], tuple[ServerView | None, list[ProbeError]]]
     return list(results)
 
 
-def _probe_server(candidates: list[DbTarget], deadline: Deadline) -> tuple[ServerView | None, list[ProbeError]]:
-    """The first account that can log in reads the server; an unreachable server is not retried."""
-    problems = []
+def _probe_server(candidates: list[DbTarget], deadline: Deadline) -> Outcome:
+    """The first account that logs in and sees everything reads the server, else the first that logged in.
+
+    A failed privileged route is only noted (``tried``); an unreachable server is not retried.
+    """
+    problems: list[ProbeError] = []
+    tried: list[str] = []
+    fallback: ServerView | None = None
     for target in candidates:
+        if deadline.expired():
+            break
+        privileged = is_privileged_route(target)
         try:
-            module = _module(target.kind)
-            return module.read_server(target, deadline), problems
+            view = _module(target.kind).read_server(target, deadline)
         except Exception as exc:
             error = describe_error(target, exc)
+            if privileged:
+                tried.append(f"{target.source}: {error.message}")
+                continue
             problems.append(error)
-            if error.kind != "auth" or deadline.expired():
+            if error.kind != "auth":
                 break
-    return None, problems
+            continue
+        if not view.limited:
+            return view, problems, tried
+        if fallback is None:
+            fallback = view
+        if privileged:
+            tried.append(f"{target.source}: logged in as {target.user!r} but {view.limited}")
+        elif route_of(target) == ROUTE_SITE:
+            break
+    return fallback, problems, tried
 
 
 def _module(kind: str) -> ModuleType:

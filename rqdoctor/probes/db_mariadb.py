@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from rqdoctor.config import DbTarget
+from rqdoctor.dbroutes import is_privileged_route
 from rqdoctor.deadline import Deadline
 from rqdoctor.model import DbSession, LockWait
 from rqdoctor.probes.database import (
@@ -25,9 +27,12 @@ LIMITED = ("this account lacks the PROCESS privilege: it sees only its own sessi
            "and no open transactions (INNODB_TRX) or row-lock waits")
 
 _SESSIONS = """
-SELECT ID, USER, HOST, DB, COMMAND, {time}, STATE, LEFT(INFO, {fetch})
+SELECT ID, USER, HOST, DB, COMMAND, {time}, STATE, LEFT(INFO, {fetch}), {examined}
 FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND COMMAND <> 'Daemon'
 """
+_EXAMINED = "SELECT ID, EXAMINED_ROWS FROM information_schema.PROCESSLIST WHERE COMMAND = 'Query'"
+REREAD_S = 0.5
+"""Pause before reading EXAMINED_ROWS again (limited views only, where no lock view says who waits)."""
 _TRX = """
 SELECT trx_mysql_thread_id, TIMESTAMPDIFF(MICROSECOND, trx_started, NOW(6)) / 1e6, trx_rows_locked
 FROM information_schema.INNODB_TRX
@@ -75,7 +80,7 @@ def read_server(target: DbTarget, deadline: Deadline) -> ServerView:
     """Connect and read everything; driver errors propagate."""
     conn = connect(target, deadline)
     try:
-        return _read(conn, target)
+        return _read(conn, target, deadline)
     finally:
         conn.close()
 
@@ -130,7 +135,7 @@ def classify(exc: BaseException) -> tuple[str, str] | None:
     return "error", ""
 
 
-def _read(conn: Any, target: DbTarget) -> ServerView:
+def _read(conn: Any, target: DbTarget, deadline: Deadline) -> ServerView:
     import pymysql
 
     mariadb = is_mariadb(conn)
@@ -138,17 +143,21 @@ def _read(conn: Any, target: DbTarget) -> ServerView:
     cur = conn.cursor()
     cur.execute("SELECT @@port, @@socket, @@performance_schema")
     port, sock, perf_schema = cur.fetchone()
+    if is_privileged_route(target) and target.socket and int(port) != (target.port or 3306):
+        raise WrongServer(f"the server on {target.socket} listens on port {port}, not the site's {target.port or 3306}")
     peer = conn._sock.getpeername() if not target.socket else None
     view = ServerView(target=target, server_ports={int(port), target.port or 3306},
                       server_ip=peer[0] if peer else None, unix_paths={sock} if sock else set())
 
-    cur.execute(_SESSIONS.format(time="TIME_MS / 1000" if mariadb else "TIME", fetch=QUERY_FETCH))
+    cur.execute(_SESSIONS.format(time="TIME_MS / 1000" if mariadb else "TIME", fetch=QUERY_FETCH,
+                                 examined="EXAMINED_ROWS" if mariadb else "NULL"))
     by_id = {}
-    for sid, user, host, db, command, time_s, state, query in cur.fetchall():
+    for sid, user, host, db, command, time_s, state, query, examined in cur.fetchall():
         client_host, client_port = split_host_port(host or "")
         session = DbSession(server=view.dsn, session_id=int(sid), user=user, db=db, client_host=client_host or None,
                             client_port=client_port, command=command, state=state or None,
-                            time_s=float(time_s) if time_s is not None else None, query=clean_query(query))
+                            time_s=float(time_s) if time_s is not None else None, query=clean_query(query),
+                            examined_rows=int(examined) if examined is not None else None)
         by_id[session.session_id] = session
     view.sessions = list(by_id.values())
 
@@ -158,6 +167,8 @@ def _read(conn: Any, target: DbTarget) -> ServerView:
         if exc.args[0] != NO_PROCESS_PRIVILEGE:
             raise
         view.limited = LIMITED
+        if mariadb:
+            view.partial("examined rows", lambda: _reread_examined(cur, by_id, deadline))
     else:
         for thread_id, age, rows_locked in cur.fetchall():
             session = by_id.get(int(thread_id))
@@ -169,6 +180,23 @@ def _read(conn: Any, target: DbTarget) -> ServerView:
     if mysql8 or perf_schema:
         view.partial("connection attributes", lambda: view.attr_pids.update(_connect_pids(cur)))
     return view
+
+
+class WrongServer(Exception):
+    """A privileged route reached another server than the site's."""
+
+
+def _reread_examined(cur: Any, by_id: dict[int, DbSession], deadline: Deadline) -> None:
+    """Read EXAMINED_ROWS of running statements again after a short pause (progress without the lock views)."""
+    running = [s for s in by_id.values() if s.command == "Query" and s.examined_rows is not None]
+    if not running or deadline.remaining() < 3 * REREAD_S:
+        return
+    time.sleep(REREAD_S)
+    cur.execute(_EXAMINED)
+    later = {int(sid): rows for sid, rows in cur.fetchall()}
+    for session in running:
+        if later.get(session.session_id) is not None:
+            session.examined_rows_later = int(later[session.session_id])
 
 
 def _row_waits(cur: Any, view: ServerView, mysql8: bool) -> list[LockWait]:
