@@ -56,10 +56,13 @@ class TargetInfo:
     redis_url_source: str
     bench_path: str | None = None
     bench_source: str = ""
+    """How the bench was found (``--bench``, ``current directory``…), or, with no bench, why none was used."""
     bench_id: str | None = None
     bench_id_source: str = ""
     queue_filter: str | None = None
     """Only queues starting with this prefix (``<bench_id>:``) are shown; None means all."""
+    all_queues: bool = False
+    """``--all-queues`` was given (the filter is off on purpose, not for want of a bench)."""
     queue_timeouts: dict[str, int] = field(default_factory=dict)
     """Frappe queue type -> default timeout (short/default/long plus custom ``workers``)."""
     sites: list[SiteInfo] = field(default_factory=list)
@@ -148,6 +151,26 @@ class JobInfo:
 
 
 @dataclass
+class HiddenQueue:
+    """A queue the queue filter left out: its name and (when it is in ``rq:queues``) how many jobs it holds."""
+
+    name: str
+    queued: int | None = None
+    started: int | None = None
+    registered: bool = True
+    """Listed in ``rq:queues``; False for a name known only from a hidden worker's queues (no counts read)."""
+
+
+@dataclass
+class HiddenWorker:
+    """A worker the queue filter left out: it listens only on hidden queues."""
+
+    name: str
+    state: str | None = None
+    queues: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RedisState:
     """Everything read from RQ's Redis."""
 
@@ -159,6 +182,10 @@ class RedisState:
     jobs: list[JobInfo] = field(default_factory=list)
     round_trips: int = 0
     commands: int = 0
+    hidden_queues: list[HiddenQueue] = field(default_factory=list)
+    """Queues of this Redis that the queue filter left out (empty without a filter)."""
+    hidden_workers: list[HiddenWorker] = field(default_factory=list)
+    """Workers of this Redis that the queue filter left out."""
 
 
 @dataclass

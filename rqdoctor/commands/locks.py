@@ -10,11 +10,12 @@ from rqdoctor.collect import CollectOptions
 from rqdoctor.commands.common import emit, exit_code, snapshot_for
 from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
 from rqdoctor.diagnose.dbjoin import blocker_dict
+from rqdoctor.diagnose.rules_queues import TARGET_CODES
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
+from rqdoctor.render import header, text
 from rqdoctor.render import json as json_render
 from rqdoctor.render import markdown as md
-from rqdoctor.render import text
 from rqdoctor.render.fmt import duration
 
 
@@ -55,16 +56,17 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     if (snapshot.database is None or not snapshot.database.servers) and not tried:
         raise RqdoctorError("no database to inspect",
                             "give --db-url mysql://root@127.0.0.1:3306/ (or postgresql://…), or run it in a bench")
-    diagnosis = diagnose(snapshot, codes={"RQD4"})
+    diagnosis = diagnose(snapshot, codes={"RQD4", *TARGET_CODES})
     rows = lock_rows(diagnosis)
     servers = snapshot.database.servers if snapshot.database else []
     line = f"{len(rows)} lock wait(s) on {len(servers)} database server(s)"
     emit(
         fmt, output,
-        text=lambda: [text.summary(line, diagnosis.findings, snapshot.errors),
+        text=lambda: [header.text(snapshot), text.summary(line, diagnosis.findings, snapshot.errors),
                       text.table(COLUMNS, _cells(rows)),
                       *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor locks\n\n{line}\n", md.table(COLUMNS, _cells(rows)),
+        markdown=lambda: "\n".join([f"# rqdoctor locks\n\n{header.markdown(snapshot)}\n{line}\n",
+                                    md.table(COLUMNS, _cells(rows)),
                                     md.findings(diagnosis.findings, snapshot.errors), md.errors(snapshot.errors)]),
         as_json=lambda: json_render.report("locks", diagnosis, locks=rows),
     )
