@@ -186,6 +186,8 @@ class RedisState:
     """Queues of this Redis that the queue filter left out (empty without a filter)."""
     hidden_workers: list[HiddenWorker] = field(default_factory=list)
     """Workers of this Redis that the queue filter left out."""
+    hidden_counted: bool = False
+    """The probe recorded what the filter hid (False in snapshots of older rqdoctor versions: unknown)."""
 
 
 @dataclass

@@ -38,7 +38,7 @@ def snapshot(tgt: TargetInfo | None = None, queues: list[QueueInfo] | None = Non
              redis: bool = True) -> Snapshot:
     hidden_queues, hidden_workers = hidden or ([], [])
     state = RedisState(server_time=1_800_000_000.0, queues=queues or [], hidden_queues=hidden_queues,
-                       hidden_workers=hidden_workers) if redis else None
+                       hidden_workers=hidden_workers, hidden_counted=True) if redis else None
     return Snapshot(host="vm", generated_at=1_800_000_000.0, target=tgt or target(), redis=state)
 
 
@@ -134,6 +134,16 @@ def test_header_without_a_bench_says_why_and_that_every_queue_is_shown() -> None
     assert "queues:   all (no bench chosen" in out
     assert header.as_dict(snap)["hidden"] is None
     assert "all (--all-queues)" in rendered(snapshot(target(queue_filter=None, all_queues=True)))
+
+
+def test_header_of_an_older_snapshot_does_not_claim_nothing_was_hidden() -> None:
+    snap = snapshot()
+    assert snap.redis is not None
+    snap.redis.hidden_counted = False  # as read back from a snapshot saved before the probe counted them
+    out = rendered(snap)
+    assert "what it hid was not recorded" in out and "nothing else" not in out
+    assert header.as_dict(snap)["hidden"] is None
+    assert "nothing else in this Redis" in rendered(snapshot())
 
 
 def test_header_says_when_redis_was_not_read() -> None:

@@ -338,6 +338,7 @@ class _Reader:
                                 for w in sorted(self.workers.values(), key=lambda w: w.name)
                                 if w.in_worker_set and w.key not in shown]
         state.hidden_queues = sorted(self.hidden.values(), key=lambda q: q.name)
+        state.hidden_counted = True
         return state
 
 

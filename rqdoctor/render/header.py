@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
+from rich.table import Table
 from rich.text import Text
 
 from rqdoctor.model import ProbeError, RedisState, Snapshot
@@ -61,8 +62,10 @@ def facts(snapshot: Snapshot) -> list[tuple[str, str]]:
     rows.append(("redis", redis))
     if t.queue_filter:
         queues = f"{t.queue_filter}* only"
-        if snapshot.redis is not None:
+        if snapshot.redis is not None and snapshot.redis.hidden_counted:
             queues += f"; {hidden_line(hidden_counts(snapshot.redis))}"
+        elif snapshot.redis is not None:
+            queues += "; what it hid was not recorded (a snapshot of an older rqdoctor); --all-queues shows all"
     else:
         queues = "all (--all-queues)" if t.all_queues else "all (no bench chosen, so no bench id to filter by)"
     rows.append(("queues", queues))
@@ -71,12 +74,12 @@ def facts(snapshot: Snapshot) -> list[tuple[str, str]]:
 
 def text(snapshot: Snapshot) -> RenderableType:
     """The target lines for the terminal."""
-    lines = []
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold", no_wrap=True, min_width=9)
+    grid.add_column(overflow="fold")
     for label, line in facts(snapshot):
-        row = Text(f"{label + ':':<10}", style="bold")
-        row.append(line, style="magenta" if "NOT READ" in line or "hidden;" in line else "")
-        lines.append(row)
-    return Group(*lines)
+        grid.add_row(f"{label}:", Text(line, style="magenta" if "NOT READ" in line or "hidden;" in line else ""))
+    return grid
 
 
 def markdown(snapshot: Snapshot) -> str:
@@ -87,7 +90,8 @@ def markdown(snapshot: Snapshot) -> str:
 def as_dict(snapshot: Snapshot) -> dict[str, Any]:
     """The JSON report's ``target``: the facts, the hidden counts (None without a filter or Redis) and the lines."""
     t = snapshot.target
-    counts = hidden_counts(snapshot.redis) if snapshot.redis is not None and t.queue_filter else None
+    redis = snapshot.redis
+    counts = hidden_counts(redis) if redis is not None and redis.hidden_counted and t.queue_filter else None
     return {
         "bench_path": t.bench_path, "bench_source": t.bench_source, "bench_id": t.bench_id,
         "bench_id_source": t.bench_id_source, "redis_url": t.redis_url, "redis_url_source": t.redis_url_source,
