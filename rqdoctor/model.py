@@ -61,13 +61,13 @@ class TargetInfo:
     bench_id_source: str = ""
     queue_filter: str | None = None
     """Only queues starting with this prefix (``<bench_id>:``) are shown; None means all."""
-    all_queues: bool = False
-    """``--all-queues`` was given (the filter is off on purpose, not for want of a bench)."""
     queue_timeouts: dict[str, int] = field(default_factory=dict)
     """Frappe queue type -> default timeout (short/default/long plus custom ``workers``)."""
     sites: list[SiteInfo] = field(default_factory=list)
     db_urls: list[str] = field(default_factory=list)
     """Redacted database URLs given with ``--db-url``."""
+    all_queues: bool = False
+    """``--all-queues`` was given (the filter is off on purpose, not for want of a bench)."""
 
 
 @dataclass
