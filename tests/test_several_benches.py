@@ -192,20 +192,23 @@ def test_probe_counts_what_the_filter_hides_in_the_same_round_trips(redis_url: s
     raw.hset("rq:worker:w1", mapping={"queues": "theirs:long,theirs:custom", "state": "busy", "pid": "1"})
     raw.hset("rq:worker:w2", mapping={"queues": "mine:short", "state": "idle", "pid": "2"})
     raw.hset("rq:worker:w3", mapping={"queues": "theirs:short", "state": "idle", "pid": "3"})
-    raw.close()
     client = connect(redis_url, 5)
     try:
         everything = read_rq_state(client, None, [])
         mine = read_rq_state(client, "mine:", [])
+        raw.sadd("rq:queues", "rq:queue:theirs:extra")  # one more hidden queue
+        more = read_rq_state(client, "mine:", [])
     finally:
         client.close()
+        raw.close()
     assert (everything.hidden_queues, everything.hidden_workers) == ([], [])
     assert [q.name for q in mine.queues] == ["mine:short"] and [w.name for w in mine.workers] == ["w2"]
     hidden = {q.name: (q.queued, q.started, q.registered) for q in mine.hidden_queues}
     assert hidden == {"theirs:custom": (None, None, False), "theirs:long": (0, 1, True), "theirs:short": (2, 0, True)}
     assert [(w.name, w.state) for w in mine.hidden_workers] == [("w1", "busy"), ("w3", "idle")]
     assert mine.round_trips == 2  # sets; workers + queues + the hidden counts: no round trip of their own
-    assert mine.commands == 5 + 3 * 4 + 10 + 2 * 2  # round 1; workers; mine:short; LLEN+ZCARD per hidden queue
+    assert (more.round_trips, more.commands) == (mine.round_trips, mine.commands + 2)  # LLEN + ZCARD per hidden queue
+    assert more.hidden_queues[1].name == "theirs:extra" and more.hidden_counted
 
 
 # --- Redis that cannot be read: one error line, exit 2, within --timeout -------------------------------------------
