@@ -251,3 +251,12 @@ def test_locks_without_redis_still_shows_the_db_and_says_jobs_were_not_joined(tm
     (redis_line,) = [line for line in head if line.startswith("redis:")]
     assert "NOT READ" in redis_line and "could not be joined" in redis_line and str(refused_port) in redis_line
     assert "lock wait(s) on 1 database server(s)" in run.out
+
+
+def test_redis_rejecting_the_credentials_is_one_error_line(tmp_path: Path, redis_url: str) -> None:
+    wrong = redis_url.replace("redis://", "redis://:NotThePassword7@")
+    for command in (["workers"], ["hangs", "--no-db"], ["queues", "--format", "markdown"]):
+        run = rqdoctor(*command, "--redis-url", wrong, cwd=tmp_path)
+        errors = [line for line in run.err.splitlines() if line.startswith("rqdoctor: error:")]
+        assert run.rc == 2 and run.out == "" and len(errors) == 1, (run.out, run.err)
+        assert "authentication failed" in errors[0] and "NotThePassword7" not in run.err
