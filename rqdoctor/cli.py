@@ -57,6 +57,8 @@ def main() -> None:
         app(standalone_mode=True)
     except RqdoctorError as exc:
         print(f"rqdoctor: error: {exc.message}", file=sys.stderr)
+        for detail in exc.details:
+            print(f"rqdoctor:   {detail}", file=sys.stderr)
         if exc.hint:
             print(f"rqdoctor: hint: {exc.hint}", file=sys.stderr)
         sys.exit(EXIT_CANNOT_DIAGNOSE)

@@ -134,6 +134,7 @@ class Target:
             bench_id=self.bench_id,
             bench_id_source=self.bench_id_source,
             queue_filter=self.queue_filter,
+            all_queues=self.all_queues,
             queue_timeouts=dict(self.queue_timeouts),
             sites=[s.info(self.env) for s in self.sites],
             db_urls=[d.redacted() for d in self.db_targets if d.admin],
@@ -155,9 +156,15 @@ def discover(
     cwd: Path | None = None,
     scan_processes: bool = True,
 ) -> Target:
-    """Find the bench, its Redis and its databases."""
+    """Find the bench, its Redis and its databases.
+
+    Running workers are consulted for the bench only when nothing else names one and the Redis
+    is not chosen either (by ``--redis-url`` or the environment): a bench found that way brings
+    its own Redis, so adopting it for another Redis would filter that Redis by a foreign bench id.
+    """
     env = os.environ if env is None else env
-    bench_path, bench_source = find_bench(bench, env, cwd or Path.cwd(), scan_processes)
+    redis_chosen = "--redis-url" if redis_url else next((f"env {n}" for n in REDIS_ENV_VARS if env.get(n)), "")
+    bench_path, bench_source = find_bench(bench, env, cwd or Path.cwd(), scan_processes, redis_chosen)
     common: dict[str, Any] = {}
     if bench_path is not None:
         common = read_json(bench_path / COMMON_CONFIG)
@@ -172,8 +179,12 @@ def discover(
     return target
 
 
-def find_bench(flag: str | None, env: Mapping[str, str], cwd: Path, scan_processes: bool) -> tuple[Path | None, str]:
-    """The bench root and how it was found."""
+def find_bench(flag: str | None, env: Mapping[str, str], cwd: Path, scan_processes: bool,
+               redis_chosen: str = "") -> tuple[Path | None, str]:
+    """The bench root and how it was found, or None and why no bench is used.
+
+    Raises a ConfigError listing them when running workers belong to several benches and nothing chose one.
+    """
     if flag:
         return _checked_bench(Path(flag), "--bench"), "--bench"
     if env.get("FRAPPE_BENCH_ROOT"):
@@ -181,11 +192,32 @@ def find_bench(flag: str | None, env: Mapping[str, str], cwd: Path, scan_process
     for folder in (cwd, *cwd.parents):
         if (folder / COMMON_CONFIG).is_file():
             return folder, "current directory"
-    if scan_processes:
-        found = bench_of_running_workers()
-        if found is not None:
-            return found, "running Frappe worker processes"
-    return None, ""
+    if redis_chosen:
+        return None, (f"none: Redis chosen by {redis_chosen} without --bench (running workers' benches are not "
+                      "adopted), every queue shown")
+    if not scan_processes:
+        return None, "none: not in a bench directory, no --bench or FRAPPE_BENCH_ROOT"
+    benches = running_benches()
+    if len(benches) == 1:
+        (path, pids), = benches.items()
+        return path, f"running Frappe workers (pid {', '.join(map(str, pids))})"
+    if benches:
+        raise ConfigError(
+            f"Frappe workers of {len(benches)} benches run on this host and none was chosen; pick one with --bench",
+            "rqdoctor <command> --bench <path>, or --redis-url <url> for one Redis, with every queue",
+            [_bench_line(path, pids) for path, pids in benches.items()])
+    return None, "none: not in a bench directory, no --bench or FRAPPE_BENCH_ROOT, no running Frappe workers"
+
+
+def _bench_line(path: Path, pids: list[int]) -> str:
+    """One line about a bench found from its running workers (its Redis masked, its bench id)."""
+    try:
+        common = read_json(path / COMMON_CONFIG)
+    except ConfigError as exc:
+        return f"{path}: worker pids {', '.join(map(str, pids))}; {exc.message}"
+    redis_queue = redact_url(str(common["redis_queue"])) if common.get("redis_queue") else "no redis_queue"
+    bench_id = str(common.get("bench_id") or derive_bench_id(path))
+    return f"{path}: bench_id {bench_id}, redis {redis_queue}, worker pids {', '.join(map(str, pids))}"
 
 
 def _checked_bench(path: Path, source: str) -> Path:
@@ -195,8 +227,9 @@ def _checked_bench(path: Path, source: str) -> Path:
     return path
 
 
-def bench_of_running_workers() -> Path | None:
-    """The bench of a running Frappe worker: its cwd is ``<bench>/sites``."""
+def running_benches() -> dict[Path, list[int]]:
+    """Bench root -> pids of its running Frappe/RQ workers (their cwd is ``<bench>/sites``), sorted by path."""
+    found: dict[Path, list[int]] = {}
     for proc in psutil.process_iter(["cmdline"]):
         argv = proc.info.get("cmdline") or []
         frappe_worker = "frappe.utils.bench_helper" in argv and any(a in ("worker", "worker-pool") for a in argv)
@@ -206,8 +239,8 @@ def bench_of_running_workers() -> Path | None:
             except (psutil.Error, OSError):
                 continue
             if (sites.parent / COMMON_CONFIG).is_file():
-                return sites.parent
-    return None
+                found.setdefault(Path(os.path.realpath(sites.parent)), []).append(proc.pid)
+    return {path: sorted(found[path]) for path in sorted(found)}
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 
 class RqdoctorError(Exception):
-    """A failure the user can act on; the CLI prints ``message`` and ``hint`` and exits 2."""
+    """A failure the user can act on; the CLI prints ``message``, one line per detail, ``hint``, and exits 2."""
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", details: list[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details or []
 
 
 class ConfigError(RqdoctorError):

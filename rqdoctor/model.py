@@ -68,6 +68,7 @@ class TargetInfo:
     redis_url_source: str
     bench_path: str | None = None
     bench_source: str = ""
+    """How the bench was found (``--bench``, ``current directory``…), or, with no bench, why none was used."""
     bench_id: str | None = None
     bench_id_source: str = ""
     queue_filter: str | None = None
@@ -79,6 +80,8 @@ class TargetInfo:
     """Redacted database URLs given with ``--db-url``."""
     endpoints: list[KnownEndpoint] = field(default_factory=list)
     """The Redis servers common_site_config.json names (``redis_queue``/``redis_cache``/``redis_socketio``)."""
+    all_queues: bool = False
+    """``--all-queues`` was given (the filter is off on purpose, not for want of a bench)."""
 
 
 @dataclass
@@ -198,6 +201,26 @@ class RunHistory:
 
 
 @dataclass
+class HiddenQueue:
+    """A queue the queue filter left out: its name and (when it is in ``rq:queues``) how many jobs it holds."""
+
+    name: str
+    queued: int | None = None
+    started: int | None = None
+    registered: bool = True
+    """Listed in ``rq:queues``; False for a name known only from a hidden worker's queues (no counts read)."""
+
+
+@dataclass
+class HiddenWorker:
+    """A worker the queue filter left out: it listens only on hidden queues."""
+
+    name: str
+    state: str | None = None
+    queues: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RedisState:
     """Everything read from RQ's Redis."""
 
@@ -211,6 +234,12 @@ class RedisState:
     commands: int = 0
     history: RunHistory = field(default_factory=RunHistory)
     """Recent finished/failed durations per method (read only when some job is running)."""
+    hidden_queues: list[HiddenQueue] = field(default_factory=list)
+    """Queues of this Redis that the queue filter left out (empty without a filter)."""
+    hidden_workers: list[HiddenWorker] = field(default_factory=list)
+    """Workers of this Redis that the queue filter left out."""
+    hidden_counted: bool = False
+    """The probe recorded what the filter hid (False in snapshots of older rqdoctor versions: unknown)."""
 
 
 @dataclass

@@ -65,6 +65,7 @@ def test_default_when_nothing_is_found(tmp_path: Path) -> None:
     target = find(tmp_path)
     assert (target.redis_url, target.redis_url_source) == (DEFAULT_REDIS_URL, "default")
     assert target.bench is None and target.bench_id is None and target.queue_filter is None
+    assert target.bench_source.startswith("none: not in a bench directory")
     assert target.sites == [] and target.db_targets == []
     assert target.queue_timeouts == FRAPPE_QUEUE_TIMEOUTS
 
@@ -415,7 +416,8 @@ def test_bench_of_running_workers(tmp_path: Path, spawn: Any, only_my_processes:
     assert find(tmp_path, scan_processes=True).bench is None
     only_my_processes.append(spawn(argv, cwd=bench / "sites").pid)
     target = find(tmp_path, scan_processes=True)
-    assert (target.bench, target.bench_source) == (bench.resolve(), "running Frappe worker processes")
+    assert target.bench == bench.resolve()
+    assert target.bench_source == f"running Frappe workers (pid {only_my_processes[-1]})"
     assert target.redis_url == "redis://127.0.0.1:11000"
     assert target.bench_id == derive_bench_id(bench)
 
@@ -433,3 +435,41 @@ def test_cwd_beats_running_workers(tmp_path: Path, spawn: Any, only_my_processes
     only_my_processes.append(spawn(WORKER_ARGV, cwd=running / "sites").pid)
     assert find(tmp_path, cwd=here, scan_processes=True).bench == here
     assert find(tmp_path, scan_processes=True).bench == running.resolve()
+
+
+def test_a_chosen_redis_never_adopts_the_bench_of_running_workers(tmp_path: Path, spawn: Any,
+                                                                   only_my_processes: list[int]) -> None:
+    running = make_bench(tmp_path / "running", {"redis_queue": "redis://127.0.0.1:11000", "bench_id": "running"})
+    only_my_processes.append(spawn(WORKER_ARGV, cwd=running / "sites").pid)
+    assert find(tmp_path, scan_processes=True).bench == running.resolve()  # nothing chosen: adopted
+    for kwargs, source in (({"redis_url": "redis://127.0.0.1:6379/11"}, "--redis-url"),
+                           ({"env": {"REDIS_URL": "redis://127.0.0.1:6379/11"}}, "env REDIS_URL")):
+        target = find(tmp_path, scan_processes=True, **kwargs)
+        assert target.bench is None and target.bench_id is None and target.queue_filter is None, kwargs
+        assert target.redis_url == "redis://127.0.0.1:6379/11"
+        assert target.bench_source.startswith(f"none: Redis chosen by {source} without --bench"), target.bench_source
+        assert target.info().bench_source == target.bench_source
+    chosen = find(tmp_path, scan_processes=True, redis_url="redis://127.0.0.1:6379/11", bench=str(running))
+    assert (chosen.bench_id, chosen.queue_filter) == ("running", "running:")  # --bench still works with it
+
+
+def test_several_running_benches_ask_for_bench(tmp_path: Path, spawn: Any, only_my_processes: list[int]) -> None:
+    benches = [make_bench(tmp_path / name, {"redis_queue": f"redis://:{SECRET}@127.0.0.1:{port}"})
+               for name, port in (("zeta-bench", 11001), ("alpha-bench", 11000))]
+    pids = [spawn(WORKER_ARGV, cwd=b / "sites").pid for b in benches]
+    only_my_processes.extend(pids)
+    messages = []
+    for _ in range(3):  # the same answer every time, whatever order psutil lists processes in
+        with pytest.raises(ConfigError) as err:
+            find(tmp_path, scan_processes=True)
+        messages.append((err.value.message, err.value.details, err.value.hint))
+    assert messages[0] == messages[1] == messages[2]
+    message, details, hint = messages[0]
+    assert "2 benches" in message and "--bench" in message and "\n" not in message and hint
+    alpha, zeta = (b.resolve() for b in reversed(benches))
+    assert [d.split(":")[0] for d in details] == [str(alpha), str(zeta)]  # one line per bench, sorted
+    assert f"worker pids {pids[1]}" in details[0] and f"worker pids {pids[0]}" in details[1]
+    assert f"bench_id {derive_bench_id(alpha)}" in details[0] and "redis://:***@127.0.0.1:11000" in details[0]
+    assert all(SECRET not in d for d in details)
+    assert find(tmp_path, scan_processes=True, bench=str(zeta)).bench == zeta  # choosing one works
+    assert find(tmp_path, scan_processes=True, cwd=alpha / "sites").bench == alpha

@@ -18,7 +18,7 @@ from tests.harness.workers import Workers, enqueue, wait_for_job_started
 pytestmark = [pytest.mark.integration]
 
 READ_COMMANDS = {"time", "info", "smembers", "exists", "type", "hgetall", "ttl", "llen", "lindex", "zcard",
-                 "zrange", "hmget", "hget", "ping", "select", "client", "echo"}
+                 "zrange", "zrevrangebyscore", "hmget", "hget", "ping", "select", "client", "echo"}
 
 
 def rqdoctor(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

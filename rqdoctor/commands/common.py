@@ -18,6 +18,7 @@ from rqdoctor.config import discover
 from rqdoctor.diagnose.run import Diagnosis
 from rqdoctor.errors import RqdoctorError
 from rqdoctor.model import Snapshot
+from rqdoctor.render import header
 
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_DIAGNOSE = 0, 1, 2
 
@@ -51,9 +52,36 @@ def load_snapshot(path: Path) -> Snapshot:
                             "save one with `rqdoctor hangs --format json -o FILE`") from None
 
 
+def require_redis(snapshot: Snapshot, fmt: Format) -> RqdoctorError | None:
+    """For commands that need Redis: when it could not be read at all, one error line and exit 2.
+
+    Text and Markdown get no report (raised here); JSON still gets its report, which records the
+    failure (``--from`` reads it back): the error is returned, for :func:`emit` to raise once it is written.
+    """
+    error = header.redis_error(snapshot)
+    if error is None:
+        return None
+    source = snapshot.target.redis_url_source
+    failure = RqdoctorError(f"{error.message} (Redis URL from {source}); nothing diagnosed", error.hint)
+    if fmt is not Format.json:
+        raise failure
+    return failure
+
+
 def emit(fmt: Format, output: Path | None, text: Callable[[], list[RenderableType]],
-         markdown: Callable[[], str], as_json: Callable[[], dict[str, Any]]) -> None:
-    """Write the report in the chosen format to stdout or ``--output`` (created only once it is ready)."""
+         markdown: Callable[[], str], as_json: Callable[[], dict[str, Any]],
+         fatal: RqdoctorError | None = None) -> None:
+    """Write the report in the chosen format to stdout or ``--output`` (created only once it is ready).
+
+    ``fatal`` (from :func:`require_redis`) is raised once the report is written.
+    """
+    _write(fmt, output, text, markdown, as_json)
+    if fatal is not None:
+        raise fatal
+
+
+def _write(fmt: Format, output: Path | None, text: Callable[[], list[RenderableType]],
+           markdown: Callable[[], str], as_json: Callable[[], dict[str, Any]]) -> None:
     if fmt is Format.json:
         body = json.dumps(as_json(), indent=2, sort_keys=False, default=str) + "\n"
     elif fmt is Format.markdown:
@@ -91,8 +119,8 @@ def exit_code(diagnosis: Diagnosis, snapshot: Snapshot, essential: tuple[str, ..
 def report_table(command: str, snapshot: Snapshot, diagnosis: Diagnosis, rows: list[dict[str, Any]],
                  text_table: Callable[[list[dict[str, Any]], str | None], RenderableType],
                  md_table: Callable[[list[dict[str, Any]], str | None], str], fmt: Format,
-                 output: Path | None) -> None:
-    """Emit a one-table report (``workers``, ``queues``) with its findings and errors."""
+                 output: Path | None, fatal: RqdoctorError | None = None) -> None:
+    """Emit a one-table report (``workers``, ``queues``): target, summary, table, findings and errors."""
     from rqdoctor.render import json as json_render
     from rqdoctor.render import markdown as md
     from rqdoctor.render import text
@@ -101,9 +129,11 @@ def report_table(command: str, snapshot: Snapshot, diagnosis: Diagnosis, rows: l
     line = f"{len(rows)} {command} on {snapshot.target.redis_url}"
     emit(
         fmt, output,
-        text=lambda: [text.summary(line, diagnosis.findings, snapshot.errors), text_table(rows, prefix),
-                      *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{line}\n", md_table(rows, prefix),
-                                    md.findings(diagnosis.findings, snapshot.errors), md.errors(snapshot.errors)]),
+        text=lambda: [header.text(snapshot), text.summary(line, diagnosis.findings, snapshot.errors),
+                      text_table(rows, prefix), *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
+        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{header.markdown(snapshot)}\n{line}\n",
+                                    md_table(rows, prefix), md.findings(diagnosis.findings, snapshot.errors),
+                                    md.errors(snapshot.errors)]),
         as_json=lambda: json_render.report(command, diagnosis, **{command: rows}),
+        fatal=fatal,
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from rqdoctor.collect import CollectOptions
-from rqdoctor.commands.common import emit, exit_code, snapshot_for
+from rqdoctor.commands.common import emit, exit_code, require_redis, snapshot_for
 from rqdoctor.commands.options import (
     AllQueues,
     Bench,
@@ -25,11 +25,12 @@ from rqdoctor.commands.options import (
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S
 from rqdoctor.diagnose.dbjoin import access_dicts, access_lines
 from rqdoctor.diagnose.run import Diagnosis, diagnose
+from rqdoctor.errors import RqdoctorError
 from rqdoctor.model import Snapshot
 from rqdoctor.render import hangs as hangs_render
+from rqdoctor.render import header, text
 from rqdoctor.render import json as json_render
 from rqdoctor.render import markdown as md
-from rqdoctor.render import text
 from rqdoctor.render.layout import Para
 from rqdoctor.views import job_rows
 
@@ -53,22 +54,23 @@ def collect_options(timeout: float, samples: int, interval: float, blocking: boo
 
 
 def render(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[dict], fmt: Format,
-           output: Path | None, verbose: bool) -> None:
-    """Emit the job report in the chosen format."""
+           output: Path | None, verbose: bool, fatal: RqdoctorError | None = None) -> None:
+    """Emit the job report in the chosen format (``fatal``: see ``common.require_redis``)."""
     local = sum(1 for j in jobs if j["location"] == "local")
     line = f"{len(jobs)} running job(s), {local} on this host ({snapshot.host})"
     emit(
         fmt, output,
-        text=lambda: [text.summary(line, diagnosis.findings, snapshot.errors),
+        text=lambda: [header.text(snapshot), text.summary(line, diagnosis.findings, snapshot.errors),
                       *(Para(a, hang=2) for a in access_lines(snapshot.database)),
                       *hangs_render.text_jobs(jobs, diagnosis.findings, verbose),
                       *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{line}\n", *md_access(snapshot),
-                                    md.findings(diagnosis.findings, snapshot.errors),
+        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{header.markdown(snapshot)}\n{line}\n",
+                                    *md_access(snapshot), md.findings(diagnosis.findings, snapshot.errors),
                                     "## Jobs\n", hangs_render.markdown(jobs, diagnosis.findings),
                                     md.errors(snapshot.errors)]),
         as_json=lambda: json_render.report(command, diagnosis, jobs=jobs,
                                            database_access=access_dicts(snapshot.database)),
+        fatal=fatal,
     )
 
 
@@ -88,6 +90,7 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     options = collect_options(timeout, samples, interval, blocking, native, with_locals, not no_db)
     options.root_db = not no_root_db
     snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url)
+    fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, min_age_s=min_age)
-    render("hangs", snapshot, diagnosis, job_rows(diagnosis), fmt, output, verbose)
+    render("hangs", snapshot, diagnosis, job_rows(diagnosis), fmt, output, verbose, fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))

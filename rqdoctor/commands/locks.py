@@ -21,11 +21,12 @@ from rqdoctor.commands.options import (
     Timeout,
 )
 from rqdoctor.diagnose.dbjoin import access_dicts, access_lines, blocker_dict, likely_blocker_dict
+from rqdoctor.diagnose.rules_queues import TARGET_CODES
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
+from rqdoctor.render import header, text
 from rqdoctor.render import json as json_render
 from rqdoctor.render import markdown as md
-from rqdoctor.render import text
 from rqdoctor.render.fmt import duration
 from rqdoctor.render.layout import TEXT, Col, Para
 
@@ -88,17 +89,17 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     if (snapshot.database is None or not snapshot.database.servers) and not tried:
         raise RqdoctorError("no database to inspect",
                             "give --db-url mysql://root@127.0.0.1:3306/ (or postgresql://…), or run it in a bench")
-    diagnosis = diagnose(snapshot, codes={"RQD4"})
+    diagnosis = diagnose(snapshot, codes={"RQD4", *TARGET_CODES})
     rows = lock_rows(diagnosis)
     servers = snapshot.database.servers if snapshot.database else []
     line = f"{len(rows)} lock wait(s) on {len(servers)} database server(s)"
     emit(
         fmt, output,
-        text=lambda: [text.summary(line, diagnosis.findings, snapshot.errors),
+        text=lambda: [header.text(snapshot), text.summary(line, diagnosis.findings, snapshot.errors),
                       *(Para(a, hang=2) for a in access_lines(snapshot.database)),
                       text.table(COLUMNS, _cells(rows)),
                       *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor locks\n\n{line}\n",
+        markdown=lambda: "\n".join([f"# rqdoctor locks\n\n{header.markdown(snapshot)}\n{line}\n",
                                     *(f"- {a}" for a in access_lines(snapshot.database)), "",
                                     md.table([c.header for c in COLUMNS], _cells(rows), code_columns=(0, 2, 6, 8, 10)),
                                     md.findings(diagnosis.findings, snapshot.errors), md.errors(snapshot.errors)]),

@@ -22,7 +22,8 @@ RedisUrl = Annotated[str | None, typer.Option(
     "Default: env RQDOCTOR_REDIS_URL, FRAPPE_REDIS_QUEUE, RQ_REDIS_URL, REDIS_URL, the bench's redis_queue.")]
 Bench = Annotated[Path | None, typer.Option(
     "--bench", help="Bench root (holds sites/common_site_config.json). Default: env FRAPPE_BENCH_ROOT, the "
-    "current directory or a parent, the bench of running Frappe workers.")]
+    "current directory or a parent, else (only when no Redis URL is given) the bench of running Frappe workers; "
+    "several such benches: rqdoctor lists them and asks for --bench.")]
 AllQueues = Annotated[bool, typer.Option("--all-queues", help="Show every queue, not only this bench's.")]
 Timeout = Annotated[float, typer.Option(
     "--timeout", min=1.0, max=600.0, help="Overall deadline in seconds; every probe fits inside it.")]

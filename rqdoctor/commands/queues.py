@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from rqdoctor.collect import CollectOptions
-from rqdoctor.commands.common import exit_code, report_table, snapshot_for
+from rqdoctor.commands.common import exit_code, report_table, require_redis, snapshot_for
 from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.render import markdown, text
@@ -16,7 +16,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
             fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None) -> None:
     """List RQ queues: queued count, oldest queued age, registries and listening workers."""
     snapshot = snapshot_for(from_file, CollectOptions(timeout=timeout), redis_url, bench, all_queues)
+    fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, codes={"RQD5"})
     report_table("queues", snapshot, diagnosis, queue_rows(diagnosis), text.queues_table,
-                 markdown.queues_table, fmt, output)
+                 markdown.queues_table, fmt, output, fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rqdoctor.commands.common import exit_code, snapshot_for
+from rqdoctor.commands.common import exit_code, require_redis, snapshot_for
 from rqdoctor.commands.hangs import Blocking, Interval, Locals, MinAge, Native, NoDb, Samples, collect_options, render
 from rqdoctor.commands.options import (
     AllQueues,
@@ -88,9 +88,12 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
     if pid is not None:
         options.stack_pids = [pid]
     snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url)
+    fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, min_age_s=min_age)
     rows = [r for r in job_rows(diagnosis) if r["job_id"] == subject or (pid is not None and r["pid"] == pid)]
     essential: tuple[str, ...] = ("redis", "stacks")
+    if fatal is not None and pid is None:
+        raise fatal  # a job id cannot be looked up without Redis
     if not rows and pid is not None:
         if not any(p.pid == pid for p in snapshot.processes) and not any(
                 s.pid == pid and s.samples for s in snapshot.stacks):
@@ -106,5 +109,5 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
     row = rows[0]
     diagnosis.findings = [f for f in diagnosis.findings
                           if f.code in codes and (f.job_id == row["job_id"] or f.pid == row["pid"])]
-    render("stack", snapshot, diagnosis, rows, fmt, output, verbose=True)
+    render("stack", snapshot, diagnosis, rows, fmt, output, verbose=True, fatal=fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=essential))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 
 from rqdoctor.collect import CollectOptions
-from rqdoctor.commands.common import exit_code, report_table, snapshot_for
+from rqdoctor.commands.common import exit_code, report_table, require_redis, snapshot_for
 from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
+from rqdoctor.diagnose.rules_queues import TARGET_CODES
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.render import markdown, text
 from rqdoctor.views import worker_rows
@@ -16,7 +17,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
             fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None) -> None:
     """List RQ workers with their local process, state, current job, heartbeat age and horse."""
     snapshot = snapshot_for(from_file, CollectOptions(timeout=timeout), redis_url, bench, all_queues)
-    diagnosis = diagnose(snapshot, codes={"RQD2"})
+    fatal = require_redis(snapshot, fmt)
+    diagnosis = diagnose(snapshot, codes={"RQD2", *TARGET_CODES})
     report_table("workers", snapshot, diagnosis, worker_rows(diagnosis), text.workers_table,
-                 markdown.workers_table, fmt, output)
+                 markdown.workers_table, fmt, output, fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 
 from rqdoctor.diagnose.advice import redis_cli, rqdoctor_cli
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
+from rqdoctor.model import RedisState, TargetInfo
 
 BACKLOG_LIMIT_S = 600
 """A job queued longer than this while workers listen means the queue does not keep up."""
@@ -99,3 +101,104 @@ def queue_backlog(ctx: Context) -> Iterator[Hit]:
             commands=[rqdoctor_cli(ctx.snapshot.target, "hangs"), "bench setup supervisor",
                       "sudo supervisorctl reread && sudo supervisorctl update"],
         )
+
+
+TARGET_CODES = {"RQD505", "RQD506"}
+"""Findings about the target itself (the queue filter matched nothing): every command that reads Redis runs them."""
+
+
+def prefix_of(queue: str) -> str:
+    """The bench id part of a Frappe queue name (``<bench_id>:<type>``); the whole name when it has no ``:``."""
+    return queue.rsplit(":", 1)[0] if ":" in queue else queue
+
+
+def hidden_by_prefix(redis: RedisState) -> dict[str, dict[str, int]]:
+    """What the queue filter hid, per queue-name prefix: queues, queued and started jobs, workers, busy workers."""
+    out: dict[str, dict[str, int]] = {}
+
+    def entry(prefix: str) -> dict[str, int]:
+        return out.setdefault(prefix, {"queues": 0, "queued": 0, "started": 0, "workers": 0, "busy": 0})
+
+    for q in redis.hidden_queues:
+        e = entry(prefix_of(q.name))
+        e["queues"] += 1
+        e["queued"] += q.queued or 0
+        e["started"] += q.started or 0
+    for w in redis.hidden_workers:
+        for prefix in dict.fromkeys(prefix_of(q) for q in w.queues):
+            e = entry(prefix)
+            e["workers"] += 1
+            e["busy"] += w.state == "busy"
+    return out
+
+
+def _no_queue_matches(ctx: Context) -> tuple[TargetInfo, dict[str, dict[str, int]]] | None:
+    """The target and what was hidden, when the queue filter matched no queue (in rq:queues or listened on)."""
+    target, redis = ctx.snapshot.target, ctx.snapshot.redis
+    if redis is None or not target.queue_filter or redis.queues:
+        return None
+    hidden = hidden_by_prefix(redis)
+    return (target, hidden) if hidden else None
+
+
+def _has_jobs(counts: dict[str, int]) -> bool:
+    return bool(counts["queued"] or counts["started"] or counts["busy"])
+
+
+def _prefix_line(prefix: str, c: dict[str, int]) -> str:
+    return (f"{prefix}:* : {c['queues']} queue(s), {c['queued']} queued, {c['started']} started, "
+            f"{c['workers']} worker(s) ({c['busy']} busy)")
+
+
+def _target_evidence(target: TargetInfo) -> list[str]:
+    bench = f"bench {target.bench_path} ({target.bench_source})" if target.bench_path else "no bench"
+    return [f"{bench}, bench id {target.bench_id} ({target.bench_id_source})",
+            f"no queue named {target.queue_filter}* in {target.redis_url}: neither in rq:queues nor among "
+            "the queues any worker listens on"]
+
+
+MISMATCH_FIX = (
+    "rqdoctor shows only queues named `<bench_id>:<type>`, as Frappe names them. If the queues above are this "
+    "bench's, its workers run with another bench_id: set bench_id in sites/common_site_config.json to their prefix "
+    "and restart the workers, or point --bench at the bench that owns them (never give two benches sharing one "
+    "Redis the same bench_id). Run again with --all-queues to see every queue of this Redis now.")
+
+
+@rule("RQD505", "warning", "Bench id matches no queue while other queues of its Redis have jobs")
+def bench_id_mismatch(ctx: Context) -> Iterator[Hit]:
+    found = _no_queue_matches(ctx)
+    if found is None:
+        return
+    target, hidden = found
+    busy = {p: c for p, c in hidden.items() if _has_jobs(c)}
+    if not busy:
+        return
+    ranked = sorted(busy.items(), key=lambda pc: (-(pc[1]["queued"] + pc[1]["started"] + pc[1]["busy"]), pc[0]))
+    commands = [redis_cli(target, "SMEMBERS", "rq:queues")]
+    if len(ranked) == 1:
+        commands.append(f"bench set-config -g bench_id {shlex.quote(ranked[0][0])}")
+    yield Hit(
+        f"bench id {target.bench_id}",
+        evidence=[*_target_evidence(target), "queues of other prefixes hold jobs:",
+                  *(_prefix_line(p, c) for p, c in ranked[:5])]
+        + ([f"… and {len(ranked) - 5} more prefix(es) with jobs"] if len(ranked) > 5 else []),
+        fix=MISMATCH_FIX, commands=commands,
+        data={"bench_id": target.bench_id, "bench_id_source": target.bench_id_source,
+              "queue_filter": target.queue_filter, "prefixes_with_jobs": dict(ranked)},
+    )
+
+
+@rule("RQD506", "info", "Bench id matches no queue of its Redis (the other queues are idle)")
+def bench_id_matches_nothing(ctx: Context) -> Iterator[Hit]:
+    found = _no_queue_matches(ctx)
+    if found is None or any(_has_jobs(c) for c in found[1].values()):
+        return
+    target, hidden = found
+    yield Hit(
+        f"bench id {target.bench_id}",
+        evidence=[*_target_evidence(target), "queues of other prefixes, none with queued or started jobs:",
+                  *(_prefix_line(p, c) for p, c in sorted(hidden.items())[:5])],
+        fix=MISMATCH_FIX, commands=[redis_cli(target, "SMEMBERS", "rq:queues")],
+        data={"bench_id": target.bench_id, "bench_id_source": target.bench_id_source,
+              "queue_filter": target.queue_filter, "prefixes": hidden},
+    )

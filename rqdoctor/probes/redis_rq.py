@@ -8,7 +8,8 @@ one revealed, so the number of round trips does not grow with workers, queues or
 1. TIME, INFO server, SMEMBERS ``rq:workers`` and ``rq:queues``, EXISTS ``rq:suspended``;
 2. per worker TYPE, HGETALL, TTL and SMEMBERS ``rq:worker:<name>:executions`` (rq 3.0);
    per queue LLEN of the list and its ``:intermediate`` list, LINDEX 0, ZCARD of the six
-   registries and ZRANGE WITHSCORES of ``rq:wip:<q>``;
+   registries and ZRANGE WITHSCORES of ``rq:wip:<q>``; per queue the filter hides, LLEN and
+   ZCARD of ``rq:wip:<q>`` (to say what the filter hid);
 3. HMGET of the plain fields of every started job (wip members, ``current_job``, executions)
    and of its ``rq:execution:`` hash (rq >= 2), ``enqueued_at`` of each queue's oldest job, and
    the queue reads of step 2 for queues that workers listen on but ``rq:queues`` lacks;
@@ -36,7 +37,7 @@ from redis.retry import Retry
 
 from rqdoctor.errors import ConfigError, ProbeFailure
 from rqdoctor.jobids import method_of, site_of, split_member
-from rqdoctor.model import JobInfo, ProbeError, QueueInfo, RedisState, RunHistory, WorkerInfo
+from rqdoctor.model import HiddenQueue, HiddenWorker, JobInfo, ProbeError, QueueInfo, RedisState, RunHistory, WorkerInfo
 from rqdoctor.redact import redact_text, redact_url
 
 WORKERS_KEY = b"rq:workers"
@@ -160,6 +161,8 @@ class _Reader:
         """Queue name -> id of its oldest queued job."""
         self.todo_history: dict[tuple[str, bytes], None] = {}
         """(registry, job id) of recent runs, read once some started job is known."""
+        self.hidden: dict[str, HiddenQueue] = {}
+        self.todo_hidden: list[bytes] = []
 
     def run(self, rnd: _Round) -> bool:
         """Send one round; False when there was nothing to send."""
@@ -209,6 +212,9 @@ class _Reader:
                 self.errors.append(_corrupt(QUEUES_KEY, f"member {_text(member)!r} is not an rq:queue: key"))
             elif self.wanted(_text(member[len(QUEUE_PREFIX):])):
                 self.todo_queues[member[len(QUEUE_PREFIX):]] = True
+            else:
+                self.hidden[_text(member[len(QUEUE_PREFIX):])] = HiddenQueue(_text(member[len(QUEUE_PREFIX):]))
+                self.todo_hidden.append(member[len(QUEUE_PREFIX):])
 
     def next_round(self) -> bool:
         """Fetch everything the last round revealed; False when nothing was left to fetch."""
@@ -220,7 +226,10 @@ class _Reader:
                   for name, job_id in self.todo_oldest.items()]
         ranges = _add_history_ranges(rnd, list(self.todo_queues), self.state.server_time)
         runs = self.add_history_jobs(rnd)
+        hidden = [(name, rnd.add("llen", QUEUE_PREFIX + name), rnd.add("zcard", REGISTRIES["started"] + name))
+                  for name in self.todo_hidden]
         self.todo_queues, self.todo_workers, self.todo_jobs, self.todo_oldest = {}, {}, [], {}
+        self.todo_hidden = []
         if not self.run(rnd):
             return False
         for name, registered, slots in queues:  # before workers: wip entries carry execution ids
@@ -234,6 +243,10 @@ class _Reader:
             self.queues[name].oldest_enqueued_at = _ts(_text(values[0]))
         self.read_history_ranges(rnd, ranges)
         _read_history_jobs(rnd, runs, self.state.history)
+        for name, queued, started in hidden:
+            queue = self.hidden[_text(name)]
+            queue.queued = _int(self.reply(rnd, queued, QUEUE_PREFIX + name, None))
+            queue.started = _int(self.reply(rnd, started, REGISTRIES["started"] + name, None))
         return True
 
     def add_history_jobs(self, rnd: _Round) -> list[tuple[str, bytes, int]]:
@@ -284,7 +297,11 @@ class _Reader:
         executions = self.reply(rnd, slots[3], key + b":executions", set())
         worker.executions = sorted(_text(member) for member in executions)
         self.workers[key] = worker
-        if not in_set or not self.shown(worker):
+        if not in_set:
+            return
+        if not self.shown(worker):
+            for queue in worker.queues:
+                self.hidden.setdefault(queue, HiddenQueue(queue, registered=False))
             return
         for queue in worker.queues:
             raw = queue.encode()
@@ -349,6 +366,12 @@ class _Reader:
                                key=lambda w: w.name)
         state.queues = sorted(self.queues.values(), key=lambda q: q.name)
         state.jobs = sorted(self.jobs.values(), key=lambda j: (j.queue, j.job_id, j.execution_id or ""))
+        shown = {w.key for w in state.workers}
+        state.hidden_workers = [HiddenWorker(w.name, w.state, list(w.queues))
+                                for w in sorted(self.workers.values(), key=lambda w: w.name)
+                                if w.in_worker_set and w.key not in shown]
+        state.hidden_queues = sorted(self.hidden.values(), key=lambda q: q.name)
+        state.hidden_counted = True
         return state
 
 

@@ -7,16 +7,18 @@ from typing import Any
 
 from rqdoctor.diagnose.run import Diagnosis
 from rqdoctor.model import SCHEMA_VERSION
+from rqdoctor.render import header
 
 
 def report(command: str, diagnosis: Diagnosis, **sections: Any) -> dict[str, Any]:
-    """``{schema_version, command, host, generated_at, <sections>, findings, errors, snapshot}``."""
+    """``{schema_version, command, host, generated_at, target, <sections>, findings, errors, snapshot}``."""
     snapshot = diagnosis.context.snapshot
     return {
         "schema_version": SCHEMA_VERSION,
         "command": command,
         "host": snapshot.host,
         "generated_at": snapshot.generated_at,
+        "target": header.as_dict(snapshot),
         **sections,
         "findings": [finding_dict(f) for f in diagnosis.findings],
         "errors": [dataclasses.asdict(e) for e in snapshot.errors],

@@ -125,10 +125,15 @@ def target(info: TargetInfo) -> RenderableType:
     t.add_column(style="bold")
     t.add_column()
     t.add_row("redis", f"{info.redis_url}  (from {info.redis_url_source})")
-    t.add_row("bench", f"{info.bench_path}  (from {info.bench_source})" if info.bench_path else "none found")
+    t.add_row("bench", f"{info.bench_path}  (from {info.bench_source})" if info.bench_path
+              else info.bench_source or "none found")
     if info.bench_id:
         t.add_row("bench id", f"{info.bench_id}  ({info.bench_id_source})")
-    t.add_row("queues", f"{info.queue_filter}*" if info.queue_filter else "all")
+    if info.queue_filter:
+        queues = f"{info.queue_filter}* only (--all-queues shows every queue)"
+    else:
+        queues = "all (--all-queues)" if info.all_queues else "all (no bench, so no bench id to filter by)"
+    t.add_row("queues", queues)
     if info.queue_timeouts:
         t.add_row("timeouts", ", ".join(f"{q} {s}s" for q, s in info.queue_timeouts.items()))
     for site in info.sites:

@@ -1,0 +1,100 @@
+"""The head of every report: what was diagnosed and how it was found (bench, Redis, queue filter, what it hid).
+
+One source for the three formats: :func:`facts` builds the lines, :func:`text`, :func:`markdown`
+and :func:`as_dict` (the JSON report's ``target``) present them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from rqdoctor.model import ProbeError, RedisState, Snapshot
+
+
+def redis_error(snapshot: Snapshot) -> ProbeError | None:
+    """Why Redis could not be read at all (None when it was read, or not asked for)."""
+    if snapshot.redis is not None:
+        return None
+    return next((e for e in snapshot.errors if e.probe == "redis"), None)
+
+
+def hidden_counts(redis: RedisState) -> dict[str, int]:
+    """How much the queue filter hid: queues, the jobs they hold, workers and busy workers."""
+    return {
+        "queues": len(redis.hidden_queues),
+        "queued": sum(q.queued or 0 for q in redis.hidden_queues),
+        "started": sum(q.started or 0 for q in redis.hidden_queues),
+        "workers": len(redis.hidden_workers),
+        "busy_workers": sum(1 for w in redis.hidden_workers if w.state == "busy"),
+    }
+
+
+def hidden_line(counts: dict[str, int]) -> str:
+    """``12 queues (30 queued, 4 started) and 4 workers (4 busy) of other benches hidden; --all-queues shows them``."""
+    if not counts["queues"] and not counts["workers"]:
+        return "nothing else in this Redis"
+    jobs = ", ".join(f"{counts[k]} {k}" for k in ("queued", "started") if counts[k])
+    queues = f"{counts['queues']} queue(s)" + (f" ({jobs})" if jobs else "")
+    workers = f"{counts['workers']} worker(s)" + (f" ({counts['busy_workers']} busy)" if counts["busy_workers"] else "")
+    return f"{queues} and {workers} of other benches hidden; --all-queues shows them"
+
+
+def facts(snapshot: Snapshot) -> list[tuple[str, str]]:
+    """(label, line) pairs: host, bench and why, bench id, Redis and where it came from, queue filter and hidden."""
+    t = snapshot.target
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.generated_at))
+    rows = [("host", f"{snapshot.host}, {when}")]
+    if t.bench_path:
+        rows.append(("bench", f"{t.bench_path} (from {t.bench_source or '?'})"))
+    else:
+        rows.append(("bench", t.bench_source or "none"))
+    if t.bench_id:
+        rows.append(("bench id", f"{t.bench_id} ({t.bench_id_source})"))
+    redis = f"{t.redis_url} (from {t.redis_url_source})"
+    error = redis_error(snapshot)
+    if error is not None:
+        redis += f"; NOT READ: {error.message}; RQ jobs and workers could not be joined"
+    rows.append(("redis", redis))
+    if t.queue_filter:
+        queues = f"{t.queue_filter}* only"
+        if snapshot.redis is not None and snapshot.redis.hidden_counted:
+            queues += f"; {hidden_line(hidden_counts(snapshot.redis))}"
+        elif snapshot.redis is not None:
+            queues += "; what it hid was not recorded (a snapshot of an older rqdoctor); --all-queues shows all"
+    else:
+        queues = "all (--all-queues)" if t.all_queues else "all (no bench chosen, so no bench id to filter by)"
+    rows.append(("queues", queues))
+    return rows
+
+
+def text(snapshot: Snapshot) -> RenderableType:
+    """The target lines for the terminal."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold", no_wrap=True, min_width=9)
+    grid.add_column(overflow="fold")
+    for label, line in facts(snapshot):
+        grid.add_row(f"{label}:", Text(line, style="magenta" if "NOT READ" in line or "hidden;" in line else ""))
+    return grid
+
+
+def markdown(snapshot: Snapshot) -> str:
+    """The target lines as a Markdown list."""
+    return "\n".join(f"- **{label}:** {line}" for label, line in facts(snapshot)) + "\n"
+
+
+def as_dict(snapshot: Snapshot) -> dict[str, Any]:
+    """The JSON report's ``target``: the facts, the hidden counts (None without a filter or Redis) and the lines."""
+    t = snapshot.target
+    redis = snapshot.redis
+    counts = hidden_counts(redis) if redis is not None and redis.hidden_counted and t.queue_filter else None
+    return {
+        "bench_path": t.bench_path, "bench_source": t.bench_source, "bench_id": t.bench_id,
+        "bench_id_source": t.bench_id_source, "redis_url": t.redis_url, "redis_url_source": t.redis_url_source,
+        "redis_read": snapshot.redis is not None, "queue_filter": t.queue_filter, "all_queues": t.all_queues,
+        "hidden": counts, "lines": [f"{label}: {line}" for label, line in facts(snapshot)],
+    }
