@@ -151,8 +151,27 @@ def test_finite_scenarios_return() -> None:
 
 def test_private_redis_db(redis_url: str, redis_client: redis.Redis) -> None:
     db = int(redis_url.rsplit("/", 1)[1])
-    assert 9 <= db <= 15
+    assert 1 <= db <= 15
     assert redis_client.dbsize() == 0, "the private DB must start empty"
+    if not os.environ.get("RQDOCTOR_TEST_REDIS"):  # this run's own server, on a port no bench uses by default
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        assert port != 6379 and redis_client.config_get("port")["port"] == str(port)
+
+
+def test_shared_redis_dbs_are_claimed_in_redis_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.harness import services
+
+    with services.private_redis_db() as own:
+        base = own.rsplit("/", 1)[0]
+    monkeypatch.setenv("RQDOCTOR_TEST_REDIS", base)  # pretend this server is shared with another checkout
+    claims = redis.Redis.from_url(f"{base}/0", decode_responses=True)
+    with services.private_redis_db() as url:
+        db = int(url.rsplit("/", 1)[1])
+        owner = claims.get(f"rqdoctor-tests:claim:{db}")
+        assert owner and owner.split(":")[1] == str(os.getpid()), owner
+        assert 0 < claims.ttl(f"rqdoctor-tests:claim:{db}") <= services.CLAIM_TTL_S
+    assert claims.get(f"rqdoctor-tests:claim:{db}") is None, "released on exit"
+    claims.close()
 
 
 @pytest.mark.parametrize("force_raw_resp", [False, True])
