@@ -61,9 +61,31 @@ def test_rqd406_fires_on_unchanged_examined_rows_without_stacks() -> None:
     snapshot = incident()
     snapshot.stacks = []
     victim = _victim(snapshot)
-    victim.examined_rows = victim.examined_rows_later = 0
+    victim.examined_rows = victim.examined_rows_later = 17
     (finding,) = rqd406(snapshot)
     assert any("rows examined did not move" in e for e in finding.evidence)
+
+
+def test_rqd406_near_miss_examined_rows_stuck_at_zero_prove_nothing() -> None:
+    # MariaDB 10.11 keeps EXAMINED_ROWS at 0 while a scan or join runs (measured): a working UPDATE looks the same
+    snapshot = incident()
+    snapshot.stacks = []
+    victim = _victim(snapshot)
+    victim.examined_rows = victim.examined_rows_later = 0
+    assert rqd406(snapshot) == []
+
+
+def test_rqd109_near_miss_query_whose_rows_examined_move() -> None:
+    from rqdoctor.diagnose.run import diagnose
+
+    snapshot = incident()
+    victim = _victim(snapshot)
+    victim.examined_rows, victim.examined_rows_later = 1000, 5000
+    diagnosis = diagnose(snapshot)
+    pid = next(p for p, a in diagnosis.activities.items() if any("examined +4000 rows" in e for e in
+                                                                   a.progress_evidence))
+    assert diagnosis.activities[pid].progress == "progressing"
+    assert not [f for f in diagnosis.findings if f.pid == pid and f.severity in ("critical", "warning")]
 
 
 def test_rqd406_near_miss_no_progress_evidence_at_all() -> None:

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rqdoctor.diagnose import rules_db, rules_jobs, rules_locks, rules_queues, rules_workers  # noqa: F401  (registers rules)
-from rqdoctor.diagnose.activity import KIND_DB_LOCK_WAIT, Activity, classify, known_endpoints
+from rqdoctor.diagnose.activity import (
+    KIND_DB_LOCK_WAIT,
+    KIND_DB_QUERY,
+    PROGRESS_PROGRESSING,
+    Activity,
+    classify,
+    known_endpoints,
+)
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S, Context
 from rqdoctor.diagnose.dbjoin import blocker_dict, build_graph, job_waits, likely_blocker_dict, likely_waits
 from rqdoctor.diagnose.findings import RULES, Finding, severity_rank
@@ -45,6 +52,7 @@ def diagnose(snapshot: Snapshot, codes: set[str] | None = None, min_age_s: float
     context = Context(snapshot, links, classify_all(snapshot), min_age_s, build_graph(snapshot, links))
     context.graph.likely = likely_waits(snapshot, context.graph, context.activities)
     blockers = mark_lock_waits(context)
+    mark_query_progress(context)
     findings: list[Finding] = []
     for code, registered in sorted(RULES.items()):
         if codes is None or any(code.startswith(c) for c in codes):
@@ -79,6 +87,22 @@ def mark_lock_waits(context: Context) -> dict[str, dict[str, Any]]:
         if likely.pid is not None and current is not None:
             context.activities[likely.pid] = dataclasses.replace(current, kind=KIND_DB_LOCK_WAIT, detail=detail)
     return blockers
+
+
+def mark_query_progress(context: Context) -> None:
+    """A job waiting on its own query is not stuck while the server works on it (rows examined keep moving)."""
+    for (server, session_id), session in context.graph.sessions.items():
+        role = context.graph.role(server, session_id)
+        current = context.activities.get(role.pid) if role.role == "rq-job" and role.pid is not None else None
+        if current is None or current.kind != KIND_DB_QUERY or session.command != "Query":
+            continue
+        before, after = session.examined_rows, session.examined_rows_later
+        if before is None or after is None or after == before:
+            continue  # MariaDB 10.11 often updates the counter only at the end: unchanged proves nothing
+        line = (f"its query (session {session_id}) examined {after - before:+d} rows between two reads: "
+                "the server is working on it")
+        context.activities[role.pid] = dataclasses.replace(
+            current, progress=PROGRESS_PROGRESSING, progress_evidence=[*current.progress_evidence, line])
 
 
 def classify_all(snapshot: Snapshot) -> dict[int, Activity]:

@@ -32,7 +32,7 @@ FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() AND COMMAND <> '
 """
 _EXAMINED = "SELECT ID, EXAMINED_ROWS FROM information_schema.PROCESSLIST WHERE COMMAND = 'Query'"
 REREAD_S = 0.5
-"""Pause before reading EXAMINED_ROWS again (limited views only, where no lock view says who waits)."""
+"""Pause before reading EXAMINED_ROWS of running statements again (progress of a long query; a likely lock wait)."""
 _TRX = """
 SELECT trx_mysql_thread_id, TIMESTAMPDIFF(MICROSECOND, trx_started, NOW(6)) / 1e6, trx_rows_locked
 FROM information_schema.INNODB_TRX
@@ -167,8 +167,6 @@ def _read(conn: Any, target: DbTarget, deadline: Deadline) -> ServerView:
         if exc.args[0] != NO_PROCESS_PRIVILEGE:
             raise
         view.limited = LIMITED
-        if mariadb:
-            view.partial("examined rows", lambda: _reread_examined(cur, by_id, deadline))
     else:
         for thread_id, age, rows_locked in cur.fetchall():
             session = by_id.get(int(thread_id))
@@ -177,6 +175,8 @@ def _read(conn: Any, target: DbTarget, deadline: Deadline) -> ServerView:
                 session.idle_in_transaction = session.command == "Sleep"
         view.partial("row-lock waits", lambda: view.lock_waits.extend(_row_waits(cur, view, mysql8)))
     view.partial("metadata-lock waits", lambda: view.lock_waits.extend(_metadata_waits(cur, view, by_id, mysql8)))
+    if mariadb:
+        view.partial("examined rows", lambda: _reread_examined(cur, by_id, deadline))
     if mysql8 or perf_schema:
         view.partial("connection attributes", lambda: view.attr_pids.update(_connect_pids(cur)))
     return view
@@ -187,7 +187,7 @@ class WrongServer(Exception):
 
 
 def _reread_examined(cur: Any, by_id: dict[int, DbSession], deadline: Deadline) -> None:
-    """Read EXAMINED_ROWS of running statements again after a short pause (progress without the lock views)."""
+    """Read EXAMINED_ROWS of running statements again after a short pause: is a long query still working?"""
     running = [s for s in by_id.values() if s.command == "Query" and s.examined_rows is not None]
     if not running or deadline.remaining() < 3 * REREAD_S:
         return
