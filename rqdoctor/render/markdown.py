@@ -7,7 +7,7 @@ from typing import Any
 from rqdoctor.diagnose.findings import Finding
 from rqdoctor.model import PreflightCheck, ProbeError
 from rqdoctor.render.fmt import duration, short_queue, value
-from rqdoctor.views import ErrorLine, fold_errors
+from rqdoctor.views import fold_errors
 
 
 def cell(v: Any) -> str:
@@ -50,13 +50,12 @@ def findings(items: list[Finding], errors: list[ProbeError]) -> str:
     return "\n".join(out) + "\n"
 
 
-def errors(items: list[ProbeError], verbose: bool = False) -> str:
-    """What could not be seen; repeats of one kind folded into one line (``verbose``: every entry)."""
+def errors(items: list[ProbeError]) -> str:
+    """What could not be seen; repeats of one kind folded into one line (JSON keeps every entry)."""
     if not items:
         return ""
-    folded = [ErrorLine(e.probe, e.kind, e.message, e.hint) for e in items] if verbose else fold_errors(items)
     lines = ["## Could not see\n"]
-    lines += [f"- **{e.probe}**: {e.message}" + (f" _(hint: {e.hint})_" if e.hint else "") for e in folded]
+    lines += [f"- **{e.probe}**: {e.message}" + (f" _(hint: {e.hint})_" if e.hint else "") for e in fold_errors(items)]
     return "\n".join(lines) + "\n"
 
 

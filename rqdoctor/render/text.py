@@ -13,7 +13,7 @@ from rqdoctor.diagnose.findings import Finding
 from rqdoctor.model import PreflightCheck, ProbeError, TargetInfo
 from rqdoctor.render.fmt import duration, short_queue, value
 from rqdoctor.render.layout import TEXT, Col, Para, Records, whole
-from rqdoctor.views import ErrorLine, fold_errors
+from rqdoctor.views import fold_errors
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -63,13 +63,12 @@ def findings(items: list[Finding]) -> list[RenderableType]:
     return [Text("Findings", style="bold underline"), *(finding(f) for f in items)]
 
 
-def errors(items: list[ProbeError], verbose: bool = False) -> list[RenderableType]:
-    """What could not be seen, and why; repeats of one kind folded into one line (``verbose``: every entry)."""
+def errors(items: list[ProbeError]) -> list[RenderableType]:
+    """What could not be seen, and why; repeats of one kind folded into one line (JSON keeps every entry)."""
     if not items:
         return []
-    lines = [ErrorLine(e.probe, e.kind, e.message, e.hint) for e in items] if verbose else fold_errors(items)
     out: list[RenderableType] = [Text("Could not see", style="bold underline")]
-    for e in lines:
+    for e in fold_errors(items):
         line = Text(f"  {e.probe}: ", style="magenta")
         line.append(e.message)
         if e.hint:
