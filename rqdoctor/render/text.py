@@ -24,8 +24,8 @@ def summary(line: str, findings: list[Finding], errors: list[ProbeError]) -> Tex
     text = Text(line + " — ", style="bold")
     if not any(counts.values()):
         if errors:
-            text.append(f"no problems found in what could be seen; {len(errors)} thing(s) could not be seen "
-                        "(below)", style="magenta")
+            text.append(f"no problems found in what could be seen; {len(fold_errors(errors))} thing(s) could not be "
+                        "seen (below)", style="magenta")
         else:
             text.append("no problems found", style="green")
         return text
