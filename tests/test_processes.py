@@ -279,6 +279,15 @@ def test_vanishing_process_does_not_raise(when: str, targeted: bool, monkeypatch
     assert mine == ([("processes", "vanished")] if targeted else [])
 
 
+def test_targets_are_this_hosts_redis_worker_pids_their_children_and_asked_pids() -> None:
+    """Whose exit mid-scan is an error: not a horse's child, nor a worker hash of another host."""
+    rows = {pid: processes._Row(None, ppid, [], None) for pid, ppid in  # type: ignore[arg-type]
+            {10: 1, 11: 10, 12: 11, 20: 1, 21: 20, 30: 1}.items()}
+    workers = [WorkerInfo("w", "rq:worker:w", hostname=HOST, pid=10),
+               WorkerInfo("far", "rq:worker:far", hostname="elsewhere", pid=20)]
+    assert processes._targets(rows, workers, HOST, [30]) == {10, 11, 30}
+
+
 def _probe_as_nobody() -> dict[str, Any]:
     """Fork, drop to uid/gid 65534 (nobody) in the child, probe, and hand the result back through a pipe."""
     r, w = os.pipe()
