@@ -9,17 +9,69 @@ Exit codes (documented in docs/usage.md):
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Any
 
 import typer
+from typer import _click
+from typer.core import TyperCommand, TyperGroup
 
 from rqdoctor import __version__
-from rqdoctor.commands import demo, hangs, locks, preflight, queues, stack, target, workers
-from rqdoctor.commands.common import EXIT_CANNOT_DIAGNOSE
 from rqdoctor.errors import RqdoctorError
+
+EXIT_CANNOT_DIAGNOSE = 2
+"""As ``rqdoctor.commands.common.EXIT_CANNOT_DIAGNOSE`` (not imported: it pulls in the whole pipeline)."""
+
+COMMANDS = {
+    "hangs": "Show every running job: its process, live stack, what it waits on, for how long, and the fix.",
+    "stack": "Show one process or one job: its live stack, what it waits on, and the fix.",
+    "locks": "Show who waits for whom in the databases (row and metadata locks, chains, cycles) and the fix.",
+    "workers": "List RQ workers with their local process, state, current job, heartbeat age and horse.",
+    "queues": "List RQ queues: queued count, oldest queued age, registries and listening workers.",
+    "target": "Show where rqdoctor looks: the bench, its Redis, its sites and databases, and where each came from.",
+    "preflight": "Check py-spy, ptrace permission, the workers' Python versions, the bench, Redis and the databases.",
+    "demo": "Run shipped hang scenarios on real RQ workers against a local Redis and show the `hangs` report.",
+}
+"""Subcommand -> the first line of its docstring (``rqdoctor.commands.<name>.command``; a test keeps them equal).
+
+The list in ``--help`` is built from these, so that it imports no subcommand; each one is imported when run."""
+
+
+class LazyGroup(TyperGroup):
+    """The subcommands of :data:`COMMANDS`, each imported (with its probes, renderers, drivers) only when used."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self._listing = False
+        self._loaded: dict[str, _click.Command] = {}
+
+    def list_commands(self, ctx: _click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: _click.Context, cmd_name: str) -> _click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        if self._listing and cmd_name not in self._loaded:
+            return TyperCommand(name=cmd_name, help=COMMANDS[cmd_name])
+        if cmd_name not in self._loaded:
+            module = importlib.import_module(f"rqdoctor.commands.{cmd_name}")
+            single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+            single.command(cmd_name)(module.command)
+            self._loaded[cmd_name] = typer.main.get_command(single)
+        return self._loaded[cmd_name]
+
+    def format_help(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
 
 app = typer.Typer(
     name="rqdoctor",
+    cls=LazyGroup,
     help="A doctor for hung and stuck RQ workers, first of all on Frappe/ERPNext benches. Read-only.",
     no_args_is_help=True,
     add_completion=False,
@@ -39,16 +91,6 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Diagnose hung RQ jobs: job -> process -> stack -> what it waits on -> the fix."""
-
-
-app.command("hangs")(hangs.command)
-app.command("stack")(stack.command)
-app.command("locks")(locks.command)
-app.command("workers")(workers.command)
-app.command("queues")(queues.command)
-app.command("target")(target.command)
-app.command("preflight")(preflight.command)
-app.command("demo")(demo.command)
 
 
 def main() -> None:

@@ -51,6 +51,7 @@ def collect(target: Target, options: CollectOptions) -> Snapshot:
         _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options.stack_pids))
     if options.stacks:
         _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline))
+        _guard(snapshot.errors, "preflight", lambda: _preflight(snapshot, deadline))
     if database is not None:
         _guard(snapshot.errors, "database", lambda: _join_database(snapshot, database, deadline))
     return snapshot
@@ -115,6 +116,12 @@ def _stacks(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> 
     snapshot.errors.extend(errors)
     known = {e.subject for e in snapshot.errors if e.kind == "vanished"}
     recheck_gone(snapshot.processes, [p for p in pids if str(p) not in known], snapshot.errors)
+
+
+def _preflight(snapshot: Snapshot, deadline: Deadline) -> None:
+    from rqdoctor.preflight import failed_local_checks
+
+    snapshot.preflight = failed_local_checks(snapshot.stacks, deadline)
 
 
 def stack_targets(snapshot: Snapshot) -> list[int]:

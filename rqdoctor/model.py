@@ -486,6 +486,18 @@ class DatabaseState:
 
 
 @dataclass
+class PreflightCheck:
+    """One ``rqdoctor preflight`` line (:mod:`rqdoctor.preflight`); in a snapshot, a local check that failed."""
+
+    name: str
+    status: str
+    """``ok``, ``warning`` or ``failed``."""
+    detail: str
+    fix: list[str] = field(default_factory=list)
+    """What to do about it, one line each (commands included)."""
+
+
+@dataclass
 class Snapshot:
     """The contract between probes, diagnosis and renderers."""
 
@@ -499,6 +511,8 @@ class Snapshot:
     stacks: list[ProcessStacks] = field(default_factory=list)
     database: DatabaseState | None = None
     errors: list[ProbeError] = field(default_factory=list)
+    preflight: list[PreflightCheck] = field(default_factory=list)
+    """The cheap local checks (py-spy, ptrace, interpreters) that fail for this run's stacks; empty: ready."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""

@@ -7,17 +7,19 @@ database. Every network step is bounded by the run's deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from rqdoctor.config import DbTarget, Target
 from rqdoctor.deadline import Deadline
+from rqdoctor.model import PreflightCheck as Check
+from rqdoctor.model import ProcessStacks
 from rqdoctor.probes.processes import is_worker_argv
 from rqdoctor.probes.stacks import HINT_MISSING, find_py_spy
 
@@ -26,18 +28,6 @@ CAP_SYS_PTRACE = 19
 PY_SPY_READS = ((0, 4, 2), (3, 14)), ((0, 4, 0), (3, 13)), ((0, 3, 14), (3, 11))
 """Newest CPython minor each py-spy release line reads (anchors.md: 3.12/3.13 need 0.4.0, 3.14 needs 0.4.2)."""
 _PYTHON_IN_PATH = re.compile(r"python(3\.\d+)")
-
-
-@dataclass
-class Check:
-    """One line of the preflight report."""
-
-    name: str
-    status: str
-    """``ok``, ``warning`` or ``failed``."""
-    detail: str
-    fix: list[str] = field(default_factory=list)
-    """What to do about it, one line each (commands included)."""
 
 
 def run_checks(target: Target, deadline: Deadline) -> list[Check]:
@@ -57,6 +47,37 @@ def run_checks(target: Target, deadline: Deadline) -> list[Check]:
         except Exception as exc:  # one broken check must not hide the others
             out.append(Check(name, FAIL, f"check failed: {type(exc).__name__}: {exc}"))
     return out
+
+
+def failed_local_checks(stacks: list[ProcessStacks], deadline: Deadline) -> list[Check]:
+    """The local checks that fail for a stack-sampling run (``hangs``, ``stack``), from what its dumps learnt.
+
+    Cheap: py-spy is looked for and the credentials read from ``/proc``; py-spy runs (``--version``) only
+    when a dump could not start it, or met a Python it may not read. What the dumps disprove is left out.
+    """
+    out = []
+    if find_py_spy() is None or any(s.error is not None and s.error.kind == "missing_tool" for s in stacks):
+        out += [c for c in [check_py_spy(deadline)] if c.status == FAIL]
+    denied = [s.pid for s in stacks if s.error is not None and s.error.kind == "permission"]
+    ptrace = check_ptrace()
+    if ptrace.status != OK and (denied or (not stacks and ptrace.status == FAIL)):
+        if denied:
+            ptrace.detail += f"; denied for {_pids(denied)}"
+        out.append(ptrace)
+    found: dict[str, list[int]] = {}
+    for s in stacks:
+        if s.error is not None and s.error.kind == "unsupported":
+            with contextlib.suppress(OSError):
+                python = interpreter_version(s.pid)
+                if python is not None:
+                    found.setdefault(python, []).append(s.pid)
+    if found:
+        out += [c for c in interpreter_checks(found, py_spy_version(deadline), "process(es)") if c.status == FAIL]
+    return out
+
+
+def _pids(pids: list[int]) -> str:
+    return "pid " + ", ".join(map(str, pids[:5])) + (f" and {len(pids) - 5} more" if len(pids) > 5 else "")
 
 
 # --- py-spy --------------------------------------------------------------------------------
@@ -105,11 +126,15 @@ def check_interpreters(version: tuple[int, ...] | None) -> list[Check]:
         found.setdefault(python or "unknown", []).append(proc.pid)
     if not found:
         return [Check("interpreters", WARN, "no RQ worker processes on this host to read")]
+    return interpreter_checks(found, version, "worker process(es)")
+
+
+def interpreter_checks(found: dict[str, list[int]], version: tuple[int, ...] | None, noun: str) -> list[Check]:
+    """One check per Python version (``found``: version -> pids): does py-spy ``version`` read it?"""
     readable = newest_readable(version) if version else None
     checks = []
     for python, pids in sorted(found.items()):
-        what = f"{len(pids)} worker process(es) run Python {python} (pid {', '.join(map(str, pids[:5]))}" + (
-            ", …)" if len(pids) > 5 else ")")
+        what = f"{len(pids)} {noun} run Python {python} ({_pids(pids)})"
         if python == "unknown" or readable is None:
             checks.append(Check("interpreters", WARN, what + "; cannot tell whether py-spy reads it"))
         elif tuple(int(p) for p in python.split(".")) > readable:

@@ -8,6 +8,7 @@ from typing import Any
 from rqdoctor.diagnose.activity import Activity
 from rqdoctor.diagnose.context import age
 from rqdoctor.diagnose.run import Diagnosis
+from rqdoctor.model import ProbeError
 
 
 def _round(value: float | None) -> float | None:
@@ -137,3 +138,50 @@ def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "findings": codes.get(job.job_id, []),
         })
     return rows
+
+
+@dataclasses.dataclass
+class ErrorLine:
+    """One "Could not see" line: a probe error, or several of one kind about different processes folded."""
+
+    probe: str
+    kind: str
+    message: str
+    hint: str = ""
+    subjects: list[str] = dataclasses.field(default_factory=list)
+    """The pids (or other subjects) it covers, in order."""
+
+
+FOLDED = {"permission": "permission denied", "vanished": "exited during the scan", "timeout": "timed out",
+          "unsupported": "not a readable Python process", "failed": "failed", "corrupt": "unreadable output"}
+"""What a folded line says of each kind of per-process error."""
+SHOWN_PIDS = 10
+
+
+def fold_errors(errors: list[ProbeError]) -> list[ErrorLine]:
+    """Errors of one probe, kind and hint about two or more processes become one line with a count and the pids.
+
+    Others stay as they are, in order (a folded line stands where the first of its errors was).
+    """
+    groups: dict[tuple[str, str, str] | int, list[tuple[ProbeError, str | None]]] = {}
+    for i, e in enumerate(errors):
+        pid = _pid_subject(e.subject)
+        key = (e.probe, e.kind, e.hint) if pid is not None else i
+        groups.setdefault(key, []).append((e, pid))
+    out = []
+    for items in groups.values():
+        first = items[0][0]
+        pids = list(dict.fromkeys(pid for _, pid in items if pid is not None))
+        if len(pids) < 2:
+            out += [ErrorLine(e.probe, e.kind, e.message, e.hint, [e.subject] if e.subject else []) for e, _ in items]
+            continue
+        shown = ", ".join(pids[:SHOWN_PIDS]) + (f" and {len(pids) - SHOWN_PIDS} more" if len(pids) > SHOWN_PIDS else "")
+        message = f"{FOLDED.get(first.kind, first.kind)} for {len(pids)} processes (pids {shown})"
+        out.append(ErrorLine(first.probe, first.kind, message, first.hint, pids))
+    return out
+
+
+def _pid_subject(subject: str) -> str | None:
+    """The pid a subject names (``123`` or ``pid 123``), else None."""
+    digits = subject.removeprefix("pid ").strip()
+    return digits if digits.isdigit() else None

@@ -240,8 +240,10 @@ def _kill_and_reap(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("targeted", [True, False], ids=["worker-of-redis", "not-a-target"])
 @pytest.mark.parametrize("when", ["before_read", "during_cpu_window"])
-def test_vanishing_process_does_not_raise(when: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_vanishing_process_does_not_raise(when: str, targeted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that exits while read is marked vanished; it is an error only when the report is about it."""
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "rq", "worker", "q"],
                               start_new_session=True)
     try:
@@ -266,14 +268,24 @@ def test_vanishing_process_does_not_raise(when: str, monkeypatch: pytest.MonkeyP
 
             monkeypatch.setattr(processes, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep_then_kill))
         errors: list[ProbeError] = []
-        infos = _by_pid(probe_processes([], HOST, errors, cpu_window=0.05))
+        workers = [WorkerInfo("w", "rq:worker:w", hostname=HOST, pid=victim.pid)] if targeted else []
+        infos = _by_pid(probe_processes(workers, HOST, errors, cpu_window=0.05))
     finally:
         if victim.poll() is None:
             _kill_and_reap(victim)
     gone = infos[victim.pid]
     assert gone.status == "vanished" and gone.cpu_percent is None
     mine = [(e.probe, e.kind) for e in errors if str(victim.pid) in e.subject.split()]
-    assert mine == [("processes", "vanished")]
+    assert mine == ([("processes", "vanished")] if targeted else [])
+
+
+def test_targets_are_this_hosts_redis_worker_pids_their_children_and_asked_pids() -> None:
+    """Whose exit mid-scan is an error: not a horse's child, nor a worker hash of another host."""
+    rows = {pid: processes._Row(None, ppid, [], None) for pid, ppid in  # type: ignore[arg-type]
+            {10: 1, 11: 10, 12: 11, 20: 1, 21: 20, 30: 1}.items()}
+    workers = [WorkerInfo("w", "rq:worker:w", hostname=HOST, pid=10),
+               WorkerInfo("far", "rq:worker:far", hostname="elsewhere", pid=20)]
+    assert processes._targets(rows, workers, HOST, [30]) == {10, 11, 30}
 
 
 def _probe_as_nobody() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -60,16 +61,18 @@ def render(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[di
     line = f"{len(jobs)} running job(s), {local} on this host ({snapshot.host})"
     emit(
         fmt, output,
-        text=lambda: [header.text(snapshot), text.summary(line, diagnosis.findings, snapshot.errors),
+        text=lambda: [header.text(snapshot), *text.preflight(snapshot.preflight),
+                      text.summary(line, diagnosis.findings, snapshot.errors),
                       *(Para(a, hang=2) for a in access_lines(snapshot.database)),
                       *hangs_render.text_jobs(jobs, diagnosis.findings, verbose),
                       *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{header.markdown(snapshot)}\n{line}\n",
+        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{header.markdown(snapshot)}\n"
+                                    f"{md.preflight(snapshot.preflight)}{line}\n",
                                     *md_access(snapshot), md.findings(diagnosis.findings, snapshot.errors),
                                     "## Jobs\n", hangs_render.markdown(jobs, diagnosis.findings),
                                     md.errors(snapshot.errors)]),
-        as_json=lambda: json_render.report(command, diagnosis, jobs=jobs,
-                                           database_access=access_dicts(snapshot.database)),
+        as_json=lambda: json_render.report(command, diagnosis, preflight=[asdict(c) for c in snapshot.preflight],
+                                           jobs=jobs, database_access=access_dicts(snapshot.database)),
         fatal=fatal,
     )
 

@@ -7,15 +7,14 @@ from dataclasses import asdict
 
 import typer
 from rich.console import Console
-from rich.text import Text
 
 from rqdoctor.commands.common import EXIT_CANNOT_DIAGNOSE, EXIT_HEALTHY, EXIT_PROBLEMS
 from rqdoctor.commands.options import Bench, DbUrl, Format, FormatOpt, RedisUrl, Timeout
 from rqdoctor.config import discover
 from rqdoctor.deadline import Deadline
-from rqdoctor.preflight import FAIL, OK, WARN, Check, run_checks
-
-MARKS = {OK: ("✓", "green"), WARN: ("!", "yellow"), FAIL: ("✗", "bold red")}
+from rqdoctor.preflight import FAIL, WARN, Check, run_checks
+from rqdoctor.render import markdown as md
+from rqdoctor.render import text
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, db_url: DbUrl = None, timeout: Timeout = 15.0,
@@ -27,26 +26,12 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, db_url: DbUrl = Non
     if fmt is Format.json:
         typer.echo(json.dumps({"checks": [asdict(c) for c in checks]}, indent=2))
     elif fmt is Format.markdown:
-        typer.echo("# rqdoctor preflight\n")
-        for c in checks:
-            typer.echo(f"- **{c.status}** {c.name}: {c.detail}")
-            typer.echo("".join(f"\n    ```sh\n    {f}\n    ```" for f in c.fix))
+        typer.echo(f"# rqdoctor preflight\n\n{md.preflight(checks)}", nl=False)
     else:
-        render_text(checks)
+        console = Console(highlight=False)
+        for line in text.preflight(checks):
+            console.print(line, crop=False)
     raise typer.Exit(exit_code(checks))
-
-
-def render_text(checks: list[Check]) -> None:
-    """One line per check, its fixes below it, whole."""
-    console = Console(highlight=False)
-    for c in checks:
-        mark, style = MARKS[c.status]
-        line = Text(f"{mark} ", style=style)
-        line.append(f"{c.name}: ", style="bold")
-        line.append(c.detail)
-        console.print(line)
-        for fix in c.fix:
-            console.print(Text(f"    fix: {fix}", style="dim"), no_wrap=True, overflow="ignore", crop=False)
 
 
 def exit_code(checks: list[Check]) -> int:

@@ -77,7 +77,10 @@ def probe_processes(
     """Collect worker-like local processes, this host's Redis worker pids, ``extra_pids``, and their descendants.
 
     CPU percent is measured over one shared ``cpu_window`` for all processes. A process that
-    vanishes or denies access gives partial data plus an entry in ``errors``, never an exception.
+    vanishes or denies access gives partial data, never an exception, plus an entry in ``errors``: for
+    denied access always, for a vanished process only when it is a target (:func:`_targets`); any other
+    process that exits during the scan (a horse's short-lived child, another Redis's worker) is no error,
+    its ``status`` just says ``vanished``.
     """
     table = _scan()
     pids = _select(table, workers, hostname, errors, extra_pids or [])
@@ -86,14 +89,23 @@ def probe_processes(
         with contextlib.suppress(psutil.Error):
             table[pid].proc.cpu_percent(None)
     denied: dict[int, list[str]] = {}
-    infos = [_describe(table[pid], denied, errors) for pid in pids]
+    infos = [_describe(table[pid], denied) for pid in pids]
     time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
     for info in infos:
         if info.status != VANISHED:
-            _measure_cpu(table[info.pid].proc, info, denied, errors)
+            _measure_cpu(table[info.pid].proc, info, denied)
     if denied:
         errors.append(_denied_error(denied))
+    targets = _targets(table, workers, hostname, extra_pids or [])
+    errors.extend([_vanished_error(i.pid) for i in infos if i.status == VANISHED and i.pid in targets])
     return infos
+
+
+def _targets(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, extra_pids: list[int]) -> set[int]:
+    """Pids the report is about: those this host's Redis worker hashes name, their children (the horses), and
+    ``extra_pids``."""
+    claimed = {w.pid for w in workers if w.hostname == hostname and w.pid is not None}
+    return claimed | {pid for pid, row in table.items() if row.ppid in claimed} | set(extra_pids)
 
 
 def _scan() -> dict[int, _Row]:
@@ -143,7 +155,7 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
     return pids[:MAX_PROCESSES]
 
 
-def _describe(row: _Row, denied: dict[int, list[str]], errors: list[ProbeError]) -> ProcessInfo:
+def _describe(row: _Row, denied: dict[int, list[str]]) -> ProcessInfo:
     """Everything but CPU usage; a field that cannot be read stays at its default."""
     proc = row.proc
     info = ProcessInfo(
@@ -166,7 +178,7 @@ def _describe(row: _Row, denied: dict[int, list[str]], errors: list[ProbeError])
         info.pgid = os.getpgid(proc.pid)
         info.sid = os.getsid(proc.pid)
     except ProcessLookupError:
-        _vanished(info, errors)
+        info.status = VANISHED
         return info
     except OSError:
         denied.setdefault(proc.pid, []).append("pgid")
@@ -180,13 +192,11 @@ def _describe(row: _Row, denied: dict[int, list[str]], errors: list[ProbeError])
                 except psutil.AccessDenied:
                     denied.setdefault(proc.pid, []).append(name)
     except psutil.NoSuchProcess:
-        _vanished(info, errors)
+        info.status = VANISHED
     return info
 
 
-def _measure_cpu(
-    proc: psutil.Process, info: ProcessInfo, denied: dict[int, list[str]], errors: list[ProbeError]
-) -> None:
+def _measure_cpu(proc: psutil.Process, info: ProcessInfo, denied: dict[int, list[str]]) -> None:
     """CPU percent since the priming call, and user + system CPU seconds."""
     try:
         with proc.oneshot():
@@ -194,7 +204,7 @@ def _measure_cpu(
             times = proc.cpu_times()
             info.cpu_time = times.user + times.system
     except psutil.NoSuchProcess:
-        _vanished(info, errors)
+        info.status = VANISHED
     except psutil.AccessDenied:
         denied.setdefault(proc.pid, []).append("cpu")
 
@@ -218,7 +228,8 @@ def recheck_gone(processes: list[ProcessInfo], pids: list[int], errors: list[Pro
         except psutil.AccessDenied:
             gone = False
         if gone:
-            _vanished(info, errors)
+            info.status = VANISHED
+            errors.append(_vanished_error(pid))
 
 
 def _connections(proc: psutil.Process) -> list[Connection]:
@@ -234,10 +245,8 @@ def _addr(addr: Any) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def _vanished(info: ProcessInfo, errors: list[ProbeError]) -> None:
-    info.status = VANISHED
-    message = f"process {info.pid} exited while it was being read"
-    errors.append(ProbeError(PROBE, "vanished", message, subject=f"pid {info.pid}"))
+def _vanished_error(pid: int) -> ProbeError:
+    return ProbeError(PROBE, "vanished", f"process {pid} exited while it was being read", subject=f"pid {pid}")
 
 
 def _denied_error(denied: dict[int, list[str]]) -> ProbeError:

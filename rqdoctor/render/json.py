@@ -8,10 +8,12 @@ from typing import Any
 from rqdoctor.diagnose.run import Diagnosis
 from rqdoctor.model import SCHEMA_VERSION
 from rqdoctor.render import header
+from rqdoctor.views import fold_errors
 
 
 def report(command: str, diagnosis: Diagnosis, **sections: Any) -> dict[str, Any]:
-    """``{schema_version, command, host, generated_at, target, <sections>, findings, errors, snapshot}``."""
+    """``{schema_version, command, host, generated_at, target, <sections>, findings, errors, errors_folded,
+    snapshot}`` (``errors_folded``: the "Could not see" lines, repeats of one kind about several pids as one)."""
     snapshot = diagnosis.context.snapshot
     return {
         "schema_version": SCHEMA_VERSION,
@@ -22,6 +24,7 @@ def report(command: str, diagnosis: Diagnosis, **sections: Any) -> dict[str, Any
         **sections,
         "findings": [finding_dict(f) for f in diagnosis.findings],
         "errors": [dataclasses.asdict(e) for e in snapshot.errors],
+        "errors_folded": [dataclasses.asdict(e) for e in fold_errors(snapshot.errors)],
         "snapshot": snapshot.to_dict(),
     }
 

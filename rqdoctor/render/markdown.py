@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from rqdoctor.diagnose.findings import Finding
-from rqdoctor.model import ProbeError
+from rqdoctor.model import PreflightCheck, ProbeError
 from rqdoctor.render.fmt import duration, short_queue, value
+from rqdoctor.views import fold_errors
 
 
 def cell(v: Any) -> str:
@@ -50,12 +51,24 @@ def findings(items: list[Finding], errors: list[ProbeError]) -> str:
 
 
 def errors(items: list[ProbeError]) -> str:
-    """What could not be seen."""
+    """What could not be seen; repeats of one kind folded into one line (JSON keeps every entry)."""
     if not items:
         return ""
     lines = ["## Could not see\n"]
-    lines += [f"- **{e.probe}**: {e.message}" + (f" _(hint: {e.hint})_" if e.hint else "") for e in items]
+    lines += [f"- **{e.probe}**: {e.message}" + (f" _(hint: {e.hint})_" if e.hint else "") for e in fold_errors(items)]
     return "\n".join(lines) + "\n"
+
+
+PREFLIGHT_MARKS = {"ok": "✓", "warning": "!", "failed": "✗"}
+
+
+def preflight(checks: list[PreflightCheck]) -> str:
+    """Preflight lines as a list, each fix as a code span below its line (nothing when there are none)."""
+    lines = []
+    for c in checks:
+        lines.append(f"- {PREFLIGHT_MARKS.get(c.status, '?')} **{c.name}**: {c.detail}")
+        lines += [f"  - fix: {code(fix)}" for fix in c.fix]
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> str:

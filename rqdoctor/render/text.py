@@ -10,9 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from rqdoctor.diagnose.findings import Finding
-from rqdoctor.model import ProbeError, TargetInfo
+from rqdoctor.model import PreflightCheck, ProbeError, TargetInfo
 from rqdoctor.render.fmt import duration, short_queue, value
-from rqdoctor.render.layout import TEXT, Col, Para, Records
+from rqdoctor.render.layout import TEXT, Col, Para, Records, whole
+from rqdoctor.views import fold_errors
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -23,8 +24,8 @@ def summary(line: str, findings: list[Finding], errors: list[ProbeError]) -> Tex
     text = Text(line + " — ", style="bold")
     if not any(counts.values()):
         if errors:
-            text.append(f"no problems found in what could be seen; {len(errors)} thing(s) could not be seen "
-                        "(below)", style="magenta")
+            text.append(f"no problems found in what could be seen; {len(fold_errors(errors))} thing(s) could not be "
+                        "seen (below)", style="magenta")
         else:
             text.append("no problems found", style="green")
         return text
@@ -63,16 +64,33 @@ def findings(items: list[Finding]) -> list[RenderableType]:
 
 
 def errors(items: list[ProbeError]) -> list[RenderableType]:
-    """What could not be seen, and why."""
+    """What could not be seen, and why; repeats of one kind folded into one line (JSON keeps every entry)."""
     if not items:
         return []
     out: list[RenderableType] = [Text("Could not see", style="bold underline")]
-    for e in items:
+    for e in fold_errors(items):
         line = Text(f"  {e.probe}: ", style="magenta")
         line.append(e.message)
         if e.hint:
             line.append(f"  (hint: {e.hint})", style="dim")
         out.append(Para(line, hang=4))
+    return out
+
+
+PREFLIGHT_MARKS = {"ok": ("✓", "green"), "warning": ("!", "yellow"), "failed": ("✗", "bold red")}
+"""Mark and style per :class:`PreflightCheck` status."""
+
+
+def preflight(checks: list[PreflightCheck]) -> list[RenderableType]:
+    """Preflight lines: mark, name and detail, then each fix whole on its own line."""
+    out: list[RenderableType] = []
+    for c in checks:
+        mark, style = PREFLIGHT_MARKS.get(c.status, ("?", ""))
+        line = Text(f"{mark} ", style=style)
+        line.append(f"{c.name}: ", style="bold")
+        line.append(c.detail)
+        out.append(Para(line, hang=2))
+        out += [whole(f"    fix: {fix}", style="dim") for fix in c.fix]
     return out
 
 
