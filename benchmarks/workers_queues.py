@@ -144,10 +144,11 @@ def vs_rq_info(size: Size, workers: int, flavour: str, repeats: int) -> str:
         bench = Bench.create(Path(tmp) / "bench", url, bench_id=BENCH_ID, sites=("site1.local",), db_type="sqlite")
         target = ["--bench", str(bench.root)]
         info = Tool(f"rq info ({flavour})", str(venv_python(flavour)), "rq.cli", ["info", "-u", url])
+        as_json = Tool("rqdoctor workers -f json", sys.executable, "rqdoctor", ["workers", *target, "-f", "json"])
         tools = [  # rq info cleans registries: it runs after rqdoctor in each round (here it finds nothing to clean)
             Tool("rqdoctor workers", sys.executable, "rqdoctor", ["workers", *target]),
             Tool("rqdoctor workers -v", sys.executable, "rqdoctor", ["workers", "-v", *target]),
-            Tool("rqdoctor workers -f json", sys.executable, "rqdoctor", ["workers", *target, "-f", "json"]),
+            as_json,
             info,
             Tool("rqdoctor --version (start-up)", sys.executable, "rqdoctor", ["--version"]),
         ]
@@ -161,12 +162,16 @@ def vs_rq_info(size: Size, workers: int, flavour: str, repeats: int) -> str:
             for tool in tools:
                 runs[tool.name].append(checked(measure(tool.argv, Path(tmp)), tool.name))
         lines = {t.name: _lines(t, Path(tmp)) for t in tools if t.module == "rqdoctor" and "json" not in t.name}
+        report = json.loads(subprocess.run(as_json.argv, capture_output=True, text=True, timeout=120).stdout)
+    processes = len(report["snapshot"]["processes"])
     base = median_run(runs[info.name]).wall
     rows = [[tool.name, f"{median_run(runs[tool.name]).wall:.2f}", spread(runs[tool.name]),
              f"{median_run(runs[tool.name]).cpu:.2f}", lines.get(tool.name, ""),
              f"{median_run(runs[tool.name]).wall / base:.2f}"] for tool in tools]
     headers = ["command", "wall s (median)", f"wall range ({repeats})", "CPU s", "lines out", "wall / rq info"]
-    return f"{workers:,} workers + {size}, output to a pipe\n\n" + table(headers, rows)
+    return (f"{workers:,} workers + {size}, output to a pipe; the process probe described {processes} local "
+            "processes (worker-like processes of other test suites on this host: the workers here are remote)\n\n"
+            + table(headers, rows))
 
 
 def _lines(tool: Tool, tmp: Path) -> int:
