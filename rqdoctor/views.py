@@ -188,4 +188,3 @@ def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "findings": codes.get(job.job_id, []),
         })
     return rows
-
