@@ -1,4 +1,4 @@
-"""Run the benchmarks and print their tables: ``python -m benchmarks [--quick] [--only redis|hangs|startup]``.
+"""Run the benchmarks and print their tables: ``python -m benchmarks [--quick] [--only redis|workers|hangs|startup]``.
 
 Every figure is measured side by side with its comparison in the same run, on this machine,
 right now; ratios matter more than absolute times on a shared, noisy host.
@@ -28,7 +28,7 @@ from tests.harness.venvs import RQ_FLAVOURS, venv_python
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (a smoke run)")
-    parser.add_argument("--only", choices=("redis", "hangs", "startup"), help="run one benchmark")
+    parser.add_argument("--only", choices=("redis", "workers", "hangs", "startup"), help="run one benchmark")
     parser.add_argument("--flavour", default="rq26", choices=sorted(RQ_FLAVOURS),
                         help="rq venv of the harness for workers and `rq info` (default rq26)")
     parser.add_argument("--repeats", type=int, help="timed rounds per figure (default 5, --quick 1)")
@@ -41,6 +41,10 @@ def main() -> None:
             [Size(10_000, 100_000), Size(100_000, 1_000_000), Size(100_000, 1_000_000, 10_000)]
         print("\n## workers / queues: 1,000 workers, two data sizes, then run history\n", flush=True)
         print(workers_queues.run(sizes, 1_000, args.flavour, repeats), flush=True)
+    if args.only in (None, "workers"):
+        size = Size(10_000, 100_000) if args.quick else Size(100_000, 1_000_000)
+        print("\n## workers next to rq info: 1,000 workers\n", flush=True)
+        print(workers_queues.vs_rq_info(size, 1_000, args.flavour, repeats), flush=True)
     if args.only in (None, "hangs"):
         counts = [4, 16] if args.quick else [16, 64]
         print(f"\n## hangs: {' and '.join(map(str, counts))} hung workers\n", flush=True)

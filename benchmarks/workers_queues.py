@@ -12,6 +12,7 @@ rounds shows whether it changed anything.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -131,3 +132,48 @@ def _count(tool: Tool, url: str, db: int, tmp: Path) -> tuple[object, int, objec
         return "-", writes, "-", monitor.total
     state = json.loads(report.read_text())["snapshot"]["redis"]
     return state["round_trips"], writes, state["commands"], monitor.total
+
+
+def vs_rq_info(size: Size, workers: int, flavour: str, repeats: int) -> str:
+    """``rqdoctor workers`` (text into a pipe, ``-v``, ``-f json``) next to ``rq info``, at ``workers`` workers.
+
+    Interleaved rounds, medians, and each median's ratio to ``rq info``'s (the issue 8 goal: text ≤ 1.0).
+    Also the lines each text variant prints, to show what the cap leaves out.
+    """
+    with private_redis_db() as url, tempfile.TemporaryDirectory(prefix="rqd-bench-") as tmp:
+        bench = Bench.create(Path(tmp) / "bench", url, bench_id=BENCH_ID, sites=("site1.local",), db_type="sqlite")
+        target = ["--bench", str(bench.root)]
+        info = Tool(f"rq info ({flavour})", str(venv_python(flavour)), "rq.cli", ["info", "-u", url])
+        as_json = Tool("rqdoctor workers -f json", sys.executable, "rqdoctor", ["workers", *target, "-f", "json"])
+        tools = [  # rq info cleans registries: it runs after rqdoctor in each round (here it finds nothing to clean)
+            Tool("rqdoctor workers", sys.executable, "rqdoctor", ["workers", *target]),
+            Tool("rqdoctor workers -v", sys.executable, "rqdoctor", ["workers", "-v", *target]),
+            as_json,
+            info,
+            Tool("rqdoctor --version (start-up)", sys.executable, "rqdoctor", ["--version"]),
+        ]
+        r = redis.Redis.from_url(url)
+        now = time.time()
+        load_workers(r, BENCH_ID, workers, now)
+        add_jobs(r, BENCH_ID, range(size.queued), range(size.failed), now)
+        r.close()
+        runs: dict[str, list[Measured]] = {t.name: [] for t in tools}
+        for _ in range(repeats):  # interleaved, so that noise hits every command alike
+            for tool in tools:
+                runs[tool.name].append(checked(measure(tool.argv, Path(tmp)), tool.name))
+        lines = {t.name: _lines(t, Path(tmp)) for t in tools if t.module == "rqdoctor" and "json" not in t.name}
+        report = json.loads(subprocess.run(as_json.argv, capture_output=True, text=True, timeout=120).stdout)
+    processes = len(report["snapshot"]["processes"])
+    base = median_run(runs[info.name]).wall
+    rows = [[tool.name, f"{median_run(runs[tool.name]).wall:.2f}", spread(runs[tool.name]),
+             f"{median_run(runs[tool.name]).cpu:.2f}", lines.get(tool.name, ""),
+             f"{median_run(runs[tool.name]).wall / base:.2f}"] for tool in tools]
+    headers = ["command", "wall s (median)", f"wall range ({repeats})", "CPU s", "lines out", "wall / rq info"]
+    return (f"{workers:,} workers + {size}, output to a pipe; the process probe described {processes} local "
+            "processes (worker-like processes of other test suites on this host: the workers here are remote)\n\n"
+            + table(headers, rows))
+
+
+def _lines(tool: Tool, tmp: Path) -> int:
+    """Lines the command prints into a pipe (no terminal: the 50-row cap)."""
+    return subprocess.run(tool.argv, capture_output=True, text=True, timeout=120, cwd=tmp).stdout.count("\n")

@@ -55,6 +55,57 @@ def worker_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
     return rows
 
 
+def _tally(values: list[str]) -> dict[str, int]:
+    """Counts, most frequent first (then by name)."""
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _group(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": name, "workers": len(rows), "states": _tally([r["state"] or "unknown" for r in rows]),
+            "with_findings": sum(1 for r in rows if r["findings"])}
+
+
+def worker_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of :func:`worker_rows` by state, location, host and queue (the head of the ``workers`` view).
+
+    Hosts and queues are listed with findings first, then the most workers first, then by name.
+    """
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    by_queue: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_host.setdefault(r["host"] or "unknown", []).append(r)
+        for q in r["queues"]:
+            by_queue.setdefault(q, []).append(r)
+
+    def groups(by: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        return sorted((_group(k, v) for k, v in by.items()), key=lambda g: (-g["with_findings"], -g["workers"],
+                                                                              g["name"]))
+
+    return {"workers": len(rows), "states": _tally([r["state"] or "unknown" for r in rows]),
+            "locations": _tally([r["location"] for r in rows]), "with_findings": sum(1 for r in rows if r["findings"]),
+            "hosts": groups(by_host), "queues": groups(by_queue)}
+
+
+def worker_priority(row: dict[str, Any]) -> int:
+    """Which workers are worth showing first: with findings, then busy, then in another state than idle."""
+    if row["findings"]:
+        return 0
+    return 1 if row["state"] == "busy" else 3 if row["state"] == "idle" else 2
+
+
+def workers_shown(rows: list[dict[str, Any]], cap: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(shown, not shown): the rows in :func:`worker_priority` order, at most ``cap`` of them (None: all), except
+    that a worker with a finding is always shown."""
+    ordered = sorted(rows, key=worker_priority)
+    if cap is None:
+        return ordered, []
+    keep = max(cap, sum(1 for r in ordered if r["findings"]))
+    return ordered[:keep], ordered[keep:]
+
+
 def queue_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
     """One row per queue: counts, oldest queued age and listening workers."""
     ctx = diagnosis.context

@@ -6,7 +6,7 @@ import typer
 
 from rqdoctor.collect import CollectOptions
 from rqdoctor.commands.common import exit_code, report_table, require_redis, snapshot_for
-from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
+from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout, Verbose
 from rqdoctor.diagnose.rules_queues import TARGET_CODES
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.render import markdown, text
@@ -14,11 +14,18 @@ from rqdoctor.views import worker_rows
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, timeout: Timeout = 10.0,
-            fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None) -> None:
-    """List RQ workers with their local process, state, current job, heartbeat age and horse."""
+            fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None,
+            verbose: Verbose = False) -> None:
+    """List RQ workers with their local process, state, current job, heartbeat age and horse.
+
+    Text and Markdown open with counts by state, where, queue and host, then list the workers worth showing
+    (with findings, busy, then the others) as far as the terminal shows (50 when piped); -v lists them all,
+    --format json always has every worker.
+    """
     snapshot = snapshot_for(from_file, CollectOptions(timeout=timeout), redis_url, bench, all_queues)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, codes={"RQD2", *TARGET_CODES})
-    report_table("workers", snapshot, diagnosis, worker_rows(diagnosis), text.workers_table,
-                 markdown.workers_table, fmt, output, fatal)
+    report_table("workers", snapshot, diagnosis, worker_rows(diagnosis),
+                 lambda rows, prefix: text.workers_view(rows, prefix, verbose),
+                 lambda rows, prefix: markdown.workers_view(rows, prefix, verbose), fmt, output, fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))

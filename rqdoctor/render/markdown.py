@@ -7,7 +7,8 @@ from typing import Any
 from rqdoctor.diagnose.findings import Finding
 from rqdoctor.model import PreflightCheck, ProbeError
 from rqdoctor.render.fmt import duration, short_queue, value
-from rqdoctor.views import fold_errors
+from rqdoctor.render.workers import more_line, row_cap, summary_lines
+from rqdoctor.views import fold_errors, worker_summary, workers_shown
 
 
 def cell(v: Any) -> str:
@@ -81,6 +82,15 @@ def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> str:
           r["findings"]] for r in rows],
         code_columns=(0, 2, 6, 9),
     )
+
+
+def workers_view(rows: list[dict[str, Any]], prefix: str | None, verbose: bool = False) -> str:
+    """The summary, then the workers worth showing (:data:`rqdoctor.render.workers.PIPE_ROWS` at most, every
+    worker with a finding, all with ``verbose``), and a note of how many more there are."""
+    shown, rest = workers_shown(rows, row_cap(verbose, None))
+    lines = summary_lines(worker_summary(rows), prefix, verbose)
+    out = "".join(f"- {line}\n" for line in lines) + ("\n" if lines else "") + workers_table(shown, prefix)
+    return out + (f"\n_{more_line(rest)}_\n" if rest else "")
 
 
 def queues_table(rows: list[dict[str, Any]], prefix: str | None) -> str:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from rqdoctor import views as worker_view
 from rqdoctor.diagnose.findings import Finding
 from rqdoctor.model import PreflightCheck, ProbeError, TargetInfo
+from rqdoctor.render import workers
 from rqdoctor.render.fmt import duration, short_queue, value
 from rqdoctor.render.layout import TEXT, Col, Para, Records, whole
 from rqdoctor.views import fold_errors
@@ -119,6 +121,28 @@ def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> RenderableT
           duration(r["heartbeat_age_s"]), r["horse_pid"], r["supervisor_program"], ", ".join(r["findings"])]
          for r in rows],
     )
+
+
+class WorkersView:
+    """The ``rqdoctor workers`` view: the summary, the rows worth showing (as many as the console shows, see
+    :func:`rqdoctor.render.workers.row_cap`), and how many more there are."""
+
+    def __init__(self, rows: list[dict[str, Any]], prefix: str | None, verbose: bool) -> None:
+        self.rows, self.prefix, self.verbose = rows, prefix, verbose
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        cap = workers.row_cap(self.verbose, console.height if console.is_terminal else None)
+        shown, rest = worker_view.workers_shown(self.rows, cap)
+        lines = workers.summary_lines(worker_view.worker_summary(self.rows), self.prefix, self.verbose)
+        yield from (Para(line, indent=0 if n == 0 else 2, hang=4) for n, line in enumerate(lines))
+        yield workers_table(shown, self.prefix)
+        if rest:
+            yield Para(Text(workers.more_line(rest), style="dim"), hang=2)
+
+
+def workers_view(rows: list[dict[str, Any]], prefix: str | None, verbose: bool = False) -> RenderableType:
+    """The ``rqdoctor workers`` view (``verbose``: every worker)."""
+    return WorkersView(rows, prefix, verbose)
 
 
 QUEUE_COLUMNS = [Col("queue"), Col("queued", justify="right"), Col("oldest", justify="right"),
