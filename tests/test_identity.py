@@ -338,3 +338,18 @@ def test_rqd201_fires_recorded_incident_worker_pid_now_a_stranger() -> None:
     assert finding.pid is None and "runs: /usr/bin/python3 backup.py" in finding.evidence[0]
     assert not [f for f in diagnosis.findings if f.pid in (worker_pid, 18583)]
     assert not [c for c in kill_commands(diagnosis.findings) if str(worker_pid) in c or "18583" in c]
+
+
+def test_rqd108_near_miss_horse_caught_before_it_became_a_process_group() -> None:
+    # GIVEN a forking worker whose horse was read between fork() and setsid(): same argv, the worker's group
+    snap = busy_bench(running=600, timeout=3000)
+    horse = next(p for p in snap.processes if p.pid == 101)
+    worker_process = next(p for p in snap.processes if p.pid == horse.ppid)
+    horse.pgid, horse.sid = worker_process.pgid, worker_process.sid
+    horse.cmdline = list(worker_process.cmdline)
+    horse.worker_like = True
+    diagnosis = diagnose(snap)
+    # THEN it is not taken for a SimpleWorker running its job in the worker (no TERM advice for the worker)
+    assert diagnosis.links.workers[0].kind == "fork"
+    assert not [f for f in diagnosis.findings if f.code == "RQD108"]
+    assert not [c for f in diagnosis.findings for c in f.commands if c == f"kill -TERM {worker_process.pid}"]

@@ -140,8 +140,20 @@ def test_redact_argv_masks_option_values_and_urls() -> None:
 # --- a hand-made worker → horse → sleep tree -------------------------------------------------------
 
 
+def _counting_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the waits the process probe makes (its CPU window): one per call, whatever the process count."""
+    import rqdoctor.probes.processes as probe
+
+    waits: list[float] = []
+    real = time.sleep
+    monkeypatch.setattr(probe, "time", type("T", (), {"sleep": staticmethod(lambda s: (waits.append(s), real(s))),
+                                                      "monotonic": staticmethod(time.monotonic)}))
+    return waits
+
+
 @pytest.mark.integration
-def test_fake_worker_tree() -> None:
+def test_fake_worker_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits = _counting_sleeps(monkeypatch)
     with fake_tree() as tree:
         errors: list[ProbeError] = []
         started = time.monotonic()
@@ -160,7 +172,7 @@ def test_fake_worker_tree() -> None:
         assert horse.cpu_percent is not None and horse.cpu_percent > 20
         assert horse.cpu_time is not None and horse.cpu_time > 0
         assert worker.cpu_percent is not None and worker.cpu_percent < 20
-        assert 0.3 <= elapsed < 2.0  # one shared window, not one per process
+        assert len(waits) == 1 and waits[0] <= 0.3 and elapsed >= 0.3  # one shared window, not one per process
 
         assert worker.supervisor_program == horse.supervisor_program == "bench-frappe-short-worker-0"
         assert worker.cwd == os.getcwd() and worker.username and worker.rss and worker.num_threads == 1
@@ -213,7 +225,8 @@ def test_reused_pid_is_collected_but_not_expanded(born_ago: float) -> None:
 
 
 @pytest.mark.integration
-def test_a_hundred_descendants_stay_fast() -> None:
+def test_a_hundred_descendants_stay_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits = _counting_sleeps(monkeypatch)
     code = "import subprocess, time\nkids = [subprocess.Popen(['sleep', '60']) for _ in range(100)]\ntime.sleep(60)"
     parent = subprocess.Popen([sys.executable, "-c", code, "rq", "worker", "q"], start_new_session=True)
     try:
@@ -228,7 +241,8 @@ def test_a_hundred_descendants_stay_fast() -> None:
         _signal_group(parent.pid)
         parent.wait(timeout=10)
     assert sum(1 for p in infos if p.ppid == parent.pid) == 100
-    assert elapsed < 1.5
+    assert len(waits) == 1  # one CPU window for all 101 processes
+    assert elapsed < 10  # a loose bound for a loaded 2-core machine; benchmarks/ holds the real figures
 
 
 # --- vanishing processes ---------------------------------------------------------------------------------

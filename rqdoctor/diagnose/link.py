@@ -55,6 +55,9 @@ class WorkerLink:
     claimed: ProcessInfo | None = None
     """The local process holding the hash's pid when it is not this worker: an unrelated or newer process,
     a zombie, or a newer worker (``pid taken``)."""
+    forking: bool = False
+    """A live child runs the worker's own argv: a fork (a horse not yet its own process group), so the job
+    does not run in the worker even when no horse is found."""
 
 
 @dataclass
@@ -245,11 +248,15 @@ def _attach_horse(wl: WorkerLink, tree: _Tree) -> None:
     wl.pool_parent = parent if parent is not None and parent.worker_like else None
     own_title = parse_title(p)
     forked = own_title is not None and own_title[1] in _FORKED
+    # A fork caught before it made itself a process group still runs the worker's argv: a horse, not a job
+    # of a SimpleWorker (whose children are the job's own programs).
+    # (An idle worker's worker-like child is its scheduler; a busy one's could be too: then no verdict at all.)
+    wl.forking = bool(_current_jobs(wl.worker)) and any(c.worker_like and alive(c) for c in tree.kids.get(p.pid, []))
     if forked and wl.horse is None and _current_jobs(wl.worker):
         wl.problems.append("horse missing: the worker's title says it forked, but no work-horse child was found")
     if wl.pool_parent is not None:
         wl.kind = "pool"
-    elif wl.horse is not None or forked:
+    elif wl.horse is not None or forked or wl.forking:
         wl.kind = "fork"
     elif _runs_in_process(wl):
         wl.kind = "simple"
@@ -257,7 +264,8 @@ def _attach_horse(wl: WorkerLink, tree: _Tree) -> None:
 
 def _runs_in_process(wl: WorkerLink) -> bool:
     """A busy worker with a current job, no horse, and no title saying it forked or idles runs the job itself."""
-    if wl.process is None or wl.horse is not None or wl.worker.state != "busy" or not _current_jobs(wl.worker):
+    if wl.process is None or wl.horse is not None or wl.forking or wl.worker.state != "busy" \
+            or not _current_jobs(wl.worker):
         return False
     own_title = parse_title(wl.process)
     return own_title is None or own_title[1] not in (*_FORKED, "Listening")
