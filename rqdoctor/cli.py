@@ -16,6 +16,7 @@ import typer
 from rqdoctor import __version__
 from rqdoctor.commands import demo, hangs, locks, preflight, queues, stack, target, workers
 from rqdoctor.commands.common import EXIT_CANNOT_DIAGNOSE
+from rqdoctor.deadline import start_at_process_start
 from rqdoctor.errors import RqdoctorError
 
 app = typer.Typer(
@@ -52,7 +53,8 @@ app.command("demo")(demo.command)
 
 
 def main() -> None:
-    """Console entry point: run the app, turning known failures into one line and exit 2."""
+    """Console entry point: run the app (its deadline counting from the process start), known failures as one line."""
+    start_at_process_start()
     try:
         app(standalone_mode=True)
     except RqdoctorError as exc:

@@ -111,7 +111,8 @@ def probe_groups(groups: list[list[DbTarget]], deadline: Deadline, errors: list[
     for candidates, outcome in zip(groups, outcomes, strict=True):
         dsn = candidates[-1].redacted()
         if outcome is None:
-            errors.append(ProbeError(PROBE, "timeout", f"{dsn}: no answer within the {deadline.seconds:g}s deadline",
+            errors.append(ProbeError(PROBE, "timeout",
+                                     f"{dsn}: no complete reply within the {deadline.seconds:g} s deadline",
                                      "the server accepts connections but does not answer: is it overloaded or hung? "
                                      "Raise --timeout to wait longer", subject=dsn))
             continue
