@@ -41,14 +41,19 @@ class Check:
 
 
 def run_checks(target: Target, deadline: Deadline) -> list[Check]:
-    """Every check, in report order; a check that raises becomes a failed line, never an exception."""
+    """Every check, in report order; a check that raises becomes a failed line, never an exception.
+
+    Redis and the databases are checked in the background meanwhile, each bounded by the deadline.
+    """
+    redis = Background(lambda: [check_redis(target, deadline)], "rqdoctor-redis-check")
+    databases = Background(lambda: check_databases(target, deadline), "rqdoctor-db-check")
     steps: list[tuple[str, Callable[[], Iterable[Check]]]] = [
         ("py-spy", lambda: [check_py_spy(deadline)]),
         ("ptrace", lambda: [check_ptrace()]),
         ("interpreters", lambda: check_interpreters(py_spy_version(deadline))),
         ("bench", lambda: [check_bench(target)]),
-        ("redis", lambda: [check_redis(target, deadline)]),
-        ("databases", lambda: check_databases(target, deadline)),
+        ("redis", lambda: redis.result(deadline.remaining() + 2 * JOIN_GRACE_S)),
+        ("databases", lambda: databases.result(deadline.remaining() + 2 * JOIN_GRACE_S)),
     ]
     out: list[Check] = []
     for name, step in steps:
