@@ -1,4 +1,4 @@
-"""Run the benchmarks and print their tables: ``python -m benchmarks [--quick] [--only redis|hangs]``.
+"""Run the benchmarks and print their tables: ``python -m benchmarks [--quick] [--only redis|hangs|deadline]``.
 
 Every figure is measured side by side with its comparison in the same run, on this machine,
 right now; ratios matter more than absolute times on a shared, noisy host.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from benchmarks import hangs, workers_queues
+from benchmarks import deadline, hangs, workers_queues
 from benchmarks.workers_queues import Size
 from rqdoctor import __version__
 from rqdoctor.probes.stacks import find_py_spy
@@ -28,7 +28,7 @@ from tests.harness.venvs import RQ_FLAVOURS, venv_python
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (a smoke run)")
-    parser.add_argument("--only", choices=("redis", "hangs"), help="run one benchmark")
+    parser.add_argument("--only", choices=("redis", "hangs", "deadline"), help="run one benchmark")
     parser.add_argument("--flavour", default="rq26", choices=sorted(RQ_FLAVOURS),
                         help="rq venv of the harness for workers and `rq info` (default rq26)")
     parser.add_argument("--repeats", type=int, help="timed rounds per figure (default 5, --quick 1)")
@@ -45,6 +45,9 @@ def main() -> None:
         counts = [4, 16] if args.quick else [16, 64]
         print(f"\n## hangs: {' and '.join(map(str, counts))} hung workers\n", flush=True)
         print(hangs.run(counts, args.flavour, repeats), flush=True)
+    if args.only in (None, "deadline"):
+        print("\n## deadline: every command against Redis, MariaDB and PostgreSQL tarpits\n", flush=True)
+        print(deadline.run(args.repeats or 1), flush=True)
     print(f"\ntotal {time.monotonic() - started:.0f}s")
 
 

@@ -34,6 +34,8 @@ class CollectOptions:
     root_db: bool = True
     """Try the privileged database routes (:mod:`rqdoctor.dbroutes`) before the site accounts."""
     redis: bool = True
+    since_process_start: bool = True
+    """Count ``timeout`` from the process start; False: from the call (``demo``, whose set-up comes first)."""
 
 
 def collect(target: Target, options: CollectOptions) -> Snapshot:
@@ -44,7 +46,8 @@ def collect(target: Target, options: CollectOptions) -> Snapshot:
     the databases are read in daemon threads, so a peer that answers a byte a second is abandoned
     at the deadline, with an error entry saying so, while the rest of the report goes on.
     """
-    deadline = Deadline.for_run(options.timeout).for_probes()
+    run = Deadline.for_run(options.timeout) if options.since_process_start else Deadline(options.timeout)
+    deadline = run.for_probes()
     snapshot = Snapshot(host=socket.gethostname(), generated_at=time.time(), target=target.info(),
                         rqdoctor_version=__version__)
     with progress.status() as show:

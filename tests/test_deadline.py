@@ -24,7 +24,10 @@ import psutil
 import pytest
 
 from rqdoctor import deadline as deadline_module
+from rqdoctor.config import DbTarget
 from rqdoctor.deadline import Background, Deadline, process_age, start_at_process_start
+from rqdoctor.model import ProbeError
+from rqdoctor.probes.database import probe_groups
 from tests.harness.tarpits import KINDS, Tarpit
 from tests.test_cli_errors import SCRIPT, Run, clean_env, margin, write_bench
 
@@ -66,6 +69,14 @@ def test_background_result_error_and_abandon() -> None:
     with pytest.raises(TimeoutError):
         Background(lambda: time.sleep(30)).result(0.2)
     assert time.monotonic() - started < 2
+
+
+def test_a_database_left_no_time_is_reported_not_skipped() -> None:
+    target = DbTarget(kind="mariadb", port=1, user="u", source="--db-url")
+    errors: list[ProbeError] = []
+    state = probe_groups([[target]], Deadline(0), errors)
+    assert state.servers == [] and [(e.kind, e.subject) for e in errors] == [("timeout", target.redacted())]
+    assert "no time left before the 0 s deadline" in errors[0].message
 
 
 # --- the CLI against tarpits -------------------------------------------------------------------------------------
