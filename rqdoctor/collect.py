@@ -12,7 +12,7 @@ from rqdoctor.config import Target
 from rqdoctor.deadline import JOIN_GRACE_S, Background, Deadline
 from rqdoctor.diagnose.link import link
 from rqdoctor.errors import ProbeFailure, RqdoctorError
-from rqdoctor.model import DatabaseState, ProbeError, RedisState, Snapshot
+from rqdoctor.model import DatabaseState, ProbeError, ProcessInfo, RedisState, Snapshot
 from rqdoctor.redact import redact_text, redact_url
 
 
@@ -59,7 +59,7 @@ def collect(target: Target, options: CollectOptions) -> Snapshot:
             _guard(snapshot.errors, "redis", lambda: _redis(target, deadline, snapshot))
         if options.processes:
             show("reading the processes…")
-            _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options.stack_pids))
+            _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options.stack_pids, deadline))
         if options.stacks:
             _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline, show))
         if database is not None:
@@ -89,11 +89,23 @@ def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
     snapshot.errors.extend(errors)
 
 
-def _processes(snapshot: Snapshot, extra_pids: list[int]) -> None:
+def _processes(snapshot: Snapshot, extra_pids: list[int], deadline: Deadline) -> None:
+    """The local processes, in a daemon thread abandoned at the deadline (a busy host has thousands)."""
     from rqdoctor.probes.processes import probe_processes
 
     workers = snapshot.redis.workers if snapshot.redis else []
-    snapshot.processes = probe_processes(workers, snapshot.host, snapshot.errors, extra_pids=extra_pids)
+
+    def read() -> tuple[list[ProcessInfo], list[ProbeError]]:
+        errors: list[ProbeError] = []
+        return probe_processes(workers, snapshot.host, errors, extra_pids=extra_pids), errors
+
+    try:
+        snapshot.processes, errors = Background(read, "rqdoctor-processes").result(deadline.remaining() + JOIN_GRACE_S)
+    except TimeoutError:
+        raise ProbeFailure("processes", "timeout", f"local processes not all read within the {deadline.seconds:g} s "
+                           "deadline: no process is tied to a worker or a database session",
+                           "raise --timeout (a busy host, or Redis answered late)") from None
+    snapshot.errors.extend(errors)
 
 
 def _stacks(snapshot: Snapshot, options: CollectOptions, deadline: Deadline, show: progress.Show) -> None:
