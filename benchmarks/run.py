@@ -1,4 +1,6 @@
-"""Run the benchmarks and print their tables: ``python -m benchmarks [--quick] [--only redis|workers|hangs|startup]``.
+"""Run the benchmarks and print their tables: ``python -m benchmarks [--quick] [--only NAME]``.
+
+NAME is one of redis, workers, hangs, startup, deadline.
 
 Every figure is measured side by side with its comparison in the same run, on this machine,
 right now; ratios matter more than absolute times on a shared, noisy host.
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from benchmarks import hangs, startup, workers_queues
+from benchmarks import deadline, hangs, startup, workers_queues
 from benchmarks.workers_queues import Size
 from rqdoctor import __version__
 from rqdoctor.probes.stacks import find_py_spy
@@ -28,7 +30,8 @@ from tests.harness.venvs import RQ_FLAVOURS, venv_python
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (a smoke run)")
-    parser.add_argument("--only", choices=("redis", "workers", "hangs", "startup"), help="run one benchmark")
+    parser.add_argument("--only", choices=("redis", "workers", "hangs", "startup", "deadline"),
+                        help="run one benchmark")
     parser.add_argument("--flavour", default="rq26", choices=sorted(RQ_FLAVOURS),
                         help="rq venv of the harness for workers and `rq info` (default rq26)")
     parser.add_argument("--repeats", type=int, help="timed rounds per figure (default 5, --quick 1)")
@@ -52,6 +55,9 @@ def main() -> None:
     if args.only in (None, "startup"):
         print(f"\n## start-up: rqdoctor beside rq, median of {repeats * 2} runs\n", flush=True)
         print(startup.run(args.flavour, repeats * 2), flush=True)
+    if args.only in (None, "deadline"):
+        print("\n## deadline: every command against Redis, MariaDB and PostgreSQL tarpits\n", flush=True)
+        print(deadline.run(args.repeats or 1), flush=True)
     print(f"\ntotal {time.monotonic() - started:.0f}s")
 
 

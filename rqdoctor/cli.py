@@ -18,6 +18,7 @@ from typer import _click
 from typer.core import TyperCommand, TyperGroup
 
 from rqdoctor import __version__
+from rqdoctor.deadline import start_at_process_start
 from rqdoctor.errors import RqdoctorError
 
 EXIT_CANNOT_DIAGNOSE = 2
@@ -94,7 +95,8 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point: run the app, turning known failures into one line and exit 2."""
+    """Console entry point: run the app (its deadline counting from the process start), known failures as one line."""
+    start_at_process_start()
     try:
         app(standalone_mode=True)
     except RqdoctorError as exc:

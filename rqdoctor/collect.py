@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rqdoctor import __version__
+from rqdoctor import __version__, progress
 from rqdoctor.config import Target
-from rqdoctor.deadline import Deadline
+from rqdoctor.deadline import JOIN_GRACE_S, Background, Deadline
 from rqdoctor.diagnose.link import link
 from rqdoctor.errors import ProbeFailure, RqdoctorError
-from rqdoctor.model import DatabaseState, ProbeError, Snapshot
-from rqdoctor.redact import redact_text
+from rqdoctor.model import DatabaseState, ProbeError, ProcessInfo, RedisState, Snapshot
+from rqdoctor.redact import redact_text, redact_url
 
 
 @dataclass
@@ -35,81 +34,89 @@ class CollectOptions:
     root_db: bool = True
     """Try the privileged database routes (:mod:`rqdoctor.dbroutes`) before the site accounts."""
     redis: bool = True
+    since_process_start: bool = True
+    """Count ``timeout`` from the process start; False: from the call (``demo``, whose set-up comes first)."""
 
 
 def collect(target: Target, options: CollectOptions) -> Snapshot:
-    """Gather every requested fact; probe failures become ``snapshot.errors``, never exceptions."""
-    deadline = Deadline(options.timeout)
+    """Gather every requested fact by the deadline; probe failures become ``snapshot.errors``, never exceptions.
+
+    The deadline counts from the process start (:meth:`Deadline.for_run`); the probes stop
+    :data:`~rqdoctor.deadline.REPORT_RESERVE_S` before it, leaving that for the report. Redis and
+    the databases are read in daemon threads, so a peer that answers a byte a second is abandoned
+    at the deadline, with an error entry saying so, while the rest of the report goes on.
+    """
+    run = Deadline.for_run(options.timeout) if options.since_process_start else Deadline(options.timeout)
+    deadline = run.for_probes()
     snapshot = Snapshot(host=socket.gethostname(), generated_at=time.time(), target=target.info(),
                         rqdoctor_version=__version__)
-    database = None
-    if options.database:
-        database = Background(lambda: _database(target, options.root_db, deadline, snapshot.errors))
-    if options.redis:
-        _redis(target, deadline, snapshot)
-    if options.processes:
-        _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options.stack_pids))
-    if options.stacks:
-        _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline))
-        _guard(snapshot.errors, "preflight", lambda: _preflight(snapshot, deadline))
-    if database is not None:
-        _guard(snapshot.errors, "database", lambda: _join_database(snapshot, database, deadline))
+    with progress.status() as show:
+        database = None
+        if options.database:
+            database = Background(lambda: _database(target, options.root_db, deadline), "rqdoctor-db")
+        if options.redis:
+            show("reading Redis…")
+            _guard(snapshot.errors, "redis", lambda: _redis(target, deadline, snapshot))
+        if options.processes:
+            show("reading the processes…")
+            _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options.stack_pids, deadline))
+        if options.stacks:
+            _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline, show))
+            _guard(snapshot.errors, "preflight", lambda: _preflight(snapshot, deadline))
+        if database is not None:
+            show("reading the databases…")
+            _guard(snapshot.errors, "database", lambda: _join_database(snapshot, database, deadline))
     return snapshot
 
 
-class Background:
-    """One probe in a daemon thread: neither Ctrl-C nor the end of the run waits for it."""
-
-    def __init__(self, work: Callable[[], DatabaseState]) -> None:
-        self._result: DatabaseState | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(work,), name="rqdoctor-db", daemon=True)
-        self._thread.start()
-
-    def _run(self, work: Callable[[], DatabaseState]) -> None:
-        try:
-            self._result = work()
-        except BaseException as exc:  # handed to the caller in result()
-            self._error = exc
-
-    def result(self, timeout: float) -> DatabaseState:
-        """The probe's result, its exception, or TimeoutError when it is still running."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-
 def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
+    """Read Redis in a daemon thread; a server that has not answered completely by the deadline is abandoned."""
     from rqdoctor.probes.redis_rq import connect, read_rq_state
 
-    def read() -> None:
+    def read() -> tuple[RedisState, list[ProbeError]]:
+        errors: list[ProbeError] = []
         client = connect(target.redis_url, deadline.timeout())
         try:
-            snapshot.redis = read_rq_state(client, target.queue_filter, snapshot.errors)
+            return read_rq_state(client, target.queue_filter, errors), errors
         finally:
             client.close()
 
-    _guard(snapshot.errors, "redis", read)
+    try:
+        snapshot.redis, errors = Background(read, "rqdoctor-redis").result(deadline.remaining() + JOIN_GRACE_S)
+    except TimeoutError:
+        raise ProbeFailure("redis", "timeout", f"Redis at {redact_url(target.redis_url)}: no complete reply within the "
+                           f"{deadline.seconds:g} s deadline", "the server accepts connections but answers too "
+                           "slowly or not at all: is it overloaded or hung? Raise --timeout to wait longer") from None
+    snapshot.errors.extend(errors)
 
 
-def _processes(snapshot: Snapshot, extra_pids: list[int]) -> None:
+def _processes(snapshot: Snapshot, extra_pids: list[int], deadline: Deadline) -> None:
+    """The local processes, in a daemon thread abandoned at the deadline (a busy host has thousands)."""
     from rqdoctor.probes.processes import probe_processes
 
     workers = snapshot.redis.workers if snapshot.redis else []
-    snapshot.processes = probe_processes(workers, snapshot.host, snapshot.errors, extra_pids=extra_pids)
+
+    def read() -> tuple[list[ProcessInfo], list[ProbeError]]:
+        errors: list[ProbeError] = []
+        return probe_processes(workers, snapshot.host, errors, extra_pids=extra_pids), errors
+
+    try:
+        snapshot.processes, errors = Background(read, "rqdoctor-processes").result(deadline.remaining() + JOIN_GRACE_S)
+    except TimeoutError:
+        raise ProbeFailure("processes", "timeout", f"local processes not all read within the {deadline.seconds:g} s "
+                           "deadline: no process is tied to a worker or a database session",
+                           "raise --timeout (a busy host, or Redis answered late)") from None
+    snapshot.errors.extend(errors)
 
 
-def _stacks(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> None:
+def _stacks(snapshot: Snapshot, options: CollectOptions, deadline: Deadline, show: progress.Show) -> None:
     from rqdoctor.probes.processes import recheck_gone
     from rqdoctor.probes.stacks import probe_stacks
 
     pids = list(dict.fromkeys([*stack_targets(snapshot), *options.stack_pids]))
     if not pids:
         return
+    show(f"sampling the stacks of {len(pids)} process{'es' if len(pids) > 1 else ''}…")
     stacks, errors = probe_stacks(pids, deadline, samples=options.samples, interval=options.interval,
                                   blocking=options.blocking, native=options.native, with_locals=options.with_locals)
     snapshot.stacks = stacks
@@ -137,18 +144,21 @@ def stack_targets(snapshot: Snapshot) -> list[int]:
     return list(dict.fromkeys(pids))
 
 
-def _database(target: Target, root_db: bool, deadline: Deadline, errors: list[ProbeError]) -> DatabaseState:
+def _database(target: Target, root_db: bool, deadline: Deadline) -> tuple[DatabaseState, list[ProbeError]]:
     from rqdoctor import dbroutes
     from rqdoctor.probes.database import probe_groups
 
+    errors: list[ProbeError] = []
     allow = not dbroutes.disabled(not root_db, target.env)
-    return probe_groups(dbroutes.plan(target, allow), deadline, errors, dbroutes.scope(target))
+    return probe_groups(dbroutes.plan(target, allow), deadline, errors, dbroutes.scope(target)), errors
 
 
-def _join_database(snapshot: Snapshot, database: Background, deadline: Deadline) -> None:
+def _join_database(snapshot: Snapshot, database: Background[tuple[DatabaseState, list[ProbeError]]],
+                   deadline: Deadline) -> None:
     from rqdoctor.probes.database import client_processes
 
-    snapshot.database = database.result(timeout=deadline.timeout() + 1.0)
+    snapshot.database, errors = database.result(deadline.remaining() + JOIN_GRACE_S)
+    snapshot.errors.extend(errors)
     known = {p.pid for p in snapshot.processes}
     wanted = {s.client_pid for s in snapshot.database.sessions if s.client_pid and s.client_pid not in known}
     snapshot.processes.extend(client_processes(sorted(wanted)))

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 
 from rqdoctor.config import DbTarget, Target
-from rqdoctor.deadline import Deadline
+from rqdoctor.deadline import JOIN_GRACE_S, Background, Deadline
 from rqdoctor.model import PreflightCheck as Check
 from rqdoctor.model import ProcessStacks
 from rqdoctor.probes.processes import is_worker_argv
@@ -31,14 +31,19 @@ _PYTHON_IN_PATH = re.compile(r"python(3\.\d+)")
 
 
 def run_checks(target: Target, deadline: Deadline) -> list[Check]:
-    """Every check, in report order; a check that raises becomes a failed line, never an exception."""
+    """Every check, in report order; a check that raises becomes a failed line, never an exception.
+
+    Redis and the databases are checked in the background meanwhile, each bounded by the deadline.
+    """
+    redis = Background(lambda: [check_redis(target, deadline)], "rqdoctor-redis-check")
+    databases = Background(lambda: check_databases(target, deadline), "rqdoctor-db-check")
     steps: list[tuple[str, Callable[[], Iterable[Check]]]] = [
         ("py-spy", lambda: [check_py_spy(deadline)]),
         ("ptrace", lambda: [check_ptrace()]),
         ("interpreters", lambda: check_interpreters(py_spy_version(deadline))),
         ("bench", lambda: [check_bench(target)]),
-        ("redis", lambda: [check_redis(target, deadline)]),
-        ("databases", lambda: check_databases(target, deadline)),
+        ("redis", lambda: redis.result(deadline.remaining() + 2 * JOIN_GRACE_S)),
+        ("databases", lambda: databases.result(deadline.remaining() + 2 * JOIN_GRACE_S)),
     ]
     out: list[Check] = []
     for name, step in steps:
@@ -209,23 +214,36 @@ def check_bench(target: Target) -> Check:
 
 
 def check_redis(target: Target, deadline: Deadline) -> Check:
-    """RQ's Redis answers."""
-    from rqdoctor.errors import RqdoctorError
-    from rqdoctor.probes.redis_rq import connect
+    """RQ's Redis answers (by the deadline, whatever the server does)."""
     from rqdoctor.redact import redact_url
 
-    url = redact_url(target.redis_url)
+    url = f"{redact_url(target.redis_url)} (from {target.redis_url_source})"
+    return _await(Background(lambda: _redis_check(target, deadline, url), "rqdoctor-redis"), deadline, "redis", url)
+
+
+def _await(work: Background[Check], deadline: Deadline, name: str, what: str) -> Check:
+    """The line of a check running in a daemon thread; a failed line when it has not finished by the deadline."""
+    try:
+        return work.result(deadline.remaining() + JOIN_GRACE_S)
+    except TimeoutError:
+        return Check(name, FAIL, f"{what}: no complete reply within the {deadline.seconds:g} s deadline",
+                     ["is the server overloaded or hung? Raise --timeout to wait longer"])
+
+
+def _redis_check(target: Target, deadline: Deadline, url: str) -> Check:
+    from rqdoctor.errors import RqdoctorError
+    from rqdoctor.probes.redis_rq import connect
+
     try:
         client = connect(target.redis_url, deadline.timeout(cap=5.0))
     except RqdoctorError as exc:
-        return Check("redis", FAIL, f"{url} (from {target.redis_url_source}): {exc.message}",
-                     [exc.hint] if exc.hint else [])
+        return Check("redis", FAIL, f"{url}: {exc.message}", [exc.hint] if exc.hint else [])
     try:
         version = client.info("server").get("redis_version", "?")
         workers = client.scard("rq:workers")
     finally:
         client.close()
-    return Check("redis", OK, f"{url} (from {target.redis_url_source}): Redis {version}, {workers} RQ worker(s)")
+    return Check("redis", OK, f"{url}: Redis {version}, {workers} RQ worker(s)")
 
 
 def check_databases(target: Target, deadline: Deadline) -> list[Check]:
@@ -234,7 +252,10 @@ def check_databases(target: Target, deadline: Deadline) -> list[Check]:
 
     if not target.db_targets:
         return [Check("databases", WARN, "no database configured (no bench sites, no --db-url)")]
-    return [_check_server(group, deadline) for group in server_groups(target.db_targets)]
+    groups = server_groups(target.db_targets)
+    checks = [Background(lambda g=g: _check_server(g, deadline), "rqdoctor-db") for g in groups]  # all at once
+    return [_await(check, deadline, "databases", group[-1].redacted())
+            for check, group in zip(checks, groups, strict=True)]
 
 
 def _check_server(candidates: list[DbTarget], deadline: Deadline) -> Check:

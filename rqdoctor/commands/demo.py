@@ -91,7 +91,8 @@ def _report(demo: Demo, fmt: Format, timeout: float, verbose: bool) -> None:
     """The ``hangs`` pipeline on the demo's private Redis DB and database, limited to its own processes."""
     target = discover(redis_url=demo.redis_url, all_queues=True, env={}, cwd=Path("/"), scan_processes=False)
     target.db_targets = demo.db_targets()
-    options = CollectOptions(timeout=timeout, stacks=True, database=bool(target.db_targets))
+    options = CollectOptions(timeout=timeout, stacks=True, database=bool(target.db_targets),
+                             since_process_start=False)
     snapshot = collect(target, options)
     _scope(snapshot, demo.pids())
     diagnosis = diagnose(snapshot, min_age_s=0)

@@ -26,7 +26,8 @@ Bench = Annotated[Path | None, typer.Option(
     "several such benches: rqdoctor lists them and asks for --bench.")]
 AllQueues = Annotated[bool, typer.Option("--all-queues", help="Show every queue, not only this bench's.")]
 Timeout = Annotated[float, typer.Option(
-    "--timeout", min=1.0, max=600.0, help="Overall deadline in seconds; every probe fits inside it.")]
+    "--timeout", min=1.0, max=600.0, help="Deadline of the whole run in seconds, counted from rqdoctor's start: "
+    "every connection, query and py-spy run ends by then; what could not be read in time is reported as such.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")]
 FromFile = Annotated[Path | None, typer.Option(

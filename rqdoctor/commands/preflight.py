@@ -20,7 +20,7 @@ from rqdoctor.render import text
 def command(redis_url: RedisUrl = None, bench: Bench = None, db_url: DbUrl = None, timeout: Timeout = 15.0,
             fmt: FormatOpt = Format.text) -> None:
     """Check py-spy, ptrace permission, the workers' Python versions, the bench, Redis and the databases."""
-    deadline = Deadline(timeout)
+    deadline = Deadline.for_run(timeout).for_probes()
     target = discover(redis_url=redis_url, bench=str(bench) if bench else None, db_urls=db_url)
     checks = run_checks(target, deadline)
     if fmt is Format.json:

@@ -95,7 +95,8 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
     if fatal is not None and pid is None:
         raise fatal  # a job id cannot be looked up without Redis
     if not rows and pid is not None:
-        if not any(p.pid == pid for p in snapshot.processes) and not any(
+        unread = any(e.probe == "processes" and e.kind == "timeout" for e in snapshot.errors)  # cut off: unknown
+        if not unread and not any(p.pid == pid for p in snapshot.processes) and not any(
                 s.pid == pid and s.samples for s in snapshot.stacks):
             raise RqdoctorError(f"no process {pid} on this host ({snapshot.host})",
                                 "list running jobs and their pids with `rqdoctor hangs`")

@@ -31,6 +31,7 @@ QUERY_FETCH = 2000
 QUERY_CHARS = 500
 DRIVER_SHARE = 0.9
 """Driver timeouts use this share of the time left, so their precise error beats the hard cut-off."""
+TIMEOUT_HINT = "Raise --timeout to wait longer"
 _MODULES = {"mariadb": "rqdoctor.probes.db_mariadb", "postgres": "rqdoctor.probes.db_postgres"}
 _MYSQL_CLIENTS = {"mysql", "mariadb", "mysqldump", "mariadb-dump", "mysqladmin", "mariadb-admin"}
 LIMITED_HINT = {
@@ -111,9 +112,10 @@ def probe_groups(groups: list[list[DbTarget]], deadline: Deadline, errors: list[
     for candidates, outcome in zip(groups, outcomes, strict=True):
         dsn = candidates[-1].redacted()
         if outcome is None:
-            errors.append(ProbeError(PROBE, "timeout", f"{dsn}: no answer within the {deadline.seconds:g}s deadline",
+            errors.append(ProbeError(PROBE, "timeout",
+                                     f"{dsn}: no complete reply within the {deadline.seconds:g} s deadline",
                                      "the server accepts connections but does not answer: is it overloaded or hung? "
-                                     "Raise --timeout to wait longer", subject=dsn))
+                                     + TIMEOUT_HINT, subject=dsn))
             continue
         view, problems, tried = outcome
         errors.extend(problems)
@@ -192,6 +194,10 @@ def _probe_server(candidates: list[DbTarget], deadline: Deadline) -> Outcome:
     fallback: ServerView | None = None
     for target in candidates:
         if deadline.expired():
+            if fallback is None and not problems:
+                dsn = candidates[-1].redacted()
+                problems.append(ProbeError(PROBE, "timeout", f"{dsn}: not read, no time left before the "
+                                           f"{deadline.seconds:g} s deadline", TIMEOUT_HINT, subject=dsn))
             break
         privileged = is_privileged_route(target)
         try:
