@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -129,13 +130,17 @@ def test_assemble_leaves_out_threads_not_alive_at_a_reading() -> None:
     lines = _recorded("alternate")
     main = next(t for t in lines if t.name == "MainThread")
     late = next(t for t in lines if t.name == "late")
+    both = {main.os_thread_id: ThreadFacts("S"), late.os_thread_id: ThreadFacts("S")}
     only_main = {main.os_thread_id: ThreadFacts("S")}
-    before = _reading(late.times[0] - 50_000, 0.0, only_main)  # before py-spy's first sample, beyond the lead
+    first = min(main.times[0], late.times[0])
+    early = _reading(first - 50_000, 0.0, both)  # py-spy's first sample came after the next reading
+    before = _reading(first - 10_000, 0.0, both)  # ... and before the one after: it stands for this reading
     ended = _reading(main.times[2] + 100, 0.0, only_main)  # late's tid no longer in /proc/PID/task
     after = _reading(main.times[-1] + 100, 0.0, only_main)  # py-spy had stopped
-    samples = assemble(8815, [before, ended, after], lines, START, lead=0.01)
-    assert len(samples) == 1, "readings with no stack are dropped"
-    assert [t.name for t in samples[0].threads] == ["MainThread"]
+    samples = assemble(8815, [early, before, ended, after], lines, START, lead=0.01)
+    assert [s.taken_at for s in samples] == [before.taken_at, ended.taken_at], "readings with no stack are dropped"
+    assert sorted(t.name for t in samples[0].threads) == ["MainThread", "late"]
+    assert [t.name for t in samples[1].threads] == ["MainThread"]
 
 
 @pytest.mark.parametrize(("state", "top", "active"), [
@@ -317,3 +322,13 @@ def test_failing_record_is_classified_from_its_stderr(tmp_path: Path, monkeypatc
     assert result.error is errors[0] and [e.kind for e in errors] == ["permission"]
     assert "CAP_SYS_PTRACE" in errors[0].hint
     assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "py-spy"]
+
+
+def test_py_spy_time_zero_from_when_its_output_arrived() -> None:
+    """py-spy counts from its own start, some time after the exec: its closing events date its output."""
+    lines = _recorded("alternate")
+    end = max(t.times[-1] for t in lines)
+    rec = SimpleNamespace(started_at=START, output_at=START + 0.040 + end / 1e6)
+    assert record._zero(rec, lines) == pytest.approx(START + 0.040)  # type: ignore[arg-type]
+    rec.output_at = None
+    assert record._zero(rec, lines) == START  # type: ignore[arg-type]

@@ -153,15 +153,16 @@ def assemble(pid: int, readings: list[Reading], timelines: list[Timeline], start
              lead: float) -> list[StackSample]:
     """One sample per reading: its counters and the stacks py-spy saw at that moment (readings with none dropped).
 
-    ``started_at`` is the wall-clock time of py-spy's 0 µs; ``lead`` how far (s) after a reading py-spy's
-    first sample may come and still stand for it.
+    ``started_at`` is the wall-clock time of py-spy's 0 µs. A reading taken before a thread's first
+    py-spy sample gets that sample if it came before the next reading (``lead`` s after the last one).
     """
     samples = []
-    for reading in readings:
+    for i, reading in enumerate(readings):
         ts = (reading.taken_at - started_at) * 1e6
+        ahead = readings[i + 1].taken_at - reading.taken_at if i + 1 < len(readings) else lead
         threads = []
         for line in timelines:
-            stack = line.at(ts, lead * 1e6)
+            stack = line.at(ts, ahead * 1e6)
             if stack is None:
                 continue
             tid = line.os_thread_id
@@ -232,12 +233,14 @@ class _Recorder:
     pid: int
     popen: subprocess.Popen[bytes]
     started_at: float
-    """Wall clock just after py-spy was started: its 0 µs."""
+    """Wall clock just after py-spy was started: no later than its 0 µs."""
     proc: psutil.Process | None
     out: bytearray = field(default_factory=bytearray)
     err: bytearray = field(default_factory=bytearray)
     open_pipes: int = 2
     ready_at: float | None = None
+    output_at: float | None = None
+    """Wall clock when py-spy's output began to arrive: just after the time of its closing events."""
     due: float = math.inf
     readings: list[Reading] = field(default_factory=list)
     stop_sent: bool = False
@@ -310,9 +313,12 @@ class _Window:
             chunk = os.read(key.fd, 65536)
             if chunk:
                 buffer += chunk
-                if rec.ready_at is None and buffer is rec.out and READY_LINE in rec.out:
-                    rec.ready_at = time.monotonic()
-                    rec.due = rec.ready_at + 1.0 / self.rate
+                if buffer is rec.out:
+                    if rec.ready_at is None and READY_LINE in rec.out:
+                        rec.ready_at = time.monotonic()
+                        rec.due = rec.ready_at + 1.0 / self.rate
+                    if rec.output_at is None and (rec.out.startswith(b"[") or b"\n[" in rec.out):
+                        rec.output_at = time.time()
             else:
                 self.selector.unregister(key.fileobj)
                 key.fileobj.close()
@@ -379,11 +385,24 @@ def _result(rec: _Recorder, code: int | None, lead: float) -> Recording:
         timelines = parse_chrometrace(json.loads(text))
     except (ValueError, KeyError, TypeError) as exc:
         return Recording(rec.pid, failure="corrupt", detail=str(exc))
-    samples = assemble(rec.pid, rec.readings, timelines, rec.started_at, lead)
+    samples = assemble(rec.pid, rec.readings, timelines, _zero(rec, timelines), lead)
     if not samples:
         failure = "vanished" if rec.vanished else "failed"
         return Recording(rec.pid, failure=failure, stderr=stderr, detail="no stack at any reading")
     return Recording(rec.pid, samples, io_error=io_error)
+
+
+def _zero(rec: _Recorder, timelines: list[Timeline]) -> float:
+    """Wall clock of py-spy's 0 µs.
+
+    Its events count from its own start, which comes some time after the exec that
+    ``started_at`` follows (more on a loaded machine). Its closing events carry the time at which
+    it wrote its output, which arrived at ``output_at``: that gives the start to within a few ms.
+    """
+    end = max((line.times[-1] for line in timelines if line.times), default=None)
+    if rec.output_at is None or end is None:
+        return rec.started_at
+    return max(rec.started_at, rec.output_at - end / 1e6)
 
 
 def _kill(rec: _Recorder) -> None:

@@ -147,6 +147,9 @@ class _Options:
     """Lines of the source files read so far (None: unreadable)."""
     loops: dict[str, list[tuple[int, int, bool]] | None] = field(default_factory=dict)
     """Per source file: (first line, last line, is a loop) of its loops and function/class bodies."""
+    code_at: dict[tuple[str, int], str | None] = field(default_factory=dict)
+    """Redacted source line per (file, line), as frames repeat across samples and processes."""
+    loop_at: dict[tuple[str, int], list[str] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -323,10 +326,17 @@ def _take_sample(pid: int, options: _Options) -> _Result:
 def _add_source(pid: int, thread: ThreadStack, options: _Options) -> None:
     """Each frame's source line, and the loop around the innermost one."""
     for frame in thread.frames:
-        frame.code = _source_line(pid, frame, options.sources)
+        key = (frame.filename, frame.line)
+        if key not in options.code_at:
+            options.code_at[key] = _source_line(pid, frame, options.sources)
+        frame.code = options.code_at[key]
     innermost = next((f for f in thread.frames if f.code is not None), None)
     if innermost is not None:
-        innermost.loop = _loop_source(innermost, options)
+        key = (innermost.filename, innermost.line)
+        if key not in options.loop_at:
+            options.loop_at[key] = _loop_source(innermost, options)
+        loop = options.loop_at[key]
+        innermost.loop = None if loop is None else list(loop)
 
 
 def _io_counters(pid: int) -> tuple[IoCounters | None, ProbeError | None]:
