@@ -332,3 +332,17 @@ def test_py_spy_time_zero_from_when_its_output_arrived() -> None:
     assert record._zero(rec, lines) == pytest.approx(START + 0.040)  # type: ignore[arg-type]
     rec.output_at = None
     assert record._zero(rec, lines) == START  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+@needs_py_spy
+def test_a_py_spy_that_cannot_record_chrometrace_dumps_instead(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """py-spy before 0.4 has no ``--format chrometrace``: it exits 2 on the arguments, and dumps are taken."""
+    body = (f'if [ "$1" = record ]; then echo "error: invalid value \'chrometrace\' for \'--format\'" >&2; exit 2; '
+            f'fi\nexec {PY_SPY} "$@"')
+    monkeypatch.setattr(stacks, "find_py_spy", lambda: _fake(tmp_path, body))
+    with _targets(tmp_path, ("nap",)) as started:
+        (result,), errors = probe_stacks([started[0].pid], Deadline(20), samples=3, interval=0.2)
+    assert errors == [] and len(result.samples) == 3
+    assert result.samples[-1].threads[0].frames[0].code == "time.sleep(1000)"

@@ -56,6 +56,8 @@ STOP_RESERVE_S = 0.5
 """Seconds before the deadline at which sampling stops, for py-spy to write its output."""
 KILL_RESERVE_S = 0.1
 """Seconds before the deadline at which a py-spy that has not finished is killed."""
+USAGE_EXIT = 2
+"""py-spy's exit code when it rejects its arguments (``--format chrometrace`` needs py-spy 0.4)."""
 _THREAD_FRAME = re.compile(r"^thread \((0[xX][0-9a-fA-F]+|\d+)\)(?:: (.*))?$", re.DOTALL)
 _IDLE_POLLERS = ("asyncore.py", "zmq", "gevent", "tornado")
 
@@ -220,8 +222,8 @@ class Recording:
     pid: int
     samples: list[StackSample] = field(default_factory=list)
     failure: str = ""
-    """``""``, ``failed`` (py-spy exited with an error: see ``stderr``), ``corrupt``, ``timeout``, ``vanished``
-    or ``missing_tool``."""
+    """``""``, ``failed`` (py-spy exited with an error: see ``stderr``), ``usage`` (this py-spy does not know
+    these ``record`` options: older than 0.4), ``corrupt``, ``timeout``, ``vanished`` or ``missing_tool``."""
     stderr: str = ""
     detail: str = ""
     io_error: str | None = None
@@ -263,15 +265,19 @@ class _Window:
         waiting = list(pids)
         try:
             while waiting or self.running:
-                while waiting and len(self.running) < self.max_parallel:
+                if waiting and len(self.running) < self.max_parallel:
                     self._start(waiting.pop(0))
-                self._wait()
+                    self._wait(0.0)  # the first ones sample while the others start
+                else:
+                    self._wait()
                 now = time.monotonic()
                 for rec in list(self.running):
                     self._step(rec, now)
         finally:
             for rec in self.running:
                 _kill(rec)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    rec.popen.wait(timeout=1.0)
             self.selector.close()
         return self.done
 
@@ -300,14 +306,15 @@ class _Window:
             self.selector.register(pipe, selectors.EVENT_READ, (rec, buffer))
         self.running.append(rec)
 
-    def _wait(self) -> None:
+    def _wait(self, timeout: float | None = None) -> None:
         """Read whatever the recorders wrote, until the next reading is due (or something happens)."""
         if not self.running:
             return
-        left = self.deadline.remaining()
-        limits = [min(rec.due for rec in self.running) - time.monotonic(), 0.2]
-        limits += [left - reserve for reserve in (STOP_RESERVE_S, KILL_RESERVE_S) if left > reserve]
-        timeout = max(0.0, min(limits))
+        if timeout is None:
+            left = self.deadline.remaining()
+            limits = [min(rec.due for rec in self.running) - time.monotonic(), 0.2]
+            limits += [left - reserve for reserve in (STOP_RESERVE_S, KILL_RESERVE_S) if left > reserve]
+            timeout = max(0.0, min(limits))
         for key, _ in self.selector.select(timeout):
             rec, buffer = key.data
             chunk = os.read(key.fd, 65536)
@@ -336,7 +343,7 @@ class _Window:
                 rec.due = max(rec.due + self.interval, now + self.interval / 2)
         if not rec.stop_sent and left <= STOP_RESERVE_S:
             self._stop(rec)
-        if rec.popen.poll() is None and left <= KILL_RESERVE_S:
+        if left <= KILL_RESERVE_S and rec.popen.poll() is None:
             _kill(rec)
         if rec.open_pipes == 0 or (rec.killed and rec.popen.poll() is not None):
             self._finish(rec)
@@ -375,6 +382,8 @@ def _result(rec: _Recorder, code: int | None, lead: float) -> Recording:
     io_error = next((r.counters.io_error for r in rec.readings if r.counters.io_error), None)
     if rec.killed and not rec.readings:
         return Recording(rec.pid, failure="timeout", detail="py-spy did not start sampling before the deadline")
+    if code == USAGE_EXIT and rec.ready_at is None:
+        return Recording(rec.pid, failure="usage", stderr=stderr)
     if code != 0 and rec.ready_at is None:
         return Recording(rec.pid, failure="vanished" if rec.vanished else "failed", stderr=stderr)
     text = next((line for line in rec.out.splitlines() if line.startswith(b"[")), None)

@@ -217,10 +217,18 @@ def probe_stacks(
 
 def _record(pids: list[int], options: _Options, samples: int, interval: float,
             max_parallel: int) -> dict[int, _Outcome]:
-    """One py-spy recorder per pid for the whole window; source lines and lock files added afterwards."""
+    """One py-spy recorder per pid for the whole window; source lines and lock files added afterwards.
+
+    A py-spy too old to record in chrometrace format dumps instead.
+    """
     outcomes = {}
-    for pid, recording in record_window(options.exe, pids, options.deadline, samples, interval,
-                                        max_parallel).items():
+    recordings = record_window(options.exe, pids, options.deadline, samples, interval, max_parallel)
+    old = [pid for pid, recording in recordings.items() if recording.failure == "usage"]
+    if old:
+        outcomes.update(_dump_rounds(old, options, samples, interval, DUMP_PARALLEL))
+    for pid, recording in recordings.items():
+        if pid in outcomes:
+            continue
         for sample in recording.samples:
             for thread in sample.threads:
                 _add_source(pid, thread, options)
