@@ -132,9 +132,10 @@ def defaults() -> str:
     options = inspect.signature(hangs_command.command).parameters
     interval = options["interval"].default
     return (f"rqdoctor hangs defaults: --samples {options['samples'].default} --interval {interval} "
-            f"--timeout {options['timeout'].default}, non-blocking: one py-spy record per process at "
-            f"{record.sample_rate(interval)} Hz for the {window():g} s window, at most {record.MAX_RECORDERS} "
-            "at once, /proc read at each sample")
+            f"--timeout {options['timeout'].default}, non-blocking: one py-spy record per process for the "
+            f"{window():g} s window ({record.sample_rate(interval, 16)} Hz for 16 processes, "
+            f"{record.sample_rate(interval, 64)} Hz for 64), at most {record.MAX_RECORDERS} at once, /proc read at "
+            "each sample")
 
 
 def goals(count: int, rqdoctor: Measured, floor: Measured, manual: Measured, pss: int) -> list[object]:

@@ -172,7 +172,9 @@ def test_record_command_and_rate() -> None:
         assert flag in cmd
     assert cmd[cmd.index("--format") + 1] == "chrometrace" and cmd[cmd.index("--output") + 1] == "/dev/stdout"
     assert cmd[cmd.index("--duration") + 1] == "9" and cmd[cmd.index("--rate") + 1] == "16"
-    assert sample_rate(0.25) == 16 and sample_rate(5.0) == record.MIN_RATE and sample_rate(0.05) == record.MAX_RATE
+    assert sample_rate(0.25, 64) == 16, "four samples per interval"
+    assert sample_rate(0.25, 16) == 50, "few targets: faster, so that py-spy stops sooner after SIGINT"
+    assert sample_rate(5.0, 200) == record.MIN_RATE and sample_rate(0.05, 64) == record.MAX_RATE
 
 
 # --- real processes -----------------------------------------------------------------------

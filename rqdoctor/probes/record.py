@@ -10,11 +10,13 @@ samples but not when they were taken, and py-spy spaces samples at random (expon
 against aliasing), so an index does not give a time; ``raw`` and ``flamegraph`` keep counts only.
 
 While py-spy samples, one loop in the caller's thread reads ``/proc`` for every target at its own
-schedule (see :mod:`.counters`): the first reading one py-spy period after py-spy reports it is
-sampling, then one every ``interval``. Each reading becomes a :class:`~rqdoctor.model.StackSample`
-with the stacks of py-spy's latest sample at that moment. Record output has no ``active`` or
-``owns_gil`` flag: ``active`` is set the way py-spy sets it (scheduler state ``R`` when the thread's
-OS id is known, then py-spy's idle-frame heuristic), ``owns_gil`` stays False (unknown).
+schedule (see :mod:`.counters`): the first reading when py-spy reports it is sampling, then one
+every ``interval``. Each reading becomes a :class:`~rqdoctor.model.StackSample` with the stacks of
+py-spy's latest sample at that moment (for the first, py-spy's first sample, taken just after).
+Record output has no ``active`` or ``owns_gil`` flag: ``active`` is set the way py-spy sets it
+(scheduler state ``R`` when the thread's OS id is known, then py-spy's idle-frame heuristic),
+``owns_gil`` stays False (unknown). py-spy samples at least 4 times per interval, faster with few
+targets (see :func:`sample_rate`).
 
 Sampling adapts: a target whose counters already show file or pipe I/O at low CPU (so that every
 verdict on it is "progressing", whatever later samples show) is stopped after
@@ -47,7 +49,10 @@ from rqdoctor.probes.counters import Reading, read_process
 READY_LINE = b"Sampling process"
 """What py-spy prints once it has found the interpreter and starts sampling."""
 SAMPLES_PER_INTERVAL = 4
-"""py-spy samples this many times per ``interval`` on average (so each reading has a fresh sample)."""
+"""py-spy samples at least this many times per ``interval`` on average (so each reading has a fresh sample)."""
+RATE_BUDGET = 800
+"""py-spy samples per second over all targets (~0.3 ms CPU each) up to which few targets get a faster rate:
+py-spy stops at its first sample after SIGINT, so a faster rate ends the window sooner."""
 MIN_RATE, MAX_RATE = 10, 50
 MAX_RECORDERS = 64
 """At most this many py-spy processes at once (each ~1 MiB PSS and ~15 ms CPU to start); more wait their turn."""
@@ -68,9 +73,10 @@ def record_command(exe: str, pid: int, rate: int, duration: int) -> list[str]:
             "--duration", str(duration), "--format", "chrometrace", "--output", "/dev/stdout"]
 
 
-def sample_rate(interval: float) -> int:
-    """py-spy's sampling rate (Hz, an integer) for readings ``interval`` seconds apart."""
-    return min(MAX_RATE, max(MIN_RATE, math.ceil(SAMPLES_PER_INTERVAL / interval)))
+def sample_rate(interval: float, targets: int = 1) -> int:
+    """py-spy's sampling rate (Hz, an integer) for readings ``interval`` seconds apart of ``targets`` processes."""
+    wanted = max(MIN_RATE, math.ceil(SAMPLES_PER_INTERVAL / interval), RATE_BUDGET // max(1, targets))
+    return min(MAX_RATE, wanted)
 
 
 # --- chrometrace (pure) -------------------------------------------------------------------
@@ -253,9 +259,10 @@ class _Recorder:
 class _Window:
     """The recorders of one probe run, driven by one select loop."""
 
-    def __init__(self, exe: str, deadline: Deadline, samples: int, interval: float, max_parallel: int) -> None:
+    def __init__(self, exe: str, deadline: Deadline, samples: int, interval: float, max_parallel: int,
+                 targets: int) -> None:
         self.exe, self.deadline, self.samples, self.interval = exe, deadline, samples, interval
-        self.rate = sample_rate(interval)
+        self.rate = sample_rate(interval, targets)
         self.max_parallel = max(1, max_parallel)
         self.selector = selectors.DefaultSelector()
         self.running: list[_Recorder] = []
@@ -322,8 +329,7 @@ class _Window:
                 buffer += chunk
                 if buffer is rec.out:
                     if rec.ready_at is None and READY_LINE in rec.out:
-                        rec.ready_at = time.monotonic()
-                        rec.due = rec.ready_at + 1.0 / self.rate
+                        rec.ready_at = rec.due = time.monotonic()  # its first sample stands for this reading
                     if rec.output_at is None and (rec.out.startswith(b"[") or b"\n[" in rec.out):
                         rec.output_at = time.time()
             else:
@@ -374,7 +380,8 @@ class _Window:
 def record_window(exe: str, pids: list[int], deadline: Deadline, samples: int, interval: float,
                   max_parallel: int = MAX_RECORDERS) -> dict[int, Recording]:
     """Record every pid for ``samples`` readings ``interval`` s apart, at most ``max_parallel`` at once."""
-    return _Window(exe, deadline, samples, interval, max_parallel).run(list(dict.fromkeys(pids)))
+    targets = list(dict.fromkeys(pids))
+    return _Window(exe, deadline, samples, interval, max_parallel, min(len(targets), max_parallel)).run(targets)
 
 
 def _result(rec: _Recorder, code: int | None, lead: float) -> Recording:
