@@ -1,4 +1,4 @@
-"""Issue 3: ``rqdoctor hangs`` with many hung workers, side by side with the floor and the manual routine.
+"""Issues 3 and 8: ``rqdoctor hangs`` with many hung workers, side by side with the floor and the manual routine.
 
 Real Frappe-style rq workers (tests/harness) each run a hung job (``sleep_for`` or
 ``http_no_timeout`` against a tarpit). Three ways to get every hung job's stack, measured in
@@ -9,14 +9,16 @@ interleaved rounds:
 - the manual routine: ``rq info``, then ``py-spy dump`` (blocking, py-spy's default) per pid,
   one after another.
 
-Then one memory-sampled run of each, and one run of each (plus ``rqdoctor hangs --blocking``,
-to show the counters do see stops) under :class:`~benchmarks.stops.StopCounter`.
+Then one memory-sampled run of each, the issue 8 goals against the same run's figures (see
+:func:`goals`), and one run of each (plus ``rqdoctor hangs --blocking``, to show the counters do
+see stops) under :class:`~benchmarks.stops.StopCounter`.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -31,7 +33,8 @@ from benchmarks.measure import Measured, checked, measure, median_run, mib, spre
 from benchmarks.stops import StopCounter
 from rqdoctor import scenarios
 from rqdoctor.commands import hangs as hangs_command
-from rqdoctor.probes.stacks import find_py_spy, probe_stacks
+from rqdoctor.probes import record
+from rqdoctor.probes.stacks import find_py_spy
 from tests.harness.bench import Bench
 from tests.harness.services import private_redis_db
 from tests.harness.venvs import ensure_venv
@@ -46,6 +49,11 @@ from tests.harness.workers import (
 
 START_BATCH = 8
 JOB_TIMEOUT = 7200
+WALL_GOAL = 1.5
+"""``hangs`` wall at most this times (floor + sampling window)."""
+CPU_GOAL = 2.0
+"""``hangs`` CPU seconds at most this times the floor's."""
+PSS_GOAL_MIB = 100
 
 
 @dataclass
@@ -72,6 +80,7 @@ def run(counts: list[int], flavour: str, repeats: int) -> str:
         raise RuntimeError("py-spy not found")
     rq = str(ensure_venv(flavour) / "bin" / "rq")
     timing: list[list[object]] = []
+    goal_rows: list[list[object]] = []
     stops: list[list[object]] = []
     notes: list[str] = []
     with private_redis_db() as url, tempfile.TemporaryDirectory(prefix="rqd-bench-") as tmp, \
@@ -82,10 +91,14 @@ def run(counts: list[int], flavour: str, repeats: int) -> str:
         for count in counts:
             horses += _hang(workers, bench, flavour, count - len(horses), pit.url, r)
             watched = horses + [w.pid for w in workers.started]
-            notes.append(f"{count} workers: all {len(horses)} jobs started; pids watched for stops "
-                         f"(workers + horses): {len(watched)}")
             variants = _variants(Path(tmp), bench, url, rq, py_spy, horses)
-            timing += _timing(variants, repeats, Path(tmp), count)
+            before = _load()
+            rows, medians = _timing(variants, repeats, Path(tmp), count)
+            notes.append(f"{count} workers: all {len(horses)} jobs started; pids watched for stops "
+                         f"(workers + horses): {len(watched)}; load average {before} before the timed rounds, "
+                         f"{_load()} after")
+            timing += rows
+            goal_rows.append(goals(count, *medians))
             report = Path(tmp) / "report.json"
             rqdoctor = [*variants[0].argv, "-f", "json", "-o", str(report)]
             for v in [Variant(variants[0].name, rqdoctor, report=report),
@@ -101,22 +114,52 @@ def run(counts: list[int], flavour: str, repeats: int) -> str:
         defaults(), *notes, "",
         table(["workers", "method", "wall s (median)", f"range ({repeats})", "wall / rqdoctor", "CPU s",
                "max RSS 1 proc MiB", "peak PSS sum MiB", "stacks"], timing), "",
+        table(["workers", f"wall / (floor + window) <= {WALL_GOAL:g}", "wall / manual < 1",
+               f"CPU / floor CPU <= {CPU_GOAL:g}", f"peak PSS MiB < {PSS_GOAL_MIB}"], goal_rows), "",
         table(["workers", "method (with /proc poller)", "wall s", "poll sweeps", "stopped seen", "pids stopped",
                "tracer seen", "horse ctx switches", "stacks"], stops),
     ])
 
 
+def window() -> float:
+    """Seconds from the first to the last stack sample of one process at ``hangs``' defaults."""
+    options = inspect.signature(hangs_command.command).parameters
+    return (options["samples"].default - 1) * options["interval"].default
+
+
 def defaults() -> str:
     """The default sampling settings of ``rqdoctor hangs``, as this code has them."""
     options = inspect.signature(hangs_command.command).parameters
-    parallel = inspect.signature(probe_stacks).parameters["max_parallel"].default
-    return (f"rqdoctor hangs defaults: --samples {options['samples'].default} --interval "
-            f"{options['interval'].default} --timeout {options['timeout'].default}, non-blocking, "
-            f"at most {parallel} py-spy at a time")
+    interval = options["interval"].default
+    return (f"rqdoctor hangs defaults: --samples {options['samples'].default} --interval {interval} "
+            f"--timeout {options['timeout'].default}, non-blocking: one py-spy record per process for the "
+            f"{window():g} s window ({record.sample_rate(interval, 16)} Hz for 16 processes, "
+            f"{record.sample_rate(interval, 64)} Hz for 64), at most {record.MAX_RECORDERS} at once, /proc read at "
+            "each sample")
 
 
-def _timing(variants: list[Variant], repeats: int, tmp: Path, count: int) -> list[list[object]]:
-    """Interleaved timed rounds (no sampler), then one memory-sampled run of each variant."""
+def goals(count: int, rqdoctor: Measured, floor: Measured, manual: Measured, pss: int) -> list[object]:
+    """Issue 8's goals for ``hangs`` against this run's floor and manual routine: ratio and met or not."""
+    def mark(ratio: float, ok: bool) -> str:
+        return f"{ratio:.2f} {'met' if ok else 'NOT met'}"
+
+    wall = rqdoctor.wall / (floor.wall + window())
+    cpu = rqdoctor.cpu / floor.cpu if floor.cpu > 0 else float("inf")
+    return [count, mark(wall, wall <= WALL_GOAL), mark(rqdoctor.wall / manual.wall, rqdoctor.wall < manual.wall),
+            mark(cpu, cpu <= CPU_GOAL), f"{mib(pss)} {'met' if pss < PSS_GOAL_MIB * 2**20 else 'NOT met'}"]
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _timing(variants: list[Variant], repeats: int, tmp: Path,
+            count: int) -> tuple[list[list[object]], tuple[Measured, Measured, Measured, int]]:
+    """Interleaved timed rounds (no sampler), then one memory-sampled run of each variant.
+
+    Returns the table rows and, for the goals, the median runs of rqdoctor, the floor and the manual
+    routine, and rqdoctor's peak PSS.
+    """
     runs: dict[str, list[Measured]] = {v.name: [] for v in variants}
     for _ in range(repeats):
         for v in variants:
@@ -124,12 +167,15 @@ def _timing(variants: list[Variant], repeats: int, tmp: Path, count: int) -> lis
             runs[v.name].append(checked(measure(v.argv, tmp), v.name))
     base = median_run(runs[variants[0].name]).wall
     rows: list[list[object]] = []
+    peaks: list[int] = []
     for v in variants:
         v.reset()
         best, memory = median_run(runs[v.name]), checked(measure(v.argv, tmp, memory=True), v.name)
+        peaks.append(memory.peak_tree_pss)
         rows.append([count, v.name, f"{best.wall:.2f}", spread(runs[v.name]), f"{best.wall / base:.2f}",
                      f"{best.cpu:.1f}", mib(best.max_process_rss), mib(memory.peak_tree_pss), _coverage(v, count)])
-    return rows
+    rqdoctor, floor, manual = (median_run(runs[v.name]) for v in variants)
+    return rows, (rqdoctor, floor, manual, peaks[0])
 
 
 def _hang(workers: Workers, bench: Bench, flavour: str, more: int, tarpit_url: str, r: redis.Redis) -> list[int]:

@@ -346,10 +346,12 @@ def test_missing_py_spy(monkeypatch: pytest.MonkeyPatch) -> None:
 @real_processes
 def test_expired_deadline_runs_nothing(sleeper: Target, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no dump may start after the deadline"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("no recorder may start after the deadline"))
     deadline = Deadline(0.001)
     time.sleep(0.01)
-    (stacks,), errors = probe_stacks([sleeper.pid], deadline)
-    assert [e.kind for e in errors] == ["timeout"] and stacks.samples == []
+    for samples in (1, 3):  # one dump; a recorder
+        (stacks,), errors = probe_stacks([sleeper.pid], deadline, samples=samples)
+        assert [e.kind for e in errors] == ["timeout"] and stacks.samples == []
 
 
 def _fake_py_spy(directory: Path, body: str) -> str:

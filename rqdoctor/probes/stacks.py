@@ -1,12 +1,18 @@
-"""Stack probe: several ``py-spy dump --json`` samples of each process, as plain facts.
+"""Stack probe: samples of each process over a short window, as plain facts.
 
-Every dump runs under a hard timeout derived from the deadline; failures become
-:class:`~rqdoctor.model.ProbeError` values, one process never affects another, and a
-blocking dump never leaves its target stopped. Besides py-spy's frames, each sample records
-the process CPU time, ``/proc/PID/io`` counters and the main thread's context switches (the
-progress signals), each thread's kernel wait channel, each frame's source line, and the loop
-around each thread's innermost frame, so diagnosis can tell a sleep from a socket read when the
-wait happens inside a C call, and a poll loop from a loop that does work.
+By default (non-blocking, no locals, two samples or more) each process gets one ``py-spy record``
+for the whole window, all processes at once (at most :data:`~.record.MAX_RECORDERS`), and
+``/proc`` is read at each sample time (see :mod:`.record`). ``--blocking``, ``--native``,
+``--locals`` and single samples use ``py-spy dump --json``, one per sample, in rounds
+(``record`` has no locals, and a blocking record would pause the target many times a second).
+
+Every py-spy runs under a hard timeout derived from the deadline; failures become
+:class:`~rqdoctor.model.ProbeError` values, one process never affects another, and a blocking
+dump never leaves its target stopped. Besides py-spy's frames, each sample records the process
+CPU time, ``/proc/PID/io`` counters and the main thread's context switches (the progress
+signals), each thread's kernel wait channel and system call, each frame's source line, and the
+loop around each thread's innermost frame, so diagnosis can tell a sleep from a socket read when
+the wait happens inside a C call, and a poll loop from a loop that does work.
 """
 
 from __future__ import annotations
@@ -30,10 +36,14 @@ import psutil
 
 from rqdoctor.deadline import Deadline
 from rqdoctor.model import Frame, IoCounters, ProbeError, ProcessStacks, StackSample, ThreadStack
-from rqdoctor.probes.procfs import record_lock_files, record_syscall
+from rqdoctor.probes.counters import io_counters, read_counters, read_thread, tid_of
+from rqdoctor.probes.procfs import record_lock_files
+from rqdoctor.probes.record import MAX_RECORDERS, Recording, record_window
 from rqdoctor.redact import redact_mapping, redact_text
 
 PROBE = "stacks"
+DUMP_PARALLEL = 8
+"""At most this many ``py-spy dump`` at once (blocking, native, locals or single-sample runs)."""
 DUMP_TIMEOUT_CAP = 10.0
 """No single dump may take longer than this, whatever the deadline."""
 MIN_ROUND_BUDGET = 0.3
@@ -137,6 +147,9 @@ class _Options:
     """Lines of the source files read so far (None: unreadable)."""
     loops: dict[str, list[tuple[int, int, bool]] | None] = field(default_factory=dict)
     """Per source file: (first line, last line, is a loop) of its loops and function/class bodies."""
+    code_at: dict[tuple[str, int], str | None] = field(default_factory=dict)
+    """Redacted source line per (file, line), as frames repeat across samples and processes."""
+    loop_at: dict[tuple[str, int], list[str] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +161,17 @@ class _Result:
     """``/proc/PID/io`` could not be read (the sample itself is fine)."""
 
 
+@dataclass
+class _Outcome:
+    """Everything one process's sampling gave."""
+
+    samples: list[StackSample] = field(default_factory=list)
+    error: ProbeError | None = None
+    """Why there is no sample (or why the last attempt failed)."""
+    counters_error: ProbeError | None = None
+    resumed: bool = False
+
+
 def probe_stacks(
     pids: list[int],
     deadline: Deadline,
@@ -156,12 +180,14 @@ def probe_stacks(
     blocking: bool = False,
     native: bool = False,
     with_locals: bool = False,
-    max_parallel: int = 8,
+    max_parallel: int | None = None,
 ) -> tuple[list[ProcessStacks], list[ProbeError]]:
-    """Sample every pid ``samples`` times, ``interval`` seconds apart, all pids in parallel.
+    """Sample every pid ``samples`` times, ``interval`` seconds apart, all pids at once.
 
     Returns one :class:`ProcessStacks` per pid (``error`` set when no sample could be taken)
     and the errors for ``snapshot.errors``. ``native`` is honoured only with ``blocking``.
+    ``max_parallel`` bounds the py-spy processes at once (default: :data:`~.record.MAX_RECORDERS`
+    recorders, or :data:`DUMP_PARALLEL` dumps).
     """
     mode = dump_mode(blocking, native)
     results = {pid: ProcessStacks(pid=pid, mode=mode) for pid in dict.fromkeys(pids)}
@@ -173,39 +199,91 @@ def probe_stacks(
         return list(results.values()), [error] if results else []
 
     options = _Options(exe, blocking, native, with_locals, deadline)
-    last_error: dict[int, ProbeError] = {}
-    counters_errors: dict[int, ProbeError] = {}
-    live = list(results)
+    if blocking or with_locals or samples < 2:
+        outcomes = _dump_rounds(list(results), options, samples, interval, max_parallel or DUMP_PARALLEL)
+    else:
+        outcomes = _record(list(results), options, samples, interval, max_parallel or MAX_RECORDERS)
+    errors = []
+    for pid, stacks in results.items():
+        outcome = outcomes[pid]
+        stacks.samples, stacks.resumed_stopped = outcome.samples, outcome.resumed
+        if not stacks.samples and outcome.error is not None:
+            stacks.error = outcome.error
+            errors.append(stacks.error)
+        elif stacks.samples and outcome.counters_error is not None:
+            errors.append(outcome.counters_error)
+    return list(results.values()), errors
+
+
+def _record(pids: list[int], options: _Options, samples: int, interval: float,
+            max_parallel: int) -> dict[int, _Outcome]:
+    """One py-spy recorder per pid for the whole window; source lines and lock files added afterwards.
+
+    A py-spy too old to record in chrometrace format dumps instead.
+    """
+    outcomes = {}
+    recordings = record_window(options.exe, pids, options.deadline, samples, interval, max_parallel)
+    old = [pid for pid, recording in recordings.items() if recording.failure == "usage"]
+    if old:
+        outcomes.update(_dump_rounds(old, options, samples, interval, DUMP_PARALLEL))
+    for pid, recording in recordings.items():
+        if pid in outcomes:
+            continue
+        for sample in recording.samples:
+            for thread in sample.threads:
+                _add_source(pid, thread, options)
+        if recording.samples:  # lock files held now: read once, beside the latest stacks
+            for thread in recording.samples[-1].threads:
+                record_lock_files(pid, thread)
+        counters_error = None if recording.io_error is None else _io_error(pid, recording.io_error)
+        outcomes[pid] = _Outcome(recording.samples, _recording_error(recording, options), counters_error)
+    return outcomes
+
+
+def _recording_error(recording: Recording, options: _Options) -> ProbeError | None:
+    pid, failure = recording.pid, recording.failure
+    if failure == "":
+        return None
+    if failure == "vanished":
+        return _vanished(pid)
+    if failure == "missing_tool":
+        return ProbeError(PROBE, "missing_tool", f"cannot run py-spy: {recording.detail}", HINT_MISSING, str(pid))
+    if failure == "corrupt":
+        return ProbeError(PROBE, "corrupt", f"unreadable py-spy output for pid {pid}: {recording.detail}", "",
+                          str(pid))
+    if failure == "timeout":
+        message = (f"py-spy record of pid {pid} did not start sampling within the deadline "
+                   f"({options.deadline.seconds:g} s)")
+        return ProbeError(PROBE, "timeout", message, HINT_TIMEOUT_NONBLOCKING, str(pid))
+    return _failure(pid, recording.stderr or recording.detail)
+
+
+def _dump_rounds(pids: list[int], options: _Options, samples: int, interval: float,
+                 max_parallel: int) -> dict[int, _Outcome]:
+    """``samples`` rounds of one ``py-spy dump`` per pid, ``interval`` seconds apart."""
+    outcomes = {pid: _Outcome() for pid in pids}
+    live = list(pids)
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, min(max_parallel, len(live)))) as pool:
         for round_no in range(max(1, samples)):
             if round_no:
                 wait = start + round_no * interval - time.monotonic()
-                if not live or deadline.remaining() < max(0.0, wait) + MIN_ROUND_BUDGET:
+                if not live or options.deadline.remaining() < max(0.0, wait) + MIN_ROUND_BUDGET:
                     break
                 time.sleep(max(0.0, wait))
             futures = {pid: pool.submit(_take_sample, pid, options) for pid in live}
             for pid, future in futures.items():
-                result = future.result()
-                stacks = results[pid]
-                stacks.resumed_stopped |= result.resumed
+                result, outcome = future.result(), outcomes[pid]
+                outcome.resumed |= result.resumed
                 if result.sample is not None:
-                    stacks.samples.append(result.sample)
-                if result.counters_error is not None:
-                    counters_errors.setdefault(pid, result.counters_error)
+                    outcome.samples.append(result.sample)
+                if result.counters_error is not None and outcome.counters_error is None:
+                    outcome.counters_error = result.counters_error
                 if result.error is not None:
-                    last_error[pid] = result.error
+                    outcome.error = result.error
                     if result.error.kind in _PERMANENT:
                         live.remove(pid)
-
-    errors = []
-    for pid, stacks in results.items():
-        if not stacks.samples and pid in last_error:
-            stacks.error = last_error[pid]
-            errors.append(stacks.error)
-        elif stacks.samples and pid in counters_errors:
-            errors.append(counters_errors[pid])
-    return list(results.values()), errors
+    return outcomes
 
 
 def _take_sample(pid: int, options: _Options) -> _Result:
@@ -215,13 +293,11 @@ def _take_sample(pid: int, options: _Options) -> _Result:
     try:
         proc = psutil.Process(pid)
         was_stopped = proc.status() == psutil.STATUS_STOPPED
-        cpu = _cpu_time(proc)
+        counters = read_counters(proc, pid)
     except psutil.NoSuchProcess:
         return _Result(error=_vanished(pid))
     except psutil.AccessDenied:
-        proc, was_stopped, cpu = None, False, None
-    io, counters_error = _io_counters(pid)
-    switches = _ctx_switches(proc)
+        was_stopped, counters = False, read_counters(None, pid)
 
     taken_at = time.time()
     timeout = options.deadline.timeout(cap=DUMP_TIMEOUT_CAP)
@@ -244,46 +320,42 @@ def _take_sample(pid: int, options: _Options) -> _Result:
         error = ProbeError(PROBE, "corrupt", f"unreadable py-spy output for pid {pid}: {exc}", "", str(pid))
         return _Result(error=error, resumed=resumed)
     for thread in threads:
-        thread.wchan = _wchan(pid, thread, len(threads))
-        record_syscall(pid, _tid(pid, thread, len(threads)), thread)
+        tid = tid_of(pid, thread, len(threads))
+        if tid is not None:
+            read_thread(pid, tid, state=False).apply(thread)
         record_lock_files(pid, thread)
-        for frame in thread.frames:
-            frame.code = _source_line(pid, frame, options.sources)
-        innermost = next((f for f in thread.frames if f.code is not None), None)
-        if innermost is not None:
-            innermost.loop = _loop_source(innermost, options)
-    sample = StackSample(taken_at=taken_at, threads=threads, cpu_time=cpu, io=io,
-                         voluntary_ctx_switches=switches[0], involuntary_ctx_switches=switches[1])
+        _add_source(pid, thread, options)
+    sample = StackSample(taken_at=taken_at, threads=threads, cpu_time=counters.cpu_time, io=counters.io,
+                         voluntary_ctx_switches=counters.voluntary, involuntary_ctx_switches=counters.involuntary)
+    counters_error = None if counters.io_error is None else _io_error(pid, counters.io_error)
     return _Result(sample, resumed=resumed, counters_error=counters_error)
 
 
+def _add_source(pid: int, thread: ThreadStack, options: _Options) -> None:
+    """Each frame's source line, and the loop around the innermost one."""
+    for frame in thread.frames:
+        key = (frame.filename, frame.line)
+        if key not in options.code_at:
+            options.code_at[key] = _source_line(pid, frame, options.sources)
+        frame.code = options.code_at[key]
+    innermost = next((f for f in thread.frames if f.code is not None), None)
+    if innermost is not None:
+        key = (innermost.filename, innermost.line)
+        if key not in options.loop_at:
+            options.loop_at[key] = _loop_source(innermost, options)
+        loop = options.loop_at[key]
+        innermost.loop = None if loop is None else list(loop)
+
+
 def _io_counters(pid: int) -> tuple[IoCounters | None, ProbeError | None]:
-    """``/proc/PID/io`` (readable as root or as the process's user), or why not."""
-    try:
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines() if ":" in line)
-        values = {k: int(fields[k]) for k in ("syscr", "syscw", "rchar", "wchar", "read_bytes", "write_bytes")}
-    except (OSError, KeyError, ValueError) as exc:
-        message = f"cannot read /proc/{pid}/io ({exc}): progress judged without syscall and byte counters"
-        return None, ProbeError(PROBE, "permission", message, HINT_COUNTERS, str(pid))
-    return IoCounters(**values), None
+    """``/proc/PID/io`` (readable as root or as the process's user), or the error saying why not."""
+    counters, error = io_counters(pid)
+    return counters, None if error is None else _io_error(pid, error)
 
 
-def _ctx_switches(proc: psutil.Process | None) -> tuple[int | None, int | None]:
-    if proc is None:
-        return None, None
-    try:
-        switches = proc.num_ctx_switches()
-    except psutil.Error:
-        return None, None
-    return switches.voluntary, switches.involuntary
-
-
-def _cpu_time(proc: psutil.Process) -> float | None:
-    try:
-        times = proc.cpu_times()
-    except psutil.AccessDenied:
-        return None
-    return times.user + times.system
+def _io_error(pid: int, reason: str) -> ProbeError:
+    message = f"cannot read /proc/{pid}/io ({reason}): progress judged without syscall and byte counters"
+    return ProbeError(PROBE, "permission", message, HINT_COUNTERS, str(pid))
 
 
 def _resume(pid: int, options: _Options, was_stopped: bool) -> bool:
@@ -305,24 +377,6 @@ def _resume(pid: int, options: _Options, was_stopped: bool) -> bool:
     except (psutil.Error, OSError):
         return False
     return True
-
-
-def _tid(pid: int, thread: ThreadStack, thread_count: int) -> int | None:
-    """Kernel thread id of a thread (the pid for the main thread), None when unknown."""
-    if thread.os_thread_id is None and (thread.name == "MainThread" or thread_count == 1):
-        return pid
-    return thread.os_thread_id
-
-
-def _wchan(pid: int, thread: ThreadStack, thread_count: int) -> str | None:
-    """Kernel wait channel of a thread (its TID is the pid for the main thread)."""
-    tid = _tid(pid, thread, thread_count)
-    if tid is None:
-        return None
-    try:
-        return Path(f"/proc/{pid}/task/{tid}/wchan").read_text().strip() or None
-    except OSError:
-        return None
 
 
 def _source_line(pid: int, frame: Frame, sources: dict[str, list[str] | None]) -> str | None:
