@@ -15,7 +15,7 @@ from redis.connection import parse_url
 
 from rqdoctor.errors import ConfigError
 from rqdoctor.model import KnownEndpoint, SiteInfo, TargetInfo
-from rqdoctor.redact import redact_url
+from rqdoctor.redact import password_needs_encoding, redact_reason, redact_url, shown_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 REDIS_ENV_VARS = ("RQDOCTOR_REDIS_URL", "FRAPPE_REDIS_QUEUE", "RQ_REDIS_URL", "REDIS_URL")
@@ -25,6 +25,7 @@ DB_DEFAULT_PORTS = {"mariadb": 3306, "mysql": 3306, "postgres": 5432}
 COMMON_CONFIG = Path("sites") / "common_site_config.json"
 REDIS_ROLES = ("redis_queue", "redis_cache", "redis_socketio")
 """common_site_config.json keys naming the bench's Redis servers."""
+ENCODE_HINT = "percent-encode / ? # @ % in a password (%2F %3F %23 %40 %25)"
 
 
 @dataclass
@@ -215,7 +216,7 @@ def _bench_line(path: Path, pids: list[int]) -> str:
         common = read_json(path / COMMON_CONFIG)
     except ConfigError as exc:
         return f"{path}: worker pids {', '.join(map(str, pids))}; {exc.message}"
-    redis_queue = redact_url(str(common["redis_queue"])) if common.get("redis_queue") else "no redis_queue"
+    redis_queue = shown_url(str(common["redis_queue"])) if common.get("redis_queue") else "no redis_queue"
     bench_id = str(common.get("bench_id") or derive_bench_id(path))
     return f"{path}: bench_id {bench_id}, redis {redis_queue}, worker pids {', '.join(map(str, pids))}"
 
@@ -271,12 +272,15 @@ def _redis_url(flag: str | None, env: Mapping[str, str], common: dict[str, Any],
 
 
 def check_redis_url(url: str, source: str) -> None:
-    """A one-line ConfigError naming where the URL came from when redis-py cannot use it (the URL is not echoed)."""
+    """A one-line ConfigError naming where the URL came from when redis-py cannot use it (password masked)."""
+    hint = f"use redis://[:password@]host:port/db, rediss://… (TLS) or unix:///path/to.sock?db=N; {ENCODE_HINT}"
+    if password_needs_encoding(url):
+        raise ConfigError(f"Redis URL from {source} ({shown_url(url)}): its password holds an unencoded / ? or #",
+                          hint)
     try:
         parse_url(url)
     except ValueError as exc:
-        raise ConfigError(f"Redis URL from {source}: {exc}", "use redis://[:password@]host:port/db, "
-                          "rediss://… (TLS) or unix:///path/to.sock?db=N") from None
+        raise ConfigError(f"Redis URL from {source} ({shown_url(url)}): {redact_reason(exc)}", hint) from None
 
 
 def _apply_bench(target: Target, bench: Path, common: dict[str, Any]) -> None:
@@ -303,6 +307,8 @@ def _queue_timeout(value: Any) -> int:
 
 def _address(url: str) -> str | None:
     """``host:port`` of a redis:// or rediss:// URL (None for unix sockets and unusable URLs)."""
+    if password_needs_encoding(url):
+        return None  # its "host" and "port" would be pieces of the password
     try:
         parts = urlsplit(url)
         port = parts.port or 6379
@@ -331,23 +337,25 @@ def read_sites(bench: Path, common: dict[str, Any]) -> list[Site]:
 
 def parse_db_url(url: str) -> DbTarget:
     """``mysql://``/``mariadb://`` or ``postgres(ql)://`` URL -> DbTarget (``?unix_socket=`` / ``?host=/dir``)."""
-    usage = "use mysql://user:pass@host:port/db or postgresql://user@host:port/db"
+    usage = f"use mysql://user:pass@host:port/db or postgresql://user@host:port/db; {ENCODE_HINT}"
     if "://" not in url:
         raise ConfigError("--db-url: not a URL", usage)  # not echoed: it may hold a password redact_url cannot see
+    if password_needs_encoding(url):
+        raise ConfigError(f"--db-url {shown_url(url)}: its password holds an unencoded / ? or #", usage)
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ConfigError(f"--db-url {redact_url(url)}: {exc}", usage) from None
+        raise ConfigError(f"--db-url {shown_url(url)}: {redact_reason(exc)}", usage) from None
     scheme = parts.scheme.split("+")[0]
     kinds = {"mysql": "mariadb", "mariadb": "mariadb", "postgres": "postgres", "postgresql": "postgres"}
     if scheme not in kinds:
-        raise ConfigError(f"--db-url {redact_url(url)}: unknown scheme {parts.scheme!r}", usage)
+        raise ConfigError(f"--db-url {shown_url(url)}: unknown scheme {parts.scheme!r}", usage)
     query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
     socket = unquote(query.get("unix_socket", "") or query.get("host", ""))
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"--db-url {redact_url(url)}: bad port") from None
+        raise ConfigError(f"--db-url {shown_url(url)}: bad port", usage) from None
     return DbTarget(
         kind=kinds[scheme],
         host=parts.hostname or "127.0.0.1",
