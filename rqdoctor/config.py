@@ -80,14 +80,20 @@ class Site:
         name = env.get("FRAPPE_DB_NAME") or conf.get("db_name") or ""
         user = env.get("FRAPPE_DB_USER") or conf.get("db_user") or name
         port = env.get("FRAPPE_DB_PORT") or conf.get("db_port")
-        if port and not str(port).strip().isdigit():
-            raise ConfigError(f"site {self.name}: db_port {port!r} is not a port number",
+        if port and not _is_port(port):
+            raise ConfigError(f"site {self.name}: db_port {str(port)[:40]!r} is not a port number",
                               "fix db_port in its site_config.json (or FRAPPE_DB_PORT)")
+        host = env.get("FRAPPE_DB_HOST") or conf.get("db_host") or "127.0.0.1"
+        socket = env.get("FRAPPE_DB_SOCKET") or conf.get("db_socket") or ""
+        for key, value in (("db_host", host), ("db_socket", socket)):
+            if not isinstance(value, str):
+                raise ConfigError(f"site {self.name}: {key} is a JSON {type(value).__name__}, not a string",
+                                  f"fix {key} in its site_config.json")
         return DbTarget(
             kind=kind,
-            host=env.get("FRAPPE_DB_HOST") or conf.get("db_host") or "127.0.0.1",
+            host=host,
             port=int(port) if port else None,
-            socket=env.get("FRAPPE_DB_SOCKET") or conf.get("db_socket") or "",
+            socket=socket,
             user=str(user),
             password=str(env.get("FRAPPE_DB_PASSWORD") or conf.get("db_password") or ""),
             database=str(name),
@@ -98,6 +104,13 @@ class Site:
         """The site without secrets, for the snapshot."""
         db = self.db_target(env)
         return SiteInfo(self.name, db.kind, db.host, db.port, db.socket, db.database, db.user)
+
+
+def _is_port(value: Any) -> bool:
+    """A TCP port number: an int (not a bool) or ASCII digits, 1 to 65535."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
 
 
 @dataclass
