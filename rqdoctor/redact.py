@@ -14,7 +14,9 @@ SECRET_NAME = re.compile(
 """A key, keyword argument or variable name whose value must never be shown (not ``author``, ``passenger``)."""
 
 # name= / 'name': / "name": / `name`= inside a repr'd call string, dict repr, SQL or free text.
-_KEY = re.compile(r"""(?P<q>['"`]?)(?P<name>[A-Za-z_][\w-]*)(?P=q)\s*[=:]\s*""")
+# Each starts only where a word starts (the lookbehinds): otherwise every position of one long word is tried
+# again to its end, quadratic in its length (a 200 kB job description took minutes).
+_KEY = re.compile(r"""(?P<q>['"`]?)(?<![\w-])(?P<name>[A-Za-z_][\w-]*)(?P=q)\s*[=:]\s*""")
 # A string literal's prefix (b'', r'', f'', rb''…): part of the value.
 _STRING_PREFIX = re.compile(r"""[bBrRuUfF]{1,2}(?=['"])""")
 _OPEN = {"(": ")", "[": "]", "{": "}"}
@@ -23,7 +25,8 @@ _RQ_CUT = re.compile(r"\.\.\.(?=, [A-Za-z_]\w*=|\)\s*$)")
 
 # The password runs to the last ``@`` before any whitespace: unencoded ``/ # ?`` (``u:pa/ss#x@host``) end the
 # authority for urllib and redis-py, not for the person who wrote it, so they are masked as password too.
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*)@", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?<![a-z0-9+.-])(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*)@",
+                           re.IGNORECASE)
 _URL_DELIMITERS = frozenset("/?#")
 
 _QUERY_SECRET = re.compile(r"([?&](\w+)=)([^&\s]*)")
