@@ -151,6 +151,11 @@ def member(draw: st.DrawFn) -> bytes:
 def rq_world(draw: st.DrawFn, pids: list[int]) -> list[Write]:
     """A set of RQ keys, each well-formed, malformed or of the wrong type."""
     writes: list[Write] = []
+    if draw(st.booleans()):  # a well-formed claim on an unrelated live pid, born after it started
+        claim = {b"hostname": HOST.encode(), b"pid": str(draw(st.sampled_from(pids))).encode(),
+                 b"birth": rq_time(time.time()).encode(), b"state": b"busy", b"queues": b"default",
+                 b"current_job": draw(names(JOBS)), b"version": draw(st.sampled_from([b"1.15.1", b"2.6.1"]))}
+        writes += [("hash", b"rq:worker:claim", claim), ("set", b"rq:workers", [b"rq:worker:claim"])]
     for _ in range(draw(st.integers(0, 4))):
         name = draw(names(WORKERS))
         key = b"rq:worker:" + name
