@@ -16,7 +16,7 @@ SECRET_NAME = re.compile(
 # name= / 'name': / "name": / `name`= inside a repr'd call string, dict repr, SQL or free text.
 # Each starts only where a word starts (the lookbehinds): otherwise every position of one long word is tried
 # again to its end, quadratic in its length (a 200 kB job description took minutes).
-_KEY = re.compile(r"""(?P<q>['"`]?)(?<![\w-])(?P<name>[A-Za-z_][\w-]*)(?P=q)\s*[=:]\s*""")
+_KEY = re.compile(r"""(?P<q>['"`]?)(?<![\w-])-*(?P<name>[A-Za-z_][\w-]*)(?P=q)\s*[=:]\s*""")
 # A string literal's prefix (b'', r'', f'', rb''…): part of the value.
 _STRING_PREFIX = re.compile(r"""[bBrRuUfF]{1,2}(?=['"])""")
 _OPEN = {"(": ")", "[": "]", "{": "}"}

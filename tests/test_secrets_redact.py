@@ -16,6 +16,7 @@ HUGE = 200_000
 @pytest.mark.parametrize("text", [
     "x" * HUGE, "a=" * (HUGE // 2), "redis://" + "x:" * (HUGE // 2), "ab.c-d+" * (HUGE // 7),
     "redis://:" + "p" * HUGE, ":" * HUGE, "'x" * (HUGE // 2), "f(" * (HUGE // 2), "password" * (HUGE // 8),
+    "x-" * (HUGE // 2), "--x" * (HUGE // 3), "-" * HUGE,
 ])
 def test_huge_values_are_redacted_in_linear_time(text: str) -> None:
     start = time.process_time()
@@ -27,3 +28,7 @@ def test_huge_values_are_redacted_in_linear_time(text: str) -> None:
 def test_a_secret_after_a_huge_word_is_still_masked() -> None:
     text = "x" * HUGE + " f(password='hunter2', n=1) redis://:hunter2@h:6379/0"
     assert "hunter2" not in redact_text(text)
+
+
+def test_option_values_after_dashes_are_still_masked() -> None:
+    assert redact_text("rq worker --token=abc --queue q") == "rq worker --token='***' --queue q"
