@@ -15,7 +15,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from typing import Any
 from unittest import mock
@@ -83,8 +83,13 @@ def run(*argv: str, env: Mapping[str, str] | None = None) -> Outcome:
     """``rqdoctor ARGV`` through ``cli.main`` in this process, with ``env`` as the whole environment."""
     out, err = io.StringIO(), io.StringIO()
     code, crash = 0, ""
-    with mock.patch.dict(os.environ, clean_env(env), clear=True), mock.patch.object(sys, "argv", ["rqdoctor", *argv]), \
-            redirect_stdout(out), redirect_stderr(err):
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.dict(os.environ, clean_env(env), clear=True))
+        stack.enter_context(mock.patch.object(sys, "argv", ["rqdoctor", *argv]))
+        if hasattr(cli, "start_at_process_start"):  # this process started long ago: count from each run's start
+            stack.enter_context(mock.patch.object(cli, "start_at_process_start", lambda: None))
+        stack.enter_context(redirect_stdout(out))
+        stack.enter_context(redirect_stderr(err))
         try:
             cli.main()
         except SystemExit as exc:
