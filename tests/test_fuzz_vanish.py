@@ -80,21 +80,22 @@ def assert_no_verdict(outcome: Outcome, report: dict[str, Any] | None, started: 
             assert job["pid"] is None or job["gone"] is True, job
 
 
-def killer_during_sampling(started: StartedJob) -> threading.Thread:
-    """A thread that kills worker and horse once py-spy (a child of this process) has dumped the horse twice."""
+def killer_during_sampling(started: StartedJob, killed_at: list[float]) -> threading.Thread:
+    """A thread that kills worker and horse once py-spy (a child of this process) reads the horse."""
     assert started.horse is not None
     horse = started.horse.pid
 
     def watch() -> None:
-        seen, end = 0, time.monotonic() + 30
-        while time.monotonic() < end and seen < 2:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
             with suppress(psutil.Error):
                 if any("py-spy" in " ".join(c.cmdline()) and str(horse) in c.cmdline()
                        for c in psutil.Process().children(recursive=True)):
-                    seen += 1
-                    time.sleep(0.3)
-            time.sleep(0.02)
-        kill_both(started)
+                    time.sleep(0.1)
+                    kill_both(started)
+                    killed_at.append(time.monotonic())
+                    return
+            time.sleep(0.01)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -132,9 +133,12 @@ def test_worker_and_horse_killed_while_hangs_runs(bench: Bench, workers: Workers
         with mock.patch.object(processes, "_scan", after(processes._scan, kill)):
             outcome = hangs(bench, fmt)
     else:
-        thread = killer_during_sampling(started)
+        killed_at: list[float] = []
+        thread = killer_during_sampling(started, killed_at)
         outcome = hangs(bench, fmt)
+        ended = time.monotonic()
         thread.join(timeout=30)
+        assert killed_at and killed_at[0] < ended, "not killed while py-spy read the horse"
     assert not psutil.pid_exists(started.horse.pid) or psutil.Process(started.horse.pid).status() == "zombie"
     report = outcome.check()
     assert_no_verdict(outcome, report, started, pids)
