@@ -15,7 +15,7 @@ from redis.connection import parse_url
 
 from rqdoctor.errors import ConfigError
 from rqdoctor.model import KnownEndpoint, SiteInfo, TargetInfo
-from rqdoctor.redact import redact_url
+from rqdoctor.redact import password_needs_encoding, redact_reason, redact_url, shown_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 REDIS_ENV_VARS = ("RQDOCTOR_REDIS_URL", "FRAPPE_REDIS_QUEUE", "RQ_REDIS_URL", "REDIS_URL")
@@ -25,6 +25,7 @@ DB_DEFAULT_PORTS = {"mariadb": 3306, "mysql": 3306, "postgres": 5432}
 COMMON_CONFIG = Path("sites") / "common_site_config.json"
 REDIS_ROLES = ("redis_queue", "redis_cache", "redis_socketio")
 """common_site_config.json keys naming the bench's Redis servers."""
+ENCODE_HINT = "percent-encode / ? # @ % in a password (%2F %3F %23 %40 %25)"
 
 
 @dataclass
@@ -79,14 +80,20 @@ class Site:
         name = env.get("FRAPPE_DB_NAME") or conf.get("db_name") or ""
         user = env.get("FRAPPE_DB_USER") or conf.get("db_user") or name
         port = env.get("FRAPPE_DB_PORT") or conf.get("db_port")
-        if port and not str(port).strip().isdigit():
-            raise ConfigError(f"site {self.name}: db_port {port!r} is not a port number",
+        if port and not _is_port(port):
+            raise ConfigError(f"site {self.name}: db_port {str(port)[:40]!r} is not a port number",
                               "fix db_port in its site_config.json (or FRAPPE_DB_PORT)")
+        host = env.get("FRAPPE_DB_HOST") or conf.get("db_host") or "127.0.0.1"
+        socket = env.get("FRAPPE_DB_SOCKET") or conf.get("db_socket") or ""
+        for key, value in (("db_host", host), ("db_socket", socket)):
+            if not isinstance(value, str):
+                raise ConfigError(f"site {self.name}: {key} is a JSON {type(value).__name__}, not a string",
+                                  f"fix {key} in its site_config.json")
         return DbTarget(
             kind=kind,
-            host=env.get("FRAPPE_DB_HOST") or conf.get("db_host") or "127.0.0.1",
+            host=host,
             port=int(port) if port else None,
-            socket=env.get("FRAPPE_DB_SOCKET") or conf.get("db_socket") or "",
+            socket=socket,
             user=str(user),
             password=str(env.get("FRAPPE_DB_PASSWORD") or conf.get("db_password") or ""),
             database=str(name),
@@ -97,6 +104,13 @@ class Site:
         """The site without secrets, for the snapshot."""
         db = self.db_target(env)
         return SiteInfo(self.name, db.kind, db.host, db.port, db.socket, db.database, db.user)
+
+
+def _is_port(value: Any) -> bool:
+    """A TCP port number: an int (not a bool) or ASCII digits, 1 to 65535."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
 
 
 @dataclass
@@ -215,7 +229,7 @@ def _bench_line(path: Path, pids: list[int]) -> str:
         common = read_json(path / COMMON_CONFIG)
     except ConfigError as exc:
         return f"{path}: worker pids {', '.join(map(str, pids))}; {exc.message}"
-    redis_queue = redact_url(str(common["redis_queue"])) if common.get("redis_queue") else "no redis_queue"
+    redis_queue = shown_url(str(common["redis_queue"])) if common.get("redis_queue") else "no redis_queue"
     bench_id = str(common.get("bench_id") or derive_bench_id(path))
     return f"{path}: bench_id {bench_id}, redis {redis_queue}, worker pids {', '.join(map(str, pids))}"
 
@@ -271,12 +285,15 @@ def _redis_url(flag: str | None, env: Mapping[str, str], common: dict[str, Any],
 
 
 def check_redis_url(url: str, source: str) -> None:
-    """A one-line ConfigError naming where the URL came from when redis-py cannot use it (the URL is not echoed)."""
+    """A one-line ConfigError naming where the URL came from when redis-py cannot use it (password masked)."""
+    hint = f"use redis://[:password@]host:port/db, rediss://… (TLS) or unix:///path/to.sock?db=N; {ENCODE_HINT}"
+    if password_needs_encoding(url):
+        raise ConfigError(f"Redis URL from {source} ({shown_url(url)}): its password holds an unencoded / ? or #",
+                          hint)
     try:
         parse_url(url)
     except ValueError as exc:
-        raise ConfigError(f"Redis URL from {source}: {exc}", "use redis://[:password@]host:port/db, "
-                          "rediss://… (TLS) or unix:///path/to.sock?db=N") from None
+        raise ConfigError(f"Redis URL from {source} ({shown_url(url)}): {redact_reason(exc)}", hint) from None
 
 
 def _apply_bench(target: Target, bench: Path, common: dict[str, Any]) -> None:
@@ -303,6 +320,8 @@ def _queue_timeout(value: Any) -> int:
 
 def _address(url: str) -> str | None:
     """``host:port`` of a redis:// or rediss:// URL (None for unix sockets and unusable URLs)."""
+    if password_needs_encoding(url):
+        return None  # its "host" and "port" would be pieces of the password
     try:
         parts = urlsplit(url)
         port = parts.port or 6379
@@ -331,23 +350,25 @@ def read_sites(bench: Path, common: dict[str, Any]) -> list[Site]:
 
 def parse_db_url(url: str) -> DbTarget:
     """``mysql://``/``mariadb://`` or ``postgres(ql)://`` URL -> DbTarget (``?unix_socket=`` / ``?host=/dir``)."""
-    usage = "use mysql://user:pass@host:port/db or postgresql://user@host:port/db"
+    usage = f"use mysql://user:pass@host:port/db or postgresql://user@host:port/db; {ENCODE_HINT}"
     if "://" not in url:
         raise ConfigError("--db-url: not a URL", usage)  # not echoed: it may hold a password redact_url cannot see
+    if password_needs_encoding(url):
+        raise ConfigError(f"--db-url {shown_url(url)}: its password holds an unencoded / ? or #", usage)
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ConfigError(f"--db-url {redact_url(url)}: {exc}", usage) from None
+        raise ConfigError(f"--db-url {shown_url(url)}: {redact_reason(exc)}", usage) from None
     scheme = parts.scheme.split("+")[0]
     kinds = {"mysql": "mariadb", "mariadb": "mariadb", "postgres": "postgres", "postgresql": "postgres"}
     if scheme not in kinds:
-        raise ConfigError(f"--db-url {redact_url(url)}: unknown scheme {parts.scheme!r}", usage)
+        raise ConfigError(f"--db-url {shown_url(url)}: unknown scheme {parts.scheme!r}", usage)
     query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
     socket = unquote(query.get("unix_socket", "") or query.get("host", ""))
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"--db-url {redact_url(url)}: bad port") from None
+        raise ConfigError(f"--db-url {shown_url(url)}: bad port", usage) from None
     return DbTarget(
         kind=kinds[scheme],
         host=parts.hostname or "127.0.0.1",

@@ -14,17 +14,23 @@ SECRET_NAME = re.compile(
 """A key, keyword argument or variable name whose value must never be shown (not ``author``, ``passenger``)."""
 
 # name= / 'name': / "name": / `name`= inside a repr'd call string, dict repr, SQL or free text.
-_KEY = re.compile(r"""(?P<q>['"`]?)(?P<name>[A-Za-z_][\w-]*)(?P=q)\s*[=:]\s*""")
+# Each starts only where a word starts (the lookbehinds): otherwise every position of one long word is tried
+# again to its end, quadratic in its length (a 200 kB job description took minutes).
+_KEY = re.compile(r"""(?P<q>['"`]?)(?<![\w-])-*(?P<name>[A-Za-z_][\w-]*)(?P=q)\s*[=:]\s*""")
 # A string literal's prefix (b'', r'', f'', rb''…): part of the value.
 _STRING_PREFIX = re.compile(r"""[bBrRuUfF]{1,2}(?=['"])""")
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _RQ_CUT = re.compile(r"\.\.\.(?=, [A-Za-z_]\w*=|\)\s*$)")
 """rq's mark of a repr it cut to 75 characters, where the next keyword argument (or the call's end) follows."""
 
-# The password runs to the last ``@`` of the authority, as in urllib (``u:p@ss@host``).
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/\s]*)@", re.IGNORECASE)
+# The password runs to the last ``@`` before any whitespace: unencoded ``/ # ?`` (``u:pa/ss#x@host``) end the
+# authority for urllib and redis-py, not for the person who wrote it, so they are masked as password too.
+_URL_PASSWORD = re.compile(r"(?<![a-z0-9+.-])(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*)@",
+                           re.IGNORECASE)
+_URL_DELIMITERS = frozenset("/?#")
 
-_QUERY_SECRET = re.compile(r"([?&](\w+)=)([^&#]*)")
+_QUERY_SECRET = re.compile(r"([?&](\w+)=)([^&\s]*)")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 _SQL_PASSWORD = re.compile(
     r"(IDENTIFIED\s+(?:(?:WITH|VIA)\s+\w+\s+)?(?:BY|USING)\s+(?:PASSWORD\s*\(?\s*)?"
@@ -48,6 +54,32 @@ def redact_url(url: str) -> str:
     """Mask the password of a URL (``redis://:pw@host`` -> ``redis://:***@host``) and ``password=`` query values."""
     url = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", url)
     return _QUERY_SECRET.sub(lambda m: m.group(1) + (MASK if is_secret_name(m.group(2)) else m.group(3)), url)
+
+
+def shown_url(url: str) -> str:
+    """``url`` as an error message may show it: :func:`redact_url`, or ``***`` when an ``@`` remains outside the
+    ``scheme://user:password@`` form (``user:pw@host``, no scheme), where the password cannot be told apart."""
+    redacted = redact_url(url)
+    return MASK if "@" in url and redacted == url else redacted
+
+
+def password_needs_encoding(url: str) -> bool:
+    """True when the password of ``scheme://user:password@host`` holds an unencoded ``/``, ``?`` or ``#``.
+
+    URL parsers end the host there, so pieces of the password would be read as host, port or path
+    (``redis://:12#x@h`` connects to port 12): such a URL must be refused, not parsed.
+    """
+    match = _URL_PASSWORD.match(url.strip())
+    return match is not None and not _URL_DELIMITERS.isdisjoint(match["pw"])
+
+
+def redact_reason(exc: BaseException) -> str:
+    """An exception's text on one line with every quoted value masked.
+
+    URL parsers quote the piece they reject (``Port could not be cast to integer value as 'pa'``),
+    which may be part of a password; the URL itself is shown with :func:`redact_url` instead.
+    """
+    return redact_text(_QUOTED.sub(repr(MASK), " ".join(str(exc).split()))) or type(exc).__name__
 
 
 def redact_text(text: str) -> str:

@@ -221,8 +221,9 @@ def recheck_gone(processes: list[ProcessInfo], pids: list[int], errors: list[Pro
             continue
         try:
             proc = psutil.Process(pid)
-            gone = proc.status() == psutil.STATUS_ZOMBIE or (
-                info.create_time is not None and abs(proc.create_time() - info.create_time) > 1.0)
+            late = abs(proc.create_time() - info.create_time) if info.create_time is not None else 0.0
+            # > 1 s: another process (the boot time psutil adds may shift by 1 s); a new parent: the pid was reused
+            gone = proc.status() == psutil.STATUS_ZOMBIE or late > 1.0 or (late > 0.005 and proc.ppid() != info.ppid)
         except psutil.NoSuchProcess:
             gone = True
         except psutil.AccessDenied:

@@ -38,7 +38,7 @@ from redis.retry import Retry
 from rqdoctor.errors import ConfigError, ProbeFailure
 from rqdoctor.jobids import method_of, site_of, split_member
 from rqdoctor.model import HiddenQueue, HiddenWorker, JobInfo, ProbeError, QueueInfo, RedisState, RunHistory, WorkerInfo
-from rqdoctor.redact import redact_text, redact_url
+from rqdoctor.redact import redact_reason, redact_text, shown_url
 
 WORKERS_KEY = b"rq:workers"
 QUEUES_KEY = b"rq:queues"
@@ -89,7 +89,7 @@ def connect(url: str, timeout: float) -> redis.Redis:
     try:
         client = redis.Redis.from_url(url, **options)
     except ValueError as exc:
-        raise ConfigError(f"invalid Redis URL {redact_url(url)}: {exc}", HINT) from None
+        raise ConfigError(f"invalid Redis URL {shown_url(url)}: {redact_reason(exc)}", HINT) from None
     client.connection_pool.connection_kwargs.update(options)  # URL query options must not win
     try:
         with _failures(_where(client)):
