@@ -41,6 +41,7 @@ from typing import Any
 
 import psutil
 
+from rqdoctor import progress
 from rqdoctor.deadline import Deadline
 from rqdoctor.diagnose.progress import BLOCKED_MAX_CPU_PERCENT
 from rqdoctor.model import Frame, StackSample, ThreadStack
@@ -267,9 +268,12 @@ class _Window:
         self.selector = selectors.DefaultSelector()
         self.running: list[_Recorder] = []
         self.done: dict[int, Recording] = {}
+        self.total = 0
+
 
     def run(self, pids: list[int]) -> dict[int, Recording]:
         waiting = list(pids)
+        self.total = len(waiting)
         try:
             while waiting or self.running:
                 if waiting and len(self.running) < self.max_parallel:
@@ -375,6 +379,7 @@ class _Window:
                 pipe.close()
         code = _reap(rec, self.deadline)
         self.done[rec.pid] = _result(rec, code, 1.0 / self.rate + self.interval / 2)
+        progress.show(f"sampled {len(self.done)} of {self.total} processes…")
 
 
 def record_window(exe: str, pids: list[int], deadline: Deadline, samples: int, interval: float,
