@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 import psutil
 from redis.connection import parse_url
 
+from rqdoctor.endpoints import redis_address
 from rqdoctor.errors import ConfigError
 from rqdoctor.model import KnownEndpoint, SiteInfo, TargetInfo
 from rqdoctor.redact import password_needs_encoding, redact_reason, redact_url, shown_url
@@ -158,7 +159,7 @@ class Target:
     def endpoints(self) -> list[KnownEndpoint]:
         """The Redis servers common_site_config.json names, by ``host:port`` (unix sockets have none)."""
         return [KnownEndpoint(a, role, "common_site_config.json")
-                for role, url in self.redis_roles.items() if (a := _address(url))]
+                for role, url in self.redis_roles.items() if (a := redis_address(url))]
 
 
 def discover(
@@ -316,21 +317,6 @@ def _queue_timeout(value: Any) -> int:
         return int(float(value))
     except (TypeError, ValueError, OverflowError):
         return FRAPPE_QUEUE_TIMEOUTS["default"]
-
-
-def _address(url: str) -> str | None:
-    """``host:port`` of a redis:// or rediss:// URL (None for unix sockets and unusable URLs)."""
-    if password_needs_encoding(url):
-        return None  # its "host" and "port" would be pieces of the password
-    try:
-        parts = urlsplit(url)
-        port = parts.port or 6379
-    except ValueError:
-        return None
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        return None
-    host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def derive_bench_id(bench: Path) -> str:

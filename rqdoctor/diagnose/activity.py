@@ -14,13 +14,11 @@ own sake: the job's activity is its horse's, classified separately.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from rqdoctor.diagnose.progress import (  # noqa: F401  (re-exported: the progress vocabulary)
     BLOCKED_MAX_CPU_PERCENT,
@@ -36,6 +34,7 @@ from rqdoctor.diagnose.progress import (  # noqa: F401  (re-exported: the progre
     judge,
     sleep_seconds,
 )
+from rqdoctor.endpoints import address, redis_address
 from rqdoctor.model import Frame, KnownEndpoint, ProcessInfo, ProcessStacks, Snapshot, StackSample, ThreadStack
 
 KIND_DB_QUERY = "db_query"
@@ -523,23 +522,17 @@ def known_endpoints(snapshot: Snapshot, process: ProcessInfo | None) -> list[Kno
     process's worker parent is connected to."""
     target = snapshot.target
     known = list(target.endpoints)
-    with contextlib.suppress(ValueError):
-        url = urlsplit(target.redis_url)
-        if url.scheme in ("redis", "rediss") and url.hostname:
-            known.append(KnownEndpoint(_address(url.hostname, url.port or 6379), "redis_queue", "redis_url"))
+    queue = redis_address(target.redis_url)
+    if queue is not None:
+        known.append(KnownEndpoint(queue, "redis_queue", "redis_url"))
     for site in target.sites:
         port = site.db_port or (5432 if site.db_type == "postgres" else 3306)
         if not site.db_socket and site.db_type != "sqlite":
-            known.append(KnownEndpoint(_address(site.db_host or "127.0.0.1", port), "db", f"site:{site.name}"))
+            known.append(KnownEndpoint(address(site.db_host or "127.0.0.1", port), "db", f"site:{site.name}"))
     parent = next((p for p in snapshot.processes if process and p.pid == process.ppid and p.worker_like), None)
     if parent is not None:
         known += [KnownEndpoint(c.raddr, ROLE_WORKER, f"pid {parent.pid}") for c in parent.connections if c.raddr]
     return known
-
-
-def _address(host: str, port: int) -> str:
-    host = "127.0.0.1" if host == "localhost" else host
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _peer(reading: _Reading, process: ProcessInfo | None, known: Sequence[KnownEndpoint] = ()) -> _Pick:

@@ -15,8 +15,8 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
+from rqdoctor.endpoints import redis_host_port
 from rqdoctor.model import JobInfo, ProcessInfo, Snapshot, WorkerInfo
 
 BIRTH_SLACK = 3.0
@@ -353,14 +353,10 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
 
 def _redis_endpoint(url: str) -> tuple[set[str], int] | None:
     """Equivalent hosts and the port of a ``redis://`` / ``rediss://`` URL (None for a unix socket)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port or 6379
-    except ValueError:
+    found = redis_host_port(url)
+    if found is None:
         return None
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        return None
-    host = parts.hostname
+    host, port = found
     if host == "localhost" or _is_loopback(host):
         return {"127.0.0.1", "::1", "localhost"}, port
     return {host}, port
