@@ -216,6 +216,18 @@ def test_orphaned_horse_matched_by_start_time_when_untitled() -> None:
     assert links.orphan_evidence[410][0].startswith("its parent is pid 1")
 
 
+def test_untitled_orphan_of_a_loaded_host_matched_by_its_execution() -> None:
+    # rq >= 2 writes the execution just before the fork; the horse sets started_at only once it runs the job,
+    # which on a loaded host can be many seconds later
+    horse = _proc(410, 1, pgid=410, sid=410, created=T0 + 40.2, cwd="/b/sites")
+    job = _job("j", worker_name="gone", started_at=T0 + 52, execution_created_at=T0 + 40.0)
+    links = link(_snapshot([_worker("gone", 300, birth=T0)], [job], [horse], bench_path="/b"))
+    jl = links.jobs[0]
+    assert (jl.runner, jl.runner_role, jl.matched_by) == (horse, "orphaned-horse", "started_at")
+    far = _job("j", worker_name="gone", started_at=T0 + 52)  # no execution: 11.8 s is too far to claim
+    assert link(_snapshot([_worker("gone", 300, birth=T0)], [far], [horse], bench_path="/b")).jobs[0].runner is None
+
+
 def test_orphan_not_claimed_by_a_job_whose_worker_lives() -> None:
     worker = _worker("w", 200, state="idle")
     orphan = _proc(400, 1, pgid=400, sid=400, created=T0 + 49.9, cwd="/b/sites")

@@ -439,7 +439,7 @@ def _match_orphans(jlinks: list[JobLink], wlinks: list[WorkerLink], orphans: lis
             candidates = [p for p in free if _orphan_fits(p, jl.job, how)]
             if not candidates:
                 continue
-            best = min(candidates, key=lambda p: abs((p.create_time or 0.0) - (jl.job.started_at or 0.0)))
+            best = min(candidates, key=lambda p: _start_gap(p, jl.job))
             free.remove(best)
             jl.runner, jl.runner_role, jl.matched_by, jl.location = best, "orphaned-horse", how, "local"
 
@@ -448,6 +448,13 @@ def _orphan_fits(p: ProcessInfo, job: JobInfo, how: str) -> bool:
     own_title = parse_title(p)
     if how == "title":
         return own_title is not None and own_title[0] == job.worker_name
-    if own_title is not None or p.create_time is None or job.started_at is None:
-        return False
-    return abs(p.create_time - job.started_at) <= ORPHAN_WINDOW
+    return own_title is None and _start_gap(p, job) <= ORPHAN_WINDOW
+
+
+def _start_gap(p: ProcessInfo, job: JobInfo) -> float:
+    """Seconds between a horse's start and its job's: ``started_at`` (set in the horse once it runs the job,
+    late on a loaded host) or, rq >= 2, the execution's ``created_at`` (written just before the fork)."""
+    anchors = [t for t in (job.started_at, job.execution_created_at) if t is not None]
+    if p.create_time is None or not anchors:
+        return float("inf")
+    return min(abs(p.create_time - t) for t in anchors)
