@@ -45,7 +45,8 @@ DB_READERS = ["hangs", "stack", "locks", "preflight"]
 
 def test_process_age_matches_psutil() -> None:
     age = process_age()
-    assert abs(age - (time.time() - psutil.Process().create_time())) < 0.5
+    # psutil dates the start from /proc/stat's btime, whole seconds: up to 1 s off on its own
+    assert abs(age - (time.time() - psutil.Process().create_time())) < 1.5
     assert age > 0
 
 

@@ -17,6 +17,52 @@ SEVERITIES = ("critical", "warning", "info")
 DOCS_URL = "docs/findings.md"
 
 
+REMEDY_ACTIONS = ("stop_horse", "stop_orphan", "stop_worker", "fail_started", "prune_worker", "clear_job_hash")
+"""What ``rqdoctor stuck --kill`` can do (``rqdoctor.actions``); a remedy with another action is only advice:
+
+- ``stop_horse``: a live work-horse on this host: RQ's stop command, then SIGTERM, then SIGKILL to its
+  process group; the job must end in failed or stopped;
+- ``stop_orphan``: an orphaned horse (its worker is gone): SIGTERM, then SIGKILL to its group, then its
+  started entry is moved to failed (no worker will);
+- ``stop_worker``: the job runs in the worker process itself (SimpleWorker, Frappe NoFork): needs
+  ``--kill-worker``;
+- ``fail_started``: a started entry no process runs: moved to failed atomically (``--requeue``: to its queue);
+- ``prune_worker``: a ghost worker hash with no process and no Redis connection: removed;
+- ``clear_job_hash``: a zombie job hash (queued or started in no queue, registry or process): marked failed.
+"""
+
+
+@dataclass
+class Remedy:
+    """What can be done about a finding, as data: ``rqdoctor.actions`` acts on this, never on the fix text.
+
+    The identity fields are what the actor re-verifies before every signal or Redis change.
+    """
+
+    action: str
+    """One of :data:`REMEDY_ACTIONS`."""
+    reason: str
+    """One line: why (the evidence in short), written to the plan and the audit log."""
+    host: str | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    create_time: float | None = None
+    """The process's start time (epoch seconds) when it was seen; a different one means another process."""
+    parent_pid: int | None = None
+    """The registered worker's pid the process must still be a child of (None: an orphan, or no process)."""
+    parent_create_time: float | None = None
+    worker: str | None = None
+    job_id: str | None = None
+    execution_id: str | None = None
+    queue: str | None = None
+    member: str | None = None
+    """The started-registry member exactly as stored (``job_id`` or ``job_id:execution_id``)."""
+    expected: str = ""
+    """The state after: ``failed``, ``stopped``, ``queued`` (with ``--requeue``) or ``absent``."""
+    needs: str | None = None
+    """A flag the action requires beyond ``--kill`` (``--kill-worker``, ``--prune-ghosts``), else None."""
+
+
 @dataclass
 class Hit:
     """What a rule found: its subject, the evidence it rests on, and the fix."""
@@ -33,6 +79,8 @@ class Hit:
     worker: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     """Machine-readable details (blocker, peer, child…) for JSON consumers."""
+    remedy: Remedy | None = None
+    """What ``stuck --kill`` may do about it (None: nothing it can do safely)."""
     severity: str | None = None
     """Only to raise the rule's severity for this hit (the evidence says why); None keeps the rule's."""
 
@@ -52,6 +100,7 @@ class Finding:
     pid: int | None = None
     worker: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    remedy: Remedy | None = None
 
     @property
     def more_info(self) -> str:
@@ -75,7 +124,7 @@ class Rule:
         """Apply the rule and stamp its code, severity and title on every hit."""
         for hit in self.check(context):
             yield Finding(self.code, hit.severity or self.severity, self.title, hit.subject, hit.evidence, hit.fix,
-                          hit.commands, hit.job_id, hit.pid, hit.worker, hit.data)
+                          hit.commands, hit.job_id, hit.pid, hit.worker, hit.data, hit.remedy)
 
 
 RULES: dict[str, Rule] = {}

@@ -1,0 +1,27 @@
+"""``stuck --kill``: plan from the findings' remedies, confirm, act, verify, audit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rqdoctor.diagnose.findings import Finding
+from rqdoctor.model import Snapshot
+
+
+@dataclass
+class KillOptions:
+    """What the user allowed on the command line."""
+
+    dry_run: bool = False
+    yes: bool = False
+    kill_worker: bool = False
+    requeue: bool = False
+    prune_ghosts: bool = False
+    audit_log: Path | None = None
+    grace_s: float = 10.0
+
+
+def run_kill(snapshot: Snapshot, findings: list[Finding], options: KillOptions) -> int:
+    """Plan, confirm, act and verify; return the exit code (to be built: issue 9)."""
+    raise NotImplementedError
