@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rqdoctor.commands.options import Format
 from rqdoctor.diagnose.findings import Finding
 from rqdoctor.model import Snapshot
 
@@ -20,6 +21,8 @@ class KillOptions:
     prune_ghosts: bool = False
     audit_log: Path | None = None
     grace_s: float = 10.0
+    fmt: Format = Format.text
+    output: Path | None = None
 
 
 def run_kill(snapshot: Snapshot, findings: list[Finding], options: KillOptions) -> int:
