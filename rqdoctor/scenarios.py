@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -36,6 +37,13 @@ def boom(message: str = "rqdoctor scenario failure") -> None:
 
 def sleep_for(seconds: float) -> float:
     """Sleep in ``time.sleep`` for ``seconds``."""
+    time.sleep(float(seconds))
+    return float(seconds)
+
+
+def ignore_term(seconds: float) -> float:
+    """Ignore SIGTERM, then sleep for ``seconds``: only SIGKILL ends it early."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(float(seconds))
     return float(seconds)
 
@@ -513,6 +521,6 @@ SCENARIOS: dict[str, Callable[..., Any]] = {
     for f in (quick, boom, sleep_for, http_no_timeout, wait_child, cpu_loop, thread_deadlock,
               progress, work_between_naps, save_every, send_every, redis_lock_poll, redis_lock_acquire,
               mysql_hold_lock, mysql_lock_wait, pg_hold_lock, pg_lock_wait, http_beside_redis, smtp_no_timeout,
-              file_lock_wait)
+              file_lock_wait, ignore_term)
 }
 """Job name -> function; the dotted path for enqueueing is ``rqdoctor.scenarios.<name>``."""
