@@ -133,6 +133,9 @@ class QueueInfo:
     """Ids in ``rq:queue:<q>:intermediate``: dequeued by a single-queue worker, not started yet (rq >= 1.15)."""
     registered: bool = True
     """Listed in ``rq:queues``."""
+    clean_lock_ttl: int | None = None
+    """TTL in seconds of ``rq:clean_registries:<q>``, the maintenance lock (None: no lock, or not read):
+    no worker cleans this queue's registries before it expires."""
 
 
 @dataclass

@@ -332,7 +332,10 @@ def test_rqd101_fires_horse_running_past_its_timeout() -> None:
     assert finding.evidence[3].startswith("SIGALRM (JobTimeoutException) did not stop it")
     assert finding.commands == ["kill -KILL -19302"]
     assert process_ref(process(snapshot, 19302)) in finding.fix
-    assert finding.data == {"running_for_s": 3630.0, "timeout_s": 3600}
+    assert finding.data == {"running_for_s": 3630.0, "timeout_s": 3600,
+                            "hard_kill_at": job(snapshot, HOLD).started_at + 3660}
+    assert finding.remedy is not None and finding.remedy.action == "stop_horse"
+    assert (finding.remedy.pid, finding.remedy.pgid, finding.remedy.job_id) == (19302, 19302, HOLD)
 
 
 def test_rqd101_fires_past_the_hard_kill_says_the_parent_did_not_kill_it() -> None:
@@ -340,7 +343,7 @@ def test_rqd101_fires_past_the_hard_kill_says_the_parent_did_not_kill_it() -> No
     run_for(snapshot, HOLD, 3700)
     finding = only(snapshot, "RQD101")
     assert "running 3700 s, timeout 3600 s" in finding.evidence
-    assert any(line.startswith("the worker parent should have killed it at timeout + 60 s")
+    assert any(line.startswith("RQ's worker parent should have killed it 40 s ago (timeout + 60 s)")
                for line in finding.evidence)
 
 
@@ -467,7 +470,12 @@ def test_rqd201_fires_worker_and_horse_gone() -> None:
     assert finding.evidence == ["Redis says pid 18619 on host vm; no such process here",
                                 "process missing: no process 18619 on vm",
                                 f"its current job {HOLD} stays 'started' until a cleanup runs",
-                                "worker key expires in 75 s"]
+                                "worker key expires in 75 s",
+                                f"no process on this host runs its started job {HOLD}"]
+    assert finding.remedy is not None
+    assert (finding.remedy.action, finding.remedy.job_id, finding.remedy.host, finding.remedy.expected) == (
+        "fail_started", HOLD, snapshot.host, "failed")
+    assert finding.remedy.member == HOLD  # rq 1.15: the bare job id
     assert finding.commands == ["dmesg | grep -i -e oom -e killed",
                                 supervisor_restart_workers(snapshot.target)]  # only the workers, not the web
 
@@ -653,8 +661,10 @@ def test_rqd503_fires_expired_entry_of_a_dead_workers_job() -> None:
     finding = only(abandoned(horse_alive=False), "RQD503")
     assert (finding.severity, finding.subject, finding.job_id, finding.worker) == (
         "warning", f"job {HOLD}", HOLD, SHORT_WORKER)
-    assert finding.evidence == ["started-registry entry expired 120 s ago (no heartbeat)",
-                                f"worker {SHORT_WORKER} is not running it any more"]
+    assert finding.evidence[:2] == ["started-registry entry expired 120 s ago (no heartbeat)",
+                                    f"worker {SHORT_WORKER} is not running it any more"]
+    assert finding.evidence[2].startswith("the 1 worker(s) listening on home-frappe-frappe-bench:short are busy")
+    assert finding.remedy is not None and finding.remedy.action == "fail_started"
     assert finding.commands == []  # a worker's maintenance cleans it up; nothing to run by hand
     assert "did not complete" in finding.fix
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from rqdoctor.diagnose import remedies
 from rqdoctor.diagnose.activity import Activity, short_path
 from rqdoctor.diagnose.advice import process_ref
-from rqdoctor.diagnose.context import Context, JobFacts
+from rqdoctor.diagnose.cleanup import next_cleanup
+from rqdoctor.diagnose.context import Context, JobFacts, age
 from rqdoctor.diagnose.findings import Hit, rule
 from rqdoctor.diagnose.history import FAR_MARGIN_S, FAR_RATIO, runs_far_longer, seconds
+from rqdoctor.diagnose.rules_workers import BUSY_HEARTBEAT_LIMIT_S
 
 NEAR_TIMEOUT_RATIO = 0.8
 NETWORK_KINDS = {"http": "HTTP", "smtp": "SMTP", "imap": "IMAP", "socket": "network", "redis": "Redis"}
@@ -49,21 +52,57 @@ def past_timeout(ctx: Context) -> Iterator[Hit]:
         timeout, running = facts.timeout_s, facts.running_for_s
         if timeout is None or timeout < 0 or running is None or running <= timeout:
             continue
-        why = []
-        if facts.link.runner_role == "worker":
-            why.append("it runs inside its worker (SimpleWorker-style): no parent enforces the hard kill")
-        elif facts.link.runner_role == "orphaned-horse":
-            why.append("its worker is gone, so nobody enforces the timeout")
-        elif running > timeout + HARD_KILL_GRACE_S:
-            why.append(f"the worker parent should have killed it at timeout + {HARD_KILL_GRACE_S} s: "
-                       "its monitor loop is not running (hung worker) or the job's timeout is not what RQ uses")
-        else:
-            why.append("SIGALRM (JobTimeoutException) did not stop it: Python runs the handler only between "
-                       "bytecodes, so a blocking C call (socket read, lock, child wait) ignores it, or the code "
-                       "swallowed the exception; RQ's parent kills the horse at timeout + 60 s")
-        yield _hit(facts, [f"running {running:.0f} s, timeout {timeout} s", *why, *_activity_line(facts.activity)],
+        hit = _hit(facts, [f"running {running:.0f} s, timeout {timeout} s", *hard_kill_lines(ctx, facts),
+                           *_activity_line(facts.activity)],
                    "Make the blocking call time out (see the activity's finding), then stop this run.",
-                   running_for_s=round(running, 1), timeout_s=timeout)
+                   running_for_s=round(running, 1), timeout_s=timeout, hard_kill_at=hard_kill_at(facts))
+        hit.remedy = remedies.for_job_runner(ctx.snapshot, facts.link, f"running {running:.0f} s past its "
+                                             f"{timeout} s timeout")
+        if hit.remedy is not None:
+            hit.fix += " " + remedies.describe(hit.remedy)
+        yield hit
+
+
+def hard_kill_at(facts: JobFacts) -> float | None:
+    """When RQ's worker parent SIGKILLs the horse: started_at + timeout + 60 s (None: no parent enforces it)."""
+    job = facts.link.job
+    if facts.link.runner_role in ("worker", "orphaned-horse") or job.started_at is None or facts.timeout_s is None:
+        return None
+    return job.started_at + facts.timeout_s + HARD_KILL_GRACE_S
+
+
+def hard_kill_lines(ctx: Context, facts: JobFacts) -> list[str]:
+    """Why RQ's hard kill at timeout + 60 s did not happen yet, and when (or whether) it will."""
+    link, timeout, running = facts.link, facts.timeout_s or 0, facts.running_for_s or 0.0
+    if link.runner_role == "worker":
+        return ["it runs inside its worker process (SimpleWorker, or Frappe's NoFork pool worker): no parent "
+                "enforces the hard kill at timeout + 60 s, so it never comes"]
+    if link.runner_role == "orphaned-horse":
+        return ["its worker is gone, so no parent enforces the hard kill at timeout + 60 s: it never comes"]
+    lines = []
+    runner = link.runner
+    if runner is not None and runner.status == "stopped":
+        lines.append("the process is stopped (state T): it runs no signal handler until it gets SIGCONT")
+    heartbeat = age(ctx.now, link.worker.last_heartbeat) if link.worker is not None else None
+    hung = heartbeat is not None and heartbeat > BUSY_HEARTBEAT_LIMIT_S
+    due = running - timeout - HARD_KILL_GRACE_S
+    if due > 0:
+        lines.append(f"RQ's worker parent should have killed it {due:.0f} s ago (timeout + {HARD_KILL_GRACE_S} s)")
+        if hung:
+            lines.append(f"the worker's last heartbeat is {heartbeat:.0f} s old (it heartbeats every 30 s while "
+                         "it monitors its horse): its monitor loop is hung, so the hard kill will not come")
+        elif heartbeat is not None:
+            lines.append(f"the worker heartbeats ({heartbeat:.0f} s ago) yet did not kill it: the timeout RQ "
+                         "enforces is not the one shown (a custom worker class, or a timeout changed since)")
+        return lines
+    lines.append("SIGALRM (JobTimeoutException) did not stop it: Python runs the handler only between bytecodes, "
+                 "so a blocking C call (socket read, lock, child wait) ignores it, or the code swallowed the exception")
+    if hung:
+        lines.append(f"RQ's parent would kill it in {-due:.0f} s, but the worker's last heartbeat is "
+                     f"{heartbeat:.0f} s old: its monitor loop is hung, so the hard kill will likely not come")
+    else:
+        lines.append(f"RQ's worker parent kills it in {-due:.0f} s (at timeout + {HARD_KILL_GRACE_S} s)")
+    return lines
 
 
 @rule("RQD102", "warning", "Job is close to its timeout")
@@ -180,8 +219,15 @@ def busy_without_job(ctx: Context) -> Iterator[Hit]:
         if horse is not None:
             fix += (f" Kill the horse's process group ({process_ref(horse)}) to free the worker; the job is still "
                     "queued or started.")
+        remedy = None
+        if horse is not None:
+            pre = next((j.job for j in ctx.links.jobs if j.runner is horse), None)
+            remedy = remedies.for_busy_horse(ctx.snapshot, link.process, horse, w, pre,
+                                             "busy worker with no current job: its horse never started the job")
+            fix += " " + remedies.describe(remedy)
         yield Hit(f"worker {w.name}", evidence=[*evidence, *_activity_line(activity)], worker=w.name,
-                  pid=runner.pid, commands=[f"kill -KILL -{horse.pgid or horse.pid}"] if horse else [], fix=fix)
+                  pid=runner.pid, commands=[f"kill -KILL -{horse.pgid or horse.pid}"] if horse else [], fix=fix,
+                  remedy=remedy)
 
 
 @rule("RQD108", "warning", "SimpleWorker: the job blocks its worker")
@@ -222,16 +268,24 @@ def orphaned_horse(ctx: Context) -> Iterator[Hit]:
         if process.pid in ctx.links.gone:
             continue  # it exited during the scan
         job = ctx.links.job_for_pid(process.pid)
+        evidence = [f"{process_ref(process)} is an RQ work-horse with no live worker",
+                    *ctx.links.orphan_evidence.get(process.pid, [])]
+        expires = job.job.registry_expires_at if job else None
+        if job is not None and expires is not None and expires < ctx.now:
+            evidence.append(f"its started-registry entry expired {ctx.now - expires:.0f} s ago (nobody heartbeats "
+                            "it): the next registry cleanup moves the job to failed while it may still run")
+            evidence += next_cleanup(ctx, job.job.queue).lines
+        remedy = remedies.for_orphan(ctx.snapshot, ctx.links, process, "orphaned work-horse: its worker is gone")
         yield Hit(
             f"process {process.pid}",
-            evidence=[f"{process_ref(process)} is an RQ work-horse with no live worker",
-                      *ctx.links.orphan_evidence.get(process.pid, [])],
+            evidence=evidence,
             pid=process.pid, job_id=job.job.job_id if job else None,
             worker=job.job.worker_name if job else None,
             commands=[f"kill -TERM -{process.pgid or process.pid}"],
             fix="Nobody heartbeats or times out this job; when it finishes it may re-create a ghost worker hash "
                 f"(RQD202). If it is stuck, end its process group ({process_ref(process)}), then check the job's "
-                "status.",
+                "status. " + remedies.describe(remedy),
+            remedy=remedy,
         )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterator
 
+from rqdoctor.diagnose import remedies
 from rqdoctor.diagnose.advice import redis_cli, rqdoctor_cli
+from rqdoctor.diagnose.cleanup import next_cleanup
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
 from rqdoctor.model import RedisState, TargetInfo
@@ -76,8 +78,16 @@ def abandoned_job(ctx: Context) -> Iterator[Hit]:
             evidence.append("a scheduled job: while it stays 'started', the scheduler skips every later run "
                             "(\"Skipped queueing … because it was found in queue\")")
             fix += " Until it is gone this scheduled job type never runs again."
+        evidence += next_cleanup(ctx, job.queue).lines
+        blocker = remedies.unrun_blocker(ctx.snapshot, ctx.links, link)
+        remedy = None
+        if blocker is None:
+            remedy = remedies.fail_started(ctx.snapshot, link, "started entry expired and no process runs it")
+            fix += " " + remedies.describe(remedy)
+        else:
+            evidence.append(f"no --kill remedy: {blocker}")
         yield Hit(f"job {job.job_id}", evidence=evidence, fix=fix, job_id=job.job_id, worker=job.worker_name,
-                  severity="critical" if scheduled else None)
+                  severity="critical" if scheduled else None, remedy=remedy)
 
 
 @rule("RQD504", "warning", "Queue backlog: jobs wait long although workers listen")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from rqdoctor.diagnose import remedies
 from rqdoctor.diagnose.advice import process_ref, redis_cli, supervisor_restart_workers
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
+from rqdoctor.diagnose.link import JobLink
 
 BUSY_HEARTBEAT_LIMIT_S = 120
 """A busy worker refreshes its heartbeat every job_monitoring_interval (30 s) with a 90 s TTL."""
@@ -39,8 +41,26 @@ def dead_worker(ctx: Context) -> Iterator[Hit]:
         commands = ["dmesg | grep -i -e oom -e killed"]
         if link.location == "dead":
             commands.append(supervisor_restart_workers(ctx.snapshot.target))
+        remedy = None
+        for jl in _unexpired_started(ctx, w.name):
+            blocker = remedies.unrun_blocker(ctx.snapshot, ctx.links, jl)
+            if blocker is not None:
+                evidence.append(f"its started job {jl.job.job_id}: no --kill remedy, {blocker}")
+            elif remedy is None:
+                remedy = remedies.fail_started(ctx.snapshot, jl, f"worker {w.name} is gone on this host and no "
+                                               "process runs its started job")
+                evidence.append(f"no process on this host runs its started job {jl.job.job_id}")
+                fix += " " + remedies.describe(remedy)
         yield Hit(f"worker {w.name}", evidence=evidence, worker=w.name, fix=fix, commands=commands,
-                  pid=w.pid if link.claimed is None else None)  # never point at a process that is not the worker
+                  pid=w.pid if link.claimed is None else None,  # never point at a process that is not the worker
+                  job_id=remedy.job_id if remedy else None, remedy=remedy)
+
+
+def _unexpired_started(ctx: Context, worker: str) -> list[JobLink]:
+    """Started entries of ``worker`` whose score has not expired yet (expired ones are RQD503's)."""
+    return [jl for jl in ctx.links.jobs
+            if jl.worker is not None and jl.worker.name == worker and jl.runner is None
+            and jl.job.registry_expires_at is not None and jl.job.registry_expires_at >= ctx.now]
 
 
 @rule("RQD202", "warning", "Ghost worker: a persistent partial worker hash")
@@ -58,6 +78,7 @@ def ghost_worker(ctx: Context) -> Iterator[Hit]:
                 "already'.",
             commands=[redis_cli(ctx.snapshot.target, "DEL", w.key),
                       redis_cli(ctx.snapshot.target, "SREM", "rq:workers", w.key)],
+            remedy=remedies.prune_worker(w, "ghost worker hash: no pid, no birth, no TTL"),
         )
 
 

@@ -8,8 +8,9 @@ one revealed, so the number of round trips does not grow with workers, queues or
 1. TIME, INFO server, SMEMBERS ``rq:workers`` and ``rq:queues``, EXISTS ``rq:suspended``;
 2. per worker TYPE, HGETALL, TTL and SMEMBERS ``rq:worker:<name>:executions`` (rq 3.0);
    per queue LLEN of the list and its ``:intermediate`` list, LINDEX 0, ZCARD of the six
-   registries and ZRANGE WITHSCORES of ``rq:wip:<q>``; per queue the filter hides, LLEN and
-   ZCARD of ``rq:wip:<q>`` (to say what the filter hid);
+   registries, ZRANGE WITHSCORES of ``rq:wip:<q>`` and TTL of ``rq:clean_registries:<q>`` (the
+   maintenance lock); per queue the filter hides, LLEN and ZCARD of ``rq:wip:<q>`` (to say what the
+   filter hid);
 3. HMGET of the plain fields of every started job (wip members, ``current_job``, executions)
    and of its ``rq:execution:`` hash (rq >= 2), ``enqueued_at`` of each queue's oldest job, and
    the queue reads of step 2 for queues that workers listen on but ``rq:queues`` lacks;
@@ -47,6 +48,7 @@ WORKER_PREFIX = b"rq:worker:"
 QUEUE_PREFIX = b"rq:queue:"
 JOB_PREFIX = b"rq:job:"
 EXECUTION_PREFIX = b"rq:execution:"
+CLEAN_LOCK_PREFIX = b"rq:clean_registries:"
 REGISTRIES = {
     "started": b"rq:wip:",
     "failed": b"rq:failed:",
@@ -274,6 +276,8 @@ class _Reader:
         queue.intermediate = _int(self.reply(rnd, slots["intermediate"], key + b":intermediate", 0)) or 0
         for registry, prefix in REGISTRIES.items():
             setattr(queue, registry, _int(self.reply(rnd, slots[registry], prefix + name, 0)) or 0)
+        lock_ttl = _int(self.reply(rnd, slots["clean_lock"], CLEAN_LOCK_PREFIX + name, None))
+        queue.clean_lock_ttl = lock_ttl if lock_ttl is not None and lock_ttl >= 0 else None
         oldest = self.reply(rnd, slots["oldest"], key, None)
         if oldest is not None:
             queue.oldest_queued_job = _text(oldest)
@@ -382,6 +386,7 @@ def _add_queue(rnd: _Round, name: bytes) -> dict[str, int]:
     for registry, prefix in REGISTRIES.items():
         slots[registry] = rnd.add("zcard", prefix + name)
     slots["wip"] = rnd.add("zrange", REGISTRIES["started"] + name, 0, -1, withscores=True)
+    slots["clean_lock"] = rnd.add("ttl", CLEAN_LOCK_PREFIX + name)
     return slots
 
 
