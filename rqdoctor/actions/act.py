@@ -183,8 +183,10 @@ class Actor:
                 self._finish(result, ended, "the process was not stopped (see the signals above)")
                 return
         if not r.job_id:
-            self._finish(result, "done", "the process is gone (no job was matched to it)")
-            self._log(result, "none (verification)", "done", result.detail)
+            outcome = "done" if first.ok else "nothing"
+            self._finish(result, outcome, "the process is gone (no job was matched to it)" if first.ok
+                         else f"nothing sent: {first.reason}")
+            self._log(result, "none (verification)", outcome, result.detail)
             return
         state = redis_moves.job_state(self.client, r)
         if state.status in ENDED_OK:

@@ -12,6 +12,8 @@ Exit codes of ``run_kill`` (also in ``docs/actions.md``):
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import sys
 from collections.abc import Callable
@@ -129,10 +131,11 @@ def _recheck(report: render.KillReport, options: KillOptions) -> None:
 
 
 def _leftovers(snapshot: Snapshot, job_ids: list[str]) -> list[str]:
-    """What the stopped jobs left behind in Frappe (rqdoctor.diagnose.leftovers), one line each."""
-    from rqdoctor.diagnose import leftovers
-
-    return [str(item) for item in leftovers.leftovers(snapshot, job_ids)] if job_ids else []
+    """What the stopped jobs left behind in Frappe (``rqdoctor.diagnose.leftovers``, once it lands), one line each."""
+    if not job_ids or importlib.util.find_spec("rqdoctor.diagnose.leftovers") is None:
+        return []
+    leftovers = importlib.import_module("rqdoctor.diagnose.leftovers")
+    return [str(item) for item in leftovers.leftovers(snapshot, job_ids)]
 
 
 def _exit_code(report: render.KillReport) -> int:

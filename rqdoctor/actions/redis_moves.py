@@ -233,14 +233,11 @@ def _runner(client: redis.Redis, job_id: str) -> str | None:
 
 def client_names(client: redis.Redis) -> set[str]:
     """Names of the connected Redis clients (``CLIENT LIST``): each rq worker names its connection after itself."""
-    raw = client.execute_command("CLIENT LIST")
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    names = set()
-    for line in text.splitlines():
-        for part in line.split(" "):
-            if part.startswith("name=") and len(part) > 5:
-                names.add(part[5:])
-    return names
+    return {_text(c.get("name")) for c in client.client_list() if c.get("name")}
+
+
+def _text(value: Any) -> str:
+    return _s(value) if isinstance(value, bytes) else str(value)
 
 
 def prune_worker(client: redis.Redis, remedy: Remedy, host: str) -> Outcome:
