@@ -31,6 +31,7 @@ from tests.harness.bench import Bench
 from tests.harness.venvs import ensure_venv, venv_python
 from tests.harness.workers import (
     StartedJob,
+    WorkerProcess,
     Workers,
     enqueue,
     wait_for_job_started,
@@ -111,15 +112,26 @@ def rq_reads(flavour: str, url: str, job_id: str) -> dict[str, object]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def dead(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def term_ignored(pid: int) -> bool:
     with open(f"/proc/{pid}/status") as status:
         mask = next(int(line.split()[1], 16) for line in status if line.startswith("SigIgn:"))
     return bool(mask & (1 << (signal.SIGTERM - 1)))
 
 
-def next_job_runs(flavour: str, url: str, r: redis.Redis, queue: str) -> str:
+def next_job_runs(flavour: str, url: str, r: redis.Redis, queue: str, worker: WorkerProcess) -> str:
+    """The worker survived and takes the next job."""
     job = enqueue(flavour, url, queue, f"{SCEN}.quick")
-    wait_for_job_status(r, job, ["finished"], timeout=60)
+    try:
+        wait_for_job_status(r, job, ["finished"], timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nworker log:\n{worker.log_tail(60)}") from None
     return job
 
 
@@ -139,8 +151,10 @@ def test_sigterm_ignoring_horse_is_escalated_to_sigkill(bench: Bench, workers: W
     os.kill(started.worker_pid, signal.SIGSTOP)
 
     def resume_worker_once_horse_dies() -> None:
-        wait_until(lambda: not horse.is_running() or horse.status() == psutil.STATUS_ZOMBIE, "the horse to die", 60)
-        os.kill(started.worker_pid, signal.SIGCONT)
+        try:
+            wait_until(lambda: dead(horse), "the horse to die", 60)
+        finally:
+            os.kill(started.worker_pid, signal.SIGCONT)
 
     resumer = threading.Thread(target=resume_worker_once_horse_dies, daemon=True)
     resumer.start()
@@ -156,7 +170,7 @@ def test_sigterm_ignoring_horse_is_escalated_to_sigkill(bench: Bench, workers: W
     assert (f"SIGKILL to {group}", "sent") in changes
     assert redis_client.hget(f"rq:job:{job}", "status") in ("failed", "stopped")
     assert w.alive()
-    follow_up = next_job_runs(rq_flavour, redis_url, redis_client, queue)
+    follow_up = next_job_runs(rq_flavour, redis_url, redis_client, queue, w)
     assert_accounted(redis_client, queue, [job, follow_up])
 
 
@@ -184,11 +198,12 @@ def test_stop_command_ends_a_hung_horse_after_a_refused_non_terminal_run(
     assert lines[0]["result"] == "sent"
     assert redis_client.hget(f"rq:job:{job}", "status") in ("stopped", "failed")
     assert w.alive()
-    follow_up = next_job_runs(rq_flavour, redis_url, redis_client, queue)
+    follow_up = next_job_runs(rq_flavour, redis_url, redis_client, queue, w)
     assert_accounted(redis_client, queue, [job, follow_up])
     # a second run right after: the horse is gone and the job ended, nothing to do
     assert kill(snapshot_of(bench, redis_url), [remedy], redis_url, audit) == EXIT_DONE
-    assert audit_lines(audit)[-1]["result"] == "nothing" or "already ended" in str(audit_lines(audit)[-1])
+    last = audit_lines(audit)[-1]
+    assert last["result"] == "nothing" and "already ended" in str(last["detail"])
 
 
 def test_orphaned_horse_is_stopped_and_its_job_failed(bench: Bench, workers: Workers, redis_client: redis.Redis,
@@ -206,7 +221,7 @@ def test_orphaned_horse_is_stopped_and_its_job_failed(bench: Bench, workers: Wor
     wait_until(lambda: horse.ppid() != started.worker_pid, "the horse to be re-parented")
     audit = tmp_path / "audit.jsonl"
     assert kill(snapshot_of(bench, redis_url), [remedy], redis_url, audit) == EXIT_DONE
-    assert not horse.is_running() or horse.status() == psutil.STATUS_ZOMBIE
+    assert dead(horse)
     changes = [(line["change"], line["result"]) for line in audit_lines(audit)]
     assert (f"SIGKILL to process group {horse.pid}", "sent") in changes
     assert_accounted(redis_client, queue, [job])
@@ -229,9 +244,10 @@ def test_abandoned_entry_is_requeued_and_runs_again(bench: Bench, workers: Worke
     assert started.horse is not None
     remedy = remedy_for(redis_client, "fail_started", started, queue)
     remedy.pid = remedy.pgid = remedy.create_time = None
+    horse = started.horse
     os.kill(started.worker_pid, signal.SIGKILL)
-    os.killpg(started.horse.pid, signal.SIGKILL)
-    wait_until(lambda: not started.horse.is_running() or started.horse.status() == psutil.STATUS_ZOMBIE, "horse")
+    os.killpg(horse.pid, signal.SIGKILL)
+    wait_until(lambda: dead(horse), "the horse to die")
     audit = tmp_path / "audit.jsonl"
     assert kill(snapshot_of(bench, redis_url), [remedy], redis_url, audit, requeue=True) == EXIT_DONE
     assert redis_client.hget(f"rq:job:{job}", "status") == "queued"

@@ -142,6 +142,7 @@ class Actor:
         if state is None or state.status in ENDED_OK:
             ended = f"job {state.status}, " if state else ""
             self._finish(result, "nothing", f"already ended: {ended}{verdict.reason}")
+            self._log(result, "none (verification)", "nothing", result.detail)
         else:
             self._refuse(result, verdict.reason)
 
@@ -198,8 +199,9 @@ class Actor:
     def _fail_started(self, result: Result) -> None:
         r = result.step.remedy
         state = redis_moves.job_state(self.client, r)
-        if state.current:
-            self._refuse(result, f"worker {r.worker} runs job {r.job_id} again")
+        alive = redis_moves.worker_alive(self.client, r.worker, self.host) if state.current and r.worker else ""
+        if alive:
+            self._refuse(result, f"worker {r.worker} names job {r.job_id} as its current job and {alive}")
             return
         self._move(result, r.reason)
 

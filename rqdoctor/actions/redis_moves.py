@@ -270,6 +270,11 @@ def prune_worker(client: redis.Redis, remedy: Remedy, host: str) -> Outcome:
     return _transaction(client, [key], body)
 
 
+def worker_alive(client: redis.Redis, worker: str, host: str) -> str:
+    """Why worker ``worker``'s process may still be alive (``''``: its hash names no live process)."""
+    return _worker_process_alive(client.hgetall(PREFIX + b"worker:" + _b(worker)), host)
+
+
 def _worker_process_alive(fields: dict[bytes, bytes], host: str) -> str:
     """Why the hash's process may be alive (``''``: it is not, or the hash names none)."""
     hostname, pid_raw = _s(fields.get(b"hostname")), fields.get(b"pid")
