@@ -224,6 +224,45 @@ class HiddenWorker:
 
 
 @dataclass
+class JobHash:
+    """A ``rq:job:<id>`` hash found by the ``stuck`` scan with status ``queued`` or ``started`` (plain fields only)."""
+
+    job_id: str
+    status: str
+    origin: str | None = None
+    description: str | None = None
+    """Call string, secret-looking kwargs masked."""
+    created_at: float | None = None
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    worker_name: str | None = None
+    site: str | None = None
+    method: str | None = None
+    held_by: list[str] = field(default_factory=list)
+    """Where it was found besides its hash: ``queue``, ``intermediate``, ``started``, ``scheduled``, ``deferred``,
+    ``worker <name>``; empty: nowhere (a zombie, when ``checked``)."""
+    checked: bool = False
+    """Every place was checked (and the status read again, unchanged); False: no verdict."""
+    direct: bool = False
+    """Looked up by its known id (a Frappe scheduled job), not found by the scan."""
+
+
+@dataclass
+class JobScan:
+    """The ``stuck`` scan of job hashes: SCAN ``rq:job:*`` with COUNT, bounded by a key limit and the deadline."""
+
+    complete: bool = False
+    """The SCAN reached cursor 0 (every job key was seen)."""
+    keys_seen: int = 0
+    limit: int = 0
+    """At most this many keys are read."""
+    stopped_by: str = ""
+    """Why a partial scan stopped: ``limit`` or ``deadline``; empty when complete."""
+    jobs: list[JobHash] = field(default_factory=list)
+    """Hashes with status queued/started of the shown queues (by ``origin``)."""
+
+
+@dataclass
 class RedisState:
     """Everything read from RQ's Redis."""
 
@@ -243,6 +282,8 @@ class RedisState:
     """Workers of this Redis that the queue filter left out."""
     hidden_counted: bool = False
     """The probe recorded what the filter hid (False in snapshots of older rqdoctor versions: unknown)."""
+    job_scan: JobScan | None = None
+    """``stuck`` only: the job hashes that say queued/started, and where each was found (None: not scanned)."""
 
 
 @dataclass
@@ -279,6 +320,9 @@ class ProcessInfo:
     worker_like: bool = False
     """Its argv or title looks like an RQ / Frappe worker."""
     connections: list[Connection] = field(default_factory=list)
+    status_again: str | None = None
+    """``stuck`` only: the psutil status read again a moment later for a process first seen ``stopped``
+    (a process briefly stopped by a debugger or ``py-spy --blocking`` is running again by then)."""
 
 
 @dataclass
@@ -489,6 +533,48 @@ class DatabaseState:
 
 
 @dataclass
+class DocLockFile:
+    """A file in ``sites/<site>/locks/`` (``stuck`` only): a Frappe document lock exists as a plain file."""
+
+    site: str
+    path: str
+    name: str
+    """File name without ``.lock``: a 56-hex ``sha224("<doctype>:<name>")`` for ``Document.lock()``."""
+    mtime: float
+    held_by: list[FileLock] = field(default_factory=list)
+    """``/proc/locks`` holders of the file (a ``filelock`` lock; a document lock has none)."""
+
+
+@dataclass
+class JobLogRow:
+    """A ``tabScheduled Job Log`` row with status ``Start`` (``stuck`` only)."""
+
+    site: str
+    name: str
+    scheduled_job_type: str
+    method: str | None = None
+    """``tabScheduled Job Type.method`` of its type."""
+    creation: str = ""
+    """As stored (Frappe writes the System Settings time zone, naive)."""
+    age_s: float | None = None
+    """Seconds since ``creation`` by the database's own clock (``NOW()``)."""
+
+
+@dataclass
+class FrappeState:
+    """Frappe leftovers seen by ``stuck``: document lock files and Scheduled Job Log rows left in ``Start``."""
+
+    lock_dirs: list[str] = field(default_factory=list)
+    """``sites/<site>/locks`` directories read."""
+    locks: list[DocLockFile] = field(default_factory=list)
+    job_log_sites: list[str] = field(default_factory=list)
+    """Sites whose Scheduled Job Log was read (a site missing here: see ``snapshot.errors``)."""
+    job_log_rows: list[JobLogRow] = field(default_factory=list)
+    scheduled_methods: dict[str, list[str]] = field(default_factory=dict)
+    """Site -> methods of its enabled Scheduled Job Types (their job ids were looked up directly)."""
+
+
+@dataclass
 class PreflightCheck:
     """One ``rqdoctor preflight`` line (:mod:`rqdoctor.preflight`); in a snapshot, a local check that failed."""
 
@@ -516,6 +602,8 @@ class Snapshot:
     errors: list[ProbeError] = field(default_factory=list)
     preflight: list[PreflightCheck] = field(default_factory=list)
     """The cheap local checks (py-spy, ptrace, interpreters) that fail for this run's stacks; empty: ready."""
+    frappe: FrappeState | None = None
+    """``stuck`` only: the bench's document locks and Scheduled Job Log rows (None: not read)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from rqdoctor.collect_stuck import collect_stuck
+from rqdoctor.commands.common import emit, exit_code, load_snapshot, require_redis
 from rqdoctor.commands.options import (
     AllQueues,
     Bench,
@@ -20,6 +23,12 @@ from rqdoctor.commands.options import (
     Timeout,
     Verbose,
 )
+from rqdoctor.config import discover
+from rqdoctor.diagnose.rules_queues import TARGET_CODES
+from rqdoctor.diagnose.rules_stuck import STUCK_CODES
+from rqdoctor.diagnose.run import diagnose
+from rqdoctor.errors import RqdoctorError
+from rqdoctor.render import stuck as stuck_render
 
 OlderThan = Annotated[str | None, typer.Option(
     "--older-than", help="Also treat running jobs older than this as stuck (e.g. 90s, 30m, 2h).")]
@@ -44,5 +53,42 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
             db_url: DbUrl = None, no_root_db: NoRootDb = False, kill: Kill = False, dry_run: DryRun = False,
             yes: Yes = False, kill_worker: KillWorker = False, requeue: Requeue = False,
             prune_ghosts: PruneGhosts = False, audit_log: AuditLog = None) -> None:
-    """Find the work that will never finish and, with --kill, end it safely and lose no job."""
-    raise NotImplementedError("issue 9: detection (commands/stuck.py) and rqdoctor.actions.flow.run_kill")
+    """Find the work that will never finish and, with --kill, end it safely and lose no job.
+
+    Read-only without --kill: started entries no process runs, jobs past their timeout (and why RQ's hard kill
+    did not come), orphaned, stopped and zombie horses, busy workers with no job, ghost workers, zombie job hashes
+    (Frappe scheduled jobs above all) and Frappe leftovers (document lock files, Scheduled Job Log rows in Start).
+    """
+    older_than_s = parse_duration(older_than) if older_than is not None else None
+    if kill and from_file is not None:
+        raise RqdoctorError("--kill cannot act on --from FILE: a saved snapshot cannot be acted on")
+    if from_file is not None:
+        snapshot = load_snapshot(from_file)
+    else:
+        target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
+                          db_urls=db_url)
+        snapshot = collect_stuck(target, timeout)
+    fatal = require_redis(snapshot, fmt)
+    diagnosis = diagnose(snapshot, codes=set(STUCK_CODES | TARGET_CODES), older_than_s=older_than_s)
+    if kill and fatal is None:
+        from rqdoctor.actions.flow import KillOptions, run_kill
+
+        options = KillOptions(dry_run=dry_run, yes=yes, kill_worker=kill_worker, requeue=requeue,
+                              prune_ghosts=prune_ghosts, audit_log=audit_log, fmt=fmt, output=output)
+        raise typer.Exit(run_kill(snapshot, diagnosis.findings, options))
+    emit(fmt, output, text=lambda: stuck_render.as_text(snapshot, diagnosis),
+         markdown=lambda: stuck_render.as_markdown(snapshot, diagnosis),
+         as_json=lambda: stuck_render.as_json(snapshot, diagnosis, older_than_s), fatal=fatal)
+    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+
+
+def parse_duration(value: str) -> float:
+    """Seconds from ``90s``, ``30m``, ``2h``, ``1d`` (a bare number is seconds); a bad value is a one-line error."""
+    match = _DURATION.fullmatch(value.strip().lower())
+    if match is None or float(match[1]) <= 0:
+        raise RqdoctorError(f"--older-than {value!r}: not a duration (use e.g. 90s, 30m, 2h, 1d)")
+    return float(match[1]) * _UNITS[match[2] or "s"]

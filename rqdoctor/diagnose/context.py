@@ -76,6 +76,8 @@ class Context:
     min_age_s: float = DEFAULT_MIN_AGE_S
     graph: LockGraph = field(default_factory=LockGraph)
     """Database sessions, their roles and lock waits."""
+    older_than_s: float | None = None
+    """``stuck --older-than``: running jobs older than this are stuck too (None: not asked)."""
 
     @property
     def now(self) -> float:

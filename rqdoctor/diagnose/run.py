@@ -6,7 +6,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from rqdoctor.diagnose import rules_db, rules_jobs, rules_locks, rules_queues, rules_workers  # noqa: F401  (registers rules)
+from rqdoctor.diagnose import (  # noqa: F401  (registers rules)
+    rules_db,
+    rules_jobs,
+    rules_locks,
+    rules_queues,
+    rules_stuck,
+    rules_workers,
+)
 from rqdoctor.diagnose.activity import (
     KIND_DB_LOCK_WAIT,
     KIND_DB_QUERY,
@@ -46,10 +53,12 @@ class Diagnosis:
         return [f for f in self.findings if severity_rank(f.severity) <= severity_rank("warning")]
 
 
-def diagnose(snapshot: Snapshot, codes: set[str] | None = None, min_age_s: float = DEFAULT_MIN_AGE_S) -> Diagnosis:
+def diagnose(snapshot: Snapshot, codes: set[str] | None = None, min_age_s: float = DEFAULT_MIN_AGE_S,
+             older_than_s: float | None = None) -> Diagnosis:
     """Run the rules (all, or those whose code starts with one of ``codes``) on ``snapshot``."""
     links = link(snapshot)
-    context = Context(snapshot, links, classify_all(snapshot), min_age_s, build_graph(snapshot, links))
+    context = Context(snapshot, links, classify_all(snapshot), min_age_s, build_graph(snapshot, links),
+                      older_than_s=older_than_s)
     context.graph.likely = likely_waits(snapshot, context.graph, context.activities)
     blockers = mark_lock_waits(context)
     mark_query_progress(context)

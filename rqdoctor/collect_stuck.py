@@ -1,0 +1,91 @@
+"""The snapshot of ``rqdoctor stuck``: Redis and the processes (no stacks), then what only stuck reads.
+
+No stack is sampled: every stuck verdict rests on Redis and the process table (a kill decision never
+rests on py-spy being there). On top of :func:`rqdoctor.collect.collect`, under the same deadline: the
+status of stopped processes read again a moment later, the job-hash scan (zombie hashes) and the
+Frappe leftovers (document lock files, Scheduled Job Log rows in ``Start``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import psutil
+
+from rqdoctor.collect import CollectOptions, _guard, collect
+from rqdoctor.config import Target
+from rqdoctor.deadline import JOIN_GRACE_S, Background, Deadline
+from rqdoctor.errors import ProbeFailure
+from rqdoctor.jobids import site_of
+from rqdoctor.model import JobScan, ProbeError, Snapshot
+from rqdoctor.redact import redact_url
+
+RECHECK_AFTER_S = 0.5
+"""A process seen stopped (or a zombie) is read again this much later: py-spy --blocking pauses for
+milliseconds, and a live worker reaps its exited horse at once."""
+
+
+def collect_stuck(target: Target, timeout: float, database: bool = True, known_ids: Iterable[str] = ()) -> Snapshot:
+    """Everything ``stuck`` judges; ``known_ids``: job ids to look up directly besides the scan."""
+    snapshot = collect(target, CollectOptions(timeout=timeout))
+    deadline = Deadline.for_run(timeout).for_probes()
+    _guard(snapshot.errors, "processes", lambda: recheck_stopped(snapshot, deadline))
+    if target.bench is not None:
+        from rqdoctor.probes.frappe_state import read_frappe
+
+        def frappe() -> None:
+            snapshot.frappe = read_frappe(target, deadline, snapshot.errors, database)
+        _guard(snapshot.errors, "frappe", frappe)
+    if snapshot.redis is not None:
+        ids = list(known_ids) + scheduled_ids(snapshot)
+        _guard(snapshot.errors, "redis", lambda: _scan(target, snapshot, deadline, ids))
+    return snapshot
+
+
+def scheduled_ids(snapshot: Snapshot) -> list[str]:
+    """Frappe's fixed ids of the enabled scheduled job types: ``<site>::scheduled_job::<method>`` (v14/v15)
+    and ``<site>||scheduled_job||<method with : as |>`` (v16)."""
+    if snapshot.frappe is None:
+        return []
+    return [job_id for site, methods in sorted(snapshot.frappe.scheduled_methods.items()) for m in methods
+            for job_id in (f"{site}::scheduled_job::{m}", f"{site}||scheduled_job||{m.replace(':', '|')}")
+            if site_of(job_id) == site]
+
+
+def recheck_stopped(snapshot: Snapshot, deadline: Deadline) -> None:
+    """Read the status of processes seen ``stopped`` or ``zombie`` again after :data:`RECHECK_AFTER_S`."""
+    stopped = [p for p in snapshot.processes if p.status in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)]
+    if not stopped or deadline.remaining() < RECHECK_AFTER_S:
+        return
+    time.sleep(RECHECK_AFTER_S)
+    for p in stopped:
+        try:
+            proc = psutil.Process(p.pid)
+            same = p.create_time is None or abs(proc.create_time() - p.create_time) < 1.0
+            p.status_again = proc.status() if same else "vanished"
+        except psutil.Error:
+            p.status_again = "vanished"
+
+
+def _scan(target: Target, snapshot: Snapshot, deadline: Deadline, ids: list[str]) -> None:
+    from rqdoctor.probes.job_scan import scan_jobs
+    from rqdoctor.probes.redis_rq import connect
+
+    def read() -> tuple[JobScan, list[ProbeError]]:
+        errors: list[ProbeError] = []
+        client = connect(target.redis_url, deadline.timeout())
+        try:
+            assert snapshot.redis is not None
+            return scan_jobs(client, snapshot.redis, target.queue_filter, deadline, errors, ids), errors
+        finally:
+            client.close()
+
+    try:
+        scan, errors = Background(read, "rqdoctor-jobscan").result(deadline.remaining() + JOIN_GRACE_S)
+    except TimeoutError:
+        raise ProbeFailure("redis", "timeout", f"Redis at {redact_url(target.redis_url)}: the job-hash scan did not "
+                           "finish within the deadline: no zombie-hash verdict", "raise --timeout") from None
+    assert snapshot.redis is not None
+    snapshot.redis.job_scan = scan
+    snapshot.errors.extend(errors)

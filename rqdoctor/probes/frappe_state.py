@@ -1,0 +1,119 @@
+"""Frappe leftovers for ``stuck``: ``sites/<site>/locks/*.lock`` files and Scheduled Job Log rows in ``Start``.
+
+Read-only. Lock files are listed (name, mtime) with their ``/proc/locks`` holders; at most
+:data:`MAX_LOCKS` per site. Each site's database is read through its own account (from its
+site_config.json), one statement each, under the deadline: the ``Start`` rows with their type's method,
+and the methods of the enabled Scheduled Job Types (whose job ids are then looked up directly).
+An account that cannot read the table is an error entry, never a verdict.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rqdoctor.config import DbTarget, Target
+from rqdoctor.deadline import Deadline
+from rqdoctor.model import DocLockFile, FrappeState, JobLogRow, ProbeError
+from rqdoctor.probes.procfs import locks_of
+
+PROBE = "frappe"
+MAX_LOCKS = 1000
+MAX_ROWS = 200
+START_ROWS = {
+    "mariadb": "SELECT l.name, l.scheduled_job_type, t.method, CAST(l.creation AS CHAR), "
+               "TIMESTAMPDIFF(SECOND, l.creation, NOW()) FROM `tabScheduled Job Log` l "
+               "LEFT JOIN `tabScheduled Job Type` t ON t.name = l.scheduled_job_type "
+               f"WHERE l.status = 'Start' ORDER BY l.creation LIMIT {MAX_ROWS}",
+    "postgres": 'SELECT l.name, l.scheduled_job_type, t.method, CAST(l.creation AS TEXT), '
+                'EXTRACT(EPOCH FROM (LOCALTIMESTAMP - l.creation)) FROM "tabScheduled Job Log" l '
+                'LEFT JOIN "tabScheduled Job Type" t ON t.name = l.scheduled_job_type '
+                f"WHERE l.status = 'Start' ORDER BY l.creation LIMIT {MAX_ROWS}",
+}
+METHODS = {
+    "mariadb": "SELECT method FROM `tabScheduled Job Type` WHERE stopped = 0 ORDER BY method LIMIT 1000",
+    "postgres": 'SELECT method FROM "tabScheduled Job Type" WHERE stopped = 0 ORDER BY method LIMIT 1000',
+}
+
+
+def lock_files(bench: str, sites: list[str], errors: list[ProbeError]) -> tuple[list[str], list[DocLockFile]]:
+    """The ``*.lock`` files of each site's ``locks`` directory, with their holders."""
+    dirs, out = [], []
+    for site in sites:
+        folder = Path(bench) / "sites" / site / "locks"
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except FileNotFoundError:
+            dirs.append(str(folder))  # no locks directory: no lock was ever taken
+            continue
+        except OSError as exc:
+            errors.append(ProbeError(PROBE, "permission", f"{folder}: cannot list ({exc.strerror or exc})",
+                                     "run rqdoctor as the bench user or root", str(folder)))
+            continue
+        dirs.append(str(folder))
+        files = [e for e in entries if e.name.endswith(".lock") and e.is_file(follow_symlinks=False)]
+        if len(files) > MAX_LOCKS:
+            errors.append(ProbeError(PROBE, "truncated", f"{folder}: {len(files)} lock files, only the first "
+                                     f"{MAX_LOCKS} read", "", str(folder)))
+        for entry in files[:MAX_LOCKS]:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # removed meanwhile
+            dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+            out.append(DocLockFile(site, entry.path, entry.name.removesuffix(".lock"), st.st_mtime,
+                                   held_by=locks_of(st.st_ino, dev)))
+    return dirs, out
+
+
+def read_frappe(target: Target, deadline: Deadline, errors: list[ProbeError], database: bool = True) -> FrappeState:
+    """Lock files of every site, and (``database``) each site's Start rows and scheduled methods."""
+    state = FrappeState()
+    if target.bench is None:
+        return state
+    names = [s.name for s in target.sites]
+    state.lock_dirs, state.locks = lock_files(str(target.bench), names, errors)
+    if not database:
+        return state
+    for db in target.db_targets:
+        site = db.source.removeprefix("site:")
+        if not db.source.startswith("site:") or db.kind not in START_ROWS or deadline.expired():
+            continue
+        try:
+            rows, methods = _read_site(db, deadline)
+        except Exception as exc:  # any driver error: an entry, no verdict
+            errors.append(_db_error(db, site, exc))
+            continue
+        state.job_log_sites.append(site)
+        state.job_log_rows += [JobLogRow(site, str(r[0]), str(r[1] or ""), r[2], str(r[3] or ""),
+                                         float(r[4]) if r[4] is not None else None) for r in rows]
+        state.scheduled_methods[site] = [str(m[0]) for m in methods if m[0]]
+    return state
+
+
+def _read_site(db: DbTarget, deadline: Deadline) -> tuple[list[tuple], list[tuple]]:
+    if db.kind == "mariadb":
+        from rqdoctor.probes.db_mariadb import connect
+    else:
+        from rqdoctor.probes.db_postgres import connect  # type: ignore[assignment]
+    conn = connect(db, deadline) if db.kind == "mariadb" else connect(db, deadline, db.database)
+    try:
+        if db.kind == "mariadb":
+            with conn.cursor() as cur:
+                cur.execute(f"USE `{db.database}`")
+                cur.execute(START_ROWS["mariadb"])
+                rows = list(cur.fetchall())
+                cur.execute(METHODS["mariadb"])
+                return rows, list(cur.fetchall())
+        rows = list(conn.execute(START_ROWS["postgres"]).fetchall())
+        return rows, list(conn.execute(METHODS["postgres"]).fetchall())
+    finally:
+        conn.close()
+
+
+def _db_error(db: DbTarget, site: str, exc: BaseException) -> ProbeError:
+    from rqdoctor.probes.database import describe_error
+
+    error = describe_error(db, exc, f"Scheduled Job Log of {site} unreadable: ")
+    return ProbeError(PROBE, error.kind, error.message, error.hint or "check the site's database account",
+                      f"site {site}")

@@ -1,0 +1,131 @@
+"""Job-hash scan for ``stuck``: every ``rq:job:*`` hash that says queued/started, and where it is held.
+
+Read-only and bounded: SCAN with COUNT (at most :data:`SCAN_LIMIT` keys, stopping at the deadline, the
+coverage stated), HMGET of the plain fields only (never ``data``), pipelined per SCAN batch. Known
+ids (Frappe's ``<site>::scheduled_job::<method>``) are looked up directly, whatever the scan reaches.
+Each candidate is then checked, in one pipeline, against its queue list (LPOS), the ``:intermediate``
+list, the started, scheduled and deferred registries of its ``origin``, with its status read again:
+a status that changed meanwhile is left unchecked (no verdict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+
+from rqdoctor.deadline import Deadline
+from rqdoctor.jobids import method_of, site_of, split_member
+from rqdoctor.model import JobHash, JobScan, ProbeError, RedisState
+from rqdoctor.probes.redis_rq import JOB_PREFIX, QUEUE_PREFIX, REGISTRIES, _failures, _text, _ts, _where
+from rqdoctor.redact import redact_text
+
+SCAN_COUNT = 1000
+SCAN_LIMIT = 200_000
+"""Keys read at most; a bigger keyspace gives a partial scan (said so), plus the direct lookups."""
+FIELDS = ("status", "origin", "description", "created_at", "enqueued_at", "started_at", "worker_name")
+LIVE = {"queued", "started"}
+_SUFFIXES = (b":dependents", b":dependencies")
+
+
+def scan_jobs(client: redis.Redis, state: RedisState, queue_filter: str | None, deadline: Deadline,
+              errors: list[ProbeError], known_ids: Iterable[str] = (), limit: int = SCAN_LIMIT) -> JobScan:
+    """Scan job hashes and check where each queued/started one is held (see the module docstring)."""
+    with _failures(_where(client)):
+        return _scan(client, state, queue_filter, deadline, errors, known_ids, limit)
+
+
+def _scan(client: redis.Redis, state: RedisState, queue_filter: str | None, deadline: Deadline,
+          errors: list[ProbeError], known_ids: Iterable[str], limit: int) -> JobScan:
+    scan = JobScan(limit=limit)
+    found: dict[bytes, JobHash] = {}
+    cursor = 0
+    while True:
+        if deadline.expired():
+            scan.stopped_by = "deadline"
+            break
+        cursor, keys = client.scan(cursor=cursor, match=JOB_PREFIX + b"*", count=SCAN_COUNT)
+        keys = [k for k in keys if not k.endswith(_SUFFIXES) and not k.startswith(JOB_PREFIX + b":")]
+        scan.keys_seen += len(keys)
+        _read(client, keys, found, queue_filter, direct=False)
+        if cursor == 0:
+            scan.complete = True
+            break
+        if scan.keys_seen >= limit:
+            scan.stopped_by = "limit"
+            break
+    direct = [JOB_PREFIX + i.encode() for i in dict.fromkeys(known_ids)]
+    _read(client, [k for k in direct if k not in found], found, queue_filter, direct=True)
+    if not deadline.expired():
+        _check(client, state, found)
+    else:
+        errors.append(ProbeError("redis", "timeout", "job hashes found but not checked against their queues "
+                                 "within the deadline: no zombie verdict", "raise --timeout"))
+    scan.jobs = sorted(found.values(), key=lambda j: j.job_id)
+    return scan
+
+
+def _read(client: redis.Redis, keys: list[bytes], found: dict[bytes, JobHash], queue_filter: str | None,
+          direct: bool) -> None:
+    if not keys:
+        return
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hmget(key, list(FIELDS))
+        replies = pipe.execute(raise_on_error=False)
+    for key, values in zip(keys, replies, strict=True):
+        if not isinstance(values, list):
+            continue  # not a hash (WRONGTYPE): not a job
+        fields = {n: _text(v) for n, v in zip(FIELDS, values, strict=True) if v is not None}
+        status, origin = fields.get("status"), fields.get("origin") or None
+        if status not in LIVE or (queue_filter and not (origin or "").startswith(queue_filter)):
+            continue
+        job_id = _text(key[len(JOB_PREFIX):])
+        description = fields.get("description")
+        found[key] = JobHash(
+            job_id=job_id, status=status, origin=origin, description=redact_text(description) if description else None,
+            created_at=_ts(fields.get("created_at")), enqueued_at=_ts(fields.get("enqueued_at")),
+            started_at=_ts(fields.get("started_at")), worker_name=fields.get("worker_name") or None,
+            site=site_of(job_id, description), method=method_of(description, job_id), direct=direct)
+
+
+def _check(client: redis.Redis, state: RedisState, found: dict[bytes, JobHash]) -> None:
+    """Where each candidate is held: queue lists, registries, workers; its status read again."""
+    running = {j: w.name for w in state.workers for j in _worker_jobs(w.current_job, w.executions)}
+    origins = sorted({j.origin for j in found.values() if j.origin})
+    with client.pipeline(transaction=False) as pipe:
+        for origin in origins:
+            pipe.zrange(REGISTRIES["started"] + origin.encode(), 0, -1)
+        for key, job in found.items():
+            raw = key[len(JOB_PREFIX):]
+            q = (job.origin or "").encode()
+            pipe.hget(key, "status")
+            pipe.lpos(QUEUE_PREFIX + q, raw)
+            pipe.lpos(QUEUE_PREFIX + q + b":intermediate", raw)
+            pipe.zscore(REGISTRIES["scheduled"] + q, raw)
+            pipe.zscore(REGISTRIES["deferred"] + q, raw)
+        replies = pipe.execute(raise_on_error=False)
+    started: dict[str, set[str]] = {}
+    for origin, members in zip(origins, replies, strict=False):
+        ids = {split_member(_text(m))[0] for m in members} if isinstance(members, list) else None
+        if ids is not None:
+            started[origin] = ids
+    rest = replies[len(origins):]
+    for n, job in enumerate(found.values()):
+        status, in_queue, in_inter, scheduled, deferred = rest[5 * n: 5 * n + 5]
+        answers = (status, in_queue, in_inter, scheduled, deferred)
+        if any(isinstance(a, redis.RedisError) for a in answers) or _text(status) != job.status:
+            continue  # unreadable (old Redis without LPOS) or changed meanwhile: no verdict
+        held = [name for name, hit in (("queue", in_queue), ("intermediate", in_inter), ("scheduled", scheduled),
+                                       ("deferred", deferred)) if hit is not None]
+        if job.origin is None or job.origin not in started:
+            continue
+        if job.job_id in started[job.origin]:
+            held.append("started")
+        if job.job_id in running:
+            held.append(f"worker {running[job.job_id]}")
+        job.held_by, job.checked = held, True
+
+
+def _worker_jobs(current: str | None, executions: list[str]) -> set[str]:
+    return {split_member(e)[0] for e in executions} | ({current} if current else set())

@@ -1,0 +1,63 @@
+"""The ``stuck`` report in text, Markdown and JSON: what was covered, then the findings (renderers only print)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import RenderableType
+
+from rqdoctor.diagnose.run import Diagnosis
+from rqdoctor.model import Snapshot
+from rqdoctor.render import header, text
+from rqdoctor.render import json as json_render
+from rqdoctor.render import markdown as md
+from rqdoctor.render.layout import Para
+
+
+def summary_line(snapshot: Snapshot, diagnosis: Diagnosis) -> str:
+    """The first line: how many findings can be acted on."""
+    actionable = sum(1 for f in diagnosis.findings if f.remedy is not None)
+    return f"stuck work on {snapshot.target.redis_url}: {actionable} finding(s) `rqdoctor stuck --kill` can act on"
+
+
+def coverage(snapshot: Snapshot) -> list[str]:
+    """What the run looked at, and where it stopped short (one line each)."""
+    lines = ["stacks: not sampled (stuck judges from Redis and the process table only)"]
+    scan = snapshot.redis.job_scan if snapshot.redis is not None else None
+    if scan is None:
+        lines.append("job hashes: not scanned")
+    else:
+        direct = sum(1 for j in scan.jobs if j.direct)
+        how = "complete" if scan.complete else f"partial, stopped by the {scan.stopped_by or '?'}: hashes beyond " \
+              "were not seen"
+        lines.append(f"job hashes: {scan.keys_seen} key(s) scanned ({how}), {len(scan.jobs)} queued/started "
+                     f"checked against their queues and registries" + (f", {direct} looked up by id" if direct else ""))
+    frappe = snapshot.frappe
+    if frappe is None:
+        lines.append("Frappe leftovers: not read (no bench)")
+    else:
+        lines.append(f"document locks: {len(frappe.locks)} lock file(s) in {len(frappe.lock_dirs)} site lock "
+                     "folder(s)")
+        sites = ", ".join(frappe.job_log_sites) or "none (see Could not see)"
+        lines.append(f"Scheduled Job Log: read on {sites}")
+    return lines
+
+
+def as_text(snapshot: Snapshot, diagnosis: Diagnosis) -> list[RenderableType]:
+    return [header.text(snapshot), text.summary(summary_line(snapshot, diagnosis), diagnosis.findings,
+                                                snapshot.errors),
+            *(Para(f"  {line}", hang=4) for line in coverage(snapshot)),
+            *text.findings(diagnosis.findings), *text.errors(snapshot.errors)]
+
+
+def as_markdown(snapshot: Snapshot, diagnosis: Diagnosis) -> str:
+    return "\n".join([f"# rqdoctor stuck\n\n{header.markdown(snapshot)}\n{summary_line(snapshot, diagnosis)}\n",
+                      *(f"- {line}" for line in coverage(snapshot)), "",
+                      md.findings(diagnosis.findings, snapshot.errors), md.errors(snapshot.errors)])
+
+
+def as_json(snapshot: Snapshot, diagnosis: Diagnosis, older_than_s: float | None) -> dict[str, Any]:
+    remedies = [{"code": f.code, "subject": f.subject, **asdict(f.remedy)} for f in diagnosis.findings if f.remedy]
+    return json_render.report("stuck", diagnosis, coverage=coverage(snapshot), older_than_s=older_than_s,
+                              remedies=remedies)
