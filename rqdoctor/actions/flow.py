@@ -12,8 +12,6 @@ Exit codes of ``run_kill`` (also in ``docs/actions.md``):
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import sys
 from collections.abc import Callable
@@ -37,7 +35,7 @@ EXIT_DONE, EXIT_PLANNED, EXIT_CANNOT_DIAGNOSE, EXIT_REFUSED, EXIT_FAILED = 0, 1,
 REDIS_TIMEOUT_S = 5.0
 """Socket and connect timeout of the connection the actions write through."""
 
-Recheck = Callable[[], tuple[Snapshot, list[Finding]]]
+Refresh = Callable[[list[str]], Snapshot]
 
 
 @dataclass
@@ -55,8 +53,9 @@ class KillOptions:
     output: Path | None = None
     redis_url: str | None = field(default=None, repr=False)
     """The real Redis URL (the snapshot holds only a redacted one); None: the snapshot's, if it holds no mask."""
-    recheck: Recheck | None = field(default=None, repr=False)
-    """Collect a fresh snapshot and diagnose it, after acting (None: no re-check)."""
+    refresh: Refresh | None = field(default=None, repr=False)
+    """A fresh ``stuck`` snapshot of the same target with these job ids' hashes read directly, taken after
+    acting to prove nothing is left and to find the stopped jobs' Frappe leftovers; None: no re-check."""
 
 
 def run_kill(snapshot: Snapshot, findings: list[Finding], options: KillOptions) -> int:
@@ -83,7 +82,7 @@ def run_kill(snapshot: Snapshot, findings: list[Finding], options: KillOptions) 
     code = _act(snapshot, steps, options, host, report)
     if code is not None:
         return code
-    _recheck(report, options)
+    _recheck(snapshot, report, options)
     return _emit(report, options, _exit_code(report))
 
 
@@ -119,23 +118,22 @@ def _act(snapshot: Snapshot, steps: list[Step], options: KillOptions, host: str,
     return None
 
 
-def _recheck(report: render.KillReport, options: KillOptions) -> None:
-    """A fresh snapshot, diagnosed: what is still actionable, and what the stopped jobs left behind."""
-    if options.recheck is None:
+def _recheck(snapshot: Snapshot, report: render.KillReport, options: KillOptions) -> None:
+    """A fresh snapshot, diagnosed by the ``stuck`` rules: what is still actionable, what the stopped jobs left."""
+    if options.refresh is None:
         return
-    fresh, findings = options.recheck()
+    from rqdoctor.diagnose.leftovers import leftovers
+    from rqdoctor.diagnose.rules_queues import TARGET_CODES
+    from rqdoctor.diagnose.rules_stuck import STUCK_CODES
+    from rqdoctor.diagnose.run import diagnose
+
+    stopped = sorted({j for r in report.results if r.result == "done" and (j := r.step.remedy.job_id)})
+    fresh = options.refresh(stopped)
     report.rechecked = True
+    findings = diagnose(fresh, codes=set(STUCK_CODES | TARGET_CODES)).findings
     report.remaining = [f for f in findings if f.remedy is not None and f.remedy.action in REMEDY_ACTIONS]
-    stopped = [r.step.remedy.job_id for r in report.results if r.result == "done" and r.step.remedy.job_id]
-    report.leftovers = _leftovers(fresh, [j for j in stopped if j])
-
-
-def _leftovers(snapshot: Snapshot, job_ids: list[str]) -> list[str]:
-    """What the stopped jobs left behind in Frappe (``rqdoctor.diagnose.leftovers``, once it lands), one line each."""
-    if not job_ids or importlib.util.find_spec("rqdoctor.diagnose.leftovers") is None:
-        return []
-    leftovers = importlib.import_module("rqdoctor.diagnose.leftovers")
-    return [str(item) for item in leftovers.leftovers(snapshot, job_ids)]
+    killed = [j for j in snapshot.redis.jobs if j.job_id in stopped] if snapshot.redis else []
+    report.leftovers = [f"{f.code} {f.subject}: {f.fix}" for f in leftovers(fresh, stopped, killed)]
 
 
 def _exit_code(report: render.KillReport) -> int:
