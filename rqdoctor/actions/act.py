@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import redis
 
 from rqdoctor.actions import redis_moves
@@ -28,6 +29,25 @@ OUTCOME_WAIT_S = 10.0
 """How long a live worker gets to record its dead horse's job as failed or stopped."""
 POLL_S = 0.1
 ENDED_OK = ("failed", "stopped")
+
+
+FROZEN = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+def frozen_reason(worker_pid: int | None) -> str:
+    """Why the worker loop cannot answer RQ's stop command now (``''``: it may).
+
+    A stopped worker would handle the command only once resumed, after rqdoctor's signals ended the
+    horse: rq (1.15 to 3.0) then runs ``kill_horse`` with its horse pid already reset to 0, and
+    ``os.killpg(os.getpgid(0))`` kills the worker's own process group. So no command is sent to it.
+    """
+    try:
+        status = psutil.Process(worker_pid).status() if worker_pid else None
+    except psutil.Error:
+        return ""
+    if status in FROZEN:
+        return f"its worker (pid {worker_pid}) is {status}: it cannot answer, and would act on the command late"
+    return ""
 
 
 @dataclass
@@ -125,9 +145,14 @@ class Actor:
         if not first.ok:
             self._after_gone(result, first) if first.gone else self._refuse(result, first.reason)
             return
-        receivers = redis_moves.publish_stop(self.client, r, self.versions.get(r.worker or ""))
-        self._log(result, f"PUBLISH rq:pubsub:{r.worker} stop command", "sent" if receivers else "unheard",
-                  f"{receivers} subscriber(s) received it")
+        frozen = frozen_reason(r.parent_pid)
+        receivers = 0
+        if frozen:
+            self._log(result, "none (RQ's stop command skipped)", "skipped", frozen)
+        else:
+            receivers = redis_moves.publish_stop(self.client, r, self.versions.get(r.worker or ""))
+            self._log(result, f"PUBLISH rq:pubsub:{r.worker} stop command", "sent" if receivers else "unheard",
+                      f"{receivers} subscriber(s) received it")
         if not (receivers and wait_gone(r.pid, r.create_time, STOP_COMMAND_WAIT_S)):
             ended = escalate(r.pid, r.create_time, True, self.grace_s, lambda: self._verify(r), self._sent(result))
             if ended != "gone":
