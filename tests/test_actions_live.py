@@ -351,3 +351,26 @@ def test_unreachable_redis_signals_nothing(bystander: subprocess.Popen[bytes], t
     audit = tmp_path / "audit.jsonl"
     assert kill(bare_snapshot(), [remedy], f"redis://127.0.0.1:{port}/0", audit) == EXIT_CANNOT_DIAGNOSE
     assert bystander.poll() is None and not audit.exists()
+
+
+def test_job_in_the_worker_itself_needs_kill_worker(bench: Bench, workers: Workers, redis_client: redis.Redis,
+                                                    redis_url: str, rq_flavour: str, tmp_path: Path) -> None:
+    """SimpleWorker (as Frappe's NoFork): the job runs in the worker; only --kill-worker signals it."""
+    w = workers.frappe(bench, rq_flavour, ["short"], simple=True)
+    wait_for_worker_registered(redis_client, w)
+    queue = bench.queue("short")
+    job = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.sleep_for", {"seconds": 600})
+    started = wait_for_job_started(redis_client, job, w)
+    assert started.horse is None
+    remedy = remedy_for(redis_client, "stop_worker", started, queue)
+    remedy.needs = "--kill-worker"
+    as_horse = remedy_for(redis_client, "stop_horse", started, queue)  # a worker pid named as a horse
+    as_horse.parent_pid, as_horse.parent_create_time = psutil.Process(w.pid).pid, None
+    snapshot = snapshot_of(bench, redis_url)
+    audit = tmp_path / "audit.jsonl"
+    assert kill(snapshot, [remedy, as_horse], redis_url, audit) == EXIT_REFUSED
+    assert w.alive() and redis_client.hget(f"rq:job:{job}", "status") == "started"
+    assert not any(str(line["change"]).startswith("SIG") for line in audit_lines(audit))
+    assert kill(snapshot, [remedy], redis_url, audit, kill_worker=True) == EXIT_DONE
+    wait_until(lambda: w.popen.poll() is not None, "the worker to exit")
+    assert_accounted(redis_client, queue, [job])

@@ -232,6 +232,11 @@ class Actor:
 
     def _move(self, result: Result, reason: str) -> None:
         r = result.step.remedy
+        if r.job_id and not (r.queue and r.member):
+            found = redis_moves.find_started(self.client, r.job_id)
+            if found:
+                r.queue, r.member = found
+                r.execution_id = r.member[len(r.job_id) + 1:] or None
         if not (r.job_id and r.queue and r.member):
             self._refuse(result, f"job {r.job_id} has no started-registry entry to move (status "
                          f"{redis_moves.job_state(self.client, r).status or 'gone'})" if r.job_id else "no job id")

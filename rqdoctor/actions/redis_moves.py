@@ -203,6 +203,20 @@ def _where_listed(pipe: Any, job_id: bytes, queue: bytes) -> str:
     return ""
 
 
+def find_started(client: redis.Redis, job_id: str) -> tuple[str, str] | None:
+    """The queue (the job's ``origin``) and started-registry member of ``job_id``, when it is in that registry."""
+    origin = client.hget(PREFIX + b"job:" + _b(job_id), "origin")
+    if not origin:
+        return None
+    wip, raw = PREFIX + b"wip:" + origin, _b(job_id)
+    if client.zscore(wip, raw) is not None:
+        return _s(origin), job_id
+    for member, _ in client.zscan_iter(wip, match=_glob_escape(raw) + b":*", count=1000):
+        if member.startswith(raw + b":"):
+            return _s(origin), _s(member)
+    return None
+
+
 def _glob_escape(value: bytes) -> bytes:
     """``value`` as a literal in a Redis MATCH pattern."""
     out = bytearray()
