@@ -182,3 +182,13 @@ def test_json_dry_run_keeps_stdout_a_document(tmp_path: Path, capsys: pytest.Cap
     assert code == EXIT_PLANNED and doc["dry_run"] is True and doc["exit_code"] == EXIT_PLANNED
     assert [p["action"] for p in doc["plan"]] == ["fail_started"] and doc["actions"] == []
     assert "Plan (1 step)" in captured.err
+
+
+def test_text_report_file_holds_the_plan_and_markdown_escapes_pipes(tmp_path: Path) -> None:
+    remedy = Remedy("fail_started", "x", host=HOST, job_id="site1||j1", queue="q", member="site1||j1")
+    out = tmp_path / "report.txt"
+    assert run_kill(snapshot(), [finding(remedy)], KillOptions(dry_run=True, output=out)) == EXIT_PLANNED
+    assert "Plan (1 step)" in out.read_text()
+    md = tmp_path / "report.md"
+    run_kill(snapshot(), [finding(remedy)], KillOptions(dry_run=True, output=md, fmt=Format.markdown))
+    assert md.read_text().startswith("# rqdoctor stuck --kill") and "site1||j1" in md.read_text()

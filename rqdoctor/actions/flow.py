@@ -184,6 +184,8 @@ def _emit(report: render.KillReport, options: KillOptions, code: int) -> int:
         body = render.markdown(report)
     else:
         body = render.text(report)
+        if options.output is not None:  # the plan went to stderr: the file holds the whole report
+            body = "\n".join(render.plan_lines(report.steps, report.grace_s, report.requeue)) + "\n" + body
     if options.output is None:
         if body.strip():
             sys.stdout.write(body)
