@@ -100,6 +100,9 @@ def test_cli_stops_an_orphaned_horse_and_fails_its_job(bench: Bench, workers: Wo
     os.kill(started.worker_pid, signal.SIGKILL)
     wait_until(lambda: horse.ppid() != started.worker_pid, "the horse to be re-parented")
     audit = tmp_path / "audit.jsonl"
+    code, report, err = kill_cli(bench, audit, "--dry-run")
+    assert code == 1 and [p["action"] for p in report["plan"]] == ["stop_orphan"], (err, report)
+    assert not dead(horse) and not audit.exists()
     code, report, err = kill_cli(bench, audit, "--yes")
     assert code == 0, (err, report)
     assert [(a["action"], a["result"]) for a in report["actions"]] == [("stop_orphan", "done")], report
