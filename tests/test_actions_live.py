@@ -166,6 +166,7 @@ def test_sigterm_ignoring_horse_is_escalated_to_sigkill(bench: Bench, workers: W
     assert code == EXIT_DONE, w.log_tail()
     changes = [(line["change"], line["result"]) for line in audit_lines(audit)]
     group = f"process group {horse.pid}"
+    assert changes[0] == ("none (RQ's stop command skipped)", "skipped")  # its worker is stopped: no late command
     assert (f"SIGTERM to {group}", "survived") in changes
     assert (f"SIGKILL to {group}", "sent") in changes
     assert redis_client.hget(f"rq:job:{job}", "status") in ("failed", "stopped")

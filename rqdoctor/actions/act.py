@@ -126,6 +126,8 @@ class Actor:
             return verdict if state.in_started else Verdict(False, "its entry left the started registry")
         if not state.current:
             return Verdict(False, f"worker {remedy.worker} no longer runs job {remedy.job_id}")
+        if remedy.action == "stop_worker" and state.worker_pid not in (None, remedy.pid):
+            return Verdict(False, f"worker {remedy.worker} is now pid {state.worker_pid}, not {remedy.pid}")
         return verdict
 
     def _await_outcome(self, remedy: Remedy) -> redis_moves.JobState:

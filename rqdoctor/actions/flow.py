@@ -78,10 +78,10 @@ def run_kill(snapshot: Snapshot, findings: list[Finding], options: KillOptions) 
         _err("every step is refused (see the plan): nothing done")
         return _emit(report, options, EXIT_REFUSED)
     if not _confirmed(len(runnable), options.yes):
-        return EXIT_REFUSED
+        return _emit(report, options, EXIT_REFUSED)
     code = _act(snapshot, steps, options, host, report)
     if code is not None:
-        return code
+        return _emit(report, options, code)
     _recheck(snapshot, report, options)
     return _emit(report, options, _exit_code(report))
 
