@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ class KillOptions:
     grace_s: float = 10.0
     fmt: Format = Format.text
     output: Path | None = None
+    refresh: Callable[[list[str]], Snapshot] | None = None
+    """A fresh ``stuck`` snapshot of the same target with these job ids' hashes read directly (for
+    :func:`rqdoctor.diagnose.leftovers.leftovers` after a kill); None when not available."""
 
 
 def run_kill(snapshot: Snapshot, findings: list[Finding], options: KillOptions) -> int:

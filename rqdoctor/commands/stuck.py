@@ -74,7 +74,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
         from rqdoctor.actions.flow import KillOptions, run_kill
 
         options = KillOptions(dry_run=dry_run, yes=yes, kill_worker=kill_worker, requeue=requeue,
-                              prune_ghosts=prune_ghosts, audit_log=audit_log, fmt=fmt, output=output)
+                              prune_ghosts=prune_ghosts, audit_log=audit_log, fmt=fmt, output=output,
+                              refresh=lambda ids: collect_stuck(target, timeout, known_ids=ids, fresh=True))
         raise typer.Exit(run_kill(snapshot, diagnosis.findings, options))
     emit(fmt, output, text=lambda: stuck_render.as_text(snapshot, diagnosis),
          markdown=lambda: stuck_render.as_markdown(snapshot, diagnosis),
