@@ -132,3 +132,14 @@ def test_rqd107_busy_horse_gets_stop_horse() -> None:
     s = snap([worker()], [], [proc(100), proc(101, ppid=100)])
     r = one(s, "RQD107").remedy
     assert r is not None and (r.action, r.pid, r.parent_pid, r.job_id) == ("stop_horse", 101, 100, None)
+
+
+def test_one_target_on_two_findings_is_one_remedy() -> None:
+    from rqdoctor.diagnose.remedies import distinct
+
+    s = snap([worker(current_job="site1::j1")], [job()],
+             [proc(100), proc(101, ppid=100, status="stopped", status_again="stopped")])
+    findings = diagnose(s).findings
+    assert {f.code for f in findings if f.remedy} >= {"RQD101", "RQD302"}
+    [(remedy, carriers)] = [(r, fs) for r, fs in distinct(findings) if r.pid == 101]
+    assert remedy.action == "stop_horse" and {f.code for f in carriers} >= {"RQD101", "RQD302"}

@@ -8,7 +8,7 @@ stored. :func:`describe` renders the one sentence of fix prose that says what ``
 
 from __future__ import annotations
 
-from rqdoctor.diagnose.findings import Remedy
+from rqdoctor.diagnose.findings import Finding, Remedy
 from rqdoctor.diagnose.link import JobLink, Links
 from rqdoctor.model import JobInfo, ProcessInfo, Snapshot, WorkerInfo
 
@@ -132,3 +132,17 @@ def describe(remedy: Remedy) -> str:
         return ""
     after = {"failed": "the job ends failed", "absent": "the key is gone"}.get(remedy.expected, "")
     return f"`rqdoctor stuck --kill{needs}` {what}" + (f"; {after}." if after else ".")
+
+
+def distinct(findings: list[Finding]) -> list[tuple[Remedy, list[Finding]]]:
+    """Each distinct remedy once, with the findings that carry it (a stopped horse past its timeout is both
+    RQD101 and RQD302, with one target), in the findings' order."""
+    out: dict[tuple[object, ...], tuple[Remedy, list[Finding]]] = {}
+    for f in findings:
+        r = f.remedy
+        if r is None:
+            continue
+        key = (r.action, r.host, r.pid, r.create_time, r.worker if r.action == "prune_worker" else None,
+               r.job_id, r.member)
+        out.setdefault(key, (r, []))[1].append(f)
+    return list(out.values())
