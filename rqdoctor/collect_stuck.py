@@ -44,7 +44,7 @@ def collect_stuck(target: Target, timeout: float, database: bool = True, known_i
         _guard(snapshot.errors, "frappe", frappe)
     if snapshot.redis is not None:
         ids = list(known_ids) + scheduled_ids(snapshot)
-        _guard(snapshot.errors, "redis", lambda: _scan(target, snapshot, deadline, ids))
+        _guard(snapshot.errors, "jobscan", lambda: _scan(target, snapshot, deadline, ids))
     return snapshot
 
 
@@ -89,7 +89,7 @@ def _scan(target: Target, snapshot: Snapshot, deadline: Deadline, ids: list[str]
     try:
         scan, errors = Background(read, "rqdoctor-jobscan").result(deadline.remaining() + JOIN_GRACE_S)
     except TimeoutError:
-        raise ProbeFailure("redis", "timeout", f"Redis at {redact_url(target.redis_url)}: the job-hash scan did not "
+        raise ProbeFailure("jobscan", "timeout", f"Redis at {redact_url(target.redis_url)}: the job-hash scan did not "
                            "finish within the deadline: no zombie-hash verdict", "raise --timeout") from None
     assert snapshot.redis is not None
     snapshot.redis.job_scan = scan

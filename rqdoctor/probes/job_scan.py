@@ -20,6 +20,7 @@ from rqdoctor.model import JobHash, JobScan, ProbeError, RedisState
 from rqdoctor.probes.redis_rq import JOB_PREFIX, QUEUE_PREFIX, REGISTRIES, _failures, _text, _ts, _where
 from rqdoctor.redact import redact_text
 
+PROBE = "jobscan"
 SCAN_COUNT = 1000
 SCAN_LIMIT = 200_000
 """Keys read at most; a bigger keyspace gives a partial scan (said so), plus the direct lookups."""
@@ -61,8 +62,12 @@ def _scan(client: redis.Redis, state: RedisState, queue_filter: str | None, dead
     if not deadline.expired():
         _check(client, state, found)
     else:
-        errors.append(ProbeError("redis", "timeout", "job hashes found but not checked against their queues "
+        errors.append(ProbeError(PROBE, "timeout", "job hashes found but not checked against their queues "
                                  "within the deadline: no zombie verdict", "raise --timeout"))
+    if not scan.complete:
+        errors.append(ProbeError(PROBE, "truncated", f"job-hash scan stopped by the {scan.stopped_by} after "
+                                 f"{scan.keys_seen} keys: zombie job hashes beyond them were not seen",
+                                 "raise --timeout" if scan.stopped_by == "deadline" else ""))
     scan.jobs = sorted(found.values(), key=lambda j: j.job_id)
     return scan
 
