@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from rqdoctor.diagnose import remedies
 from rqdoctor.diagnose.advice import bench_cli, process_ref, redis_cli
+from rqdoctor.diagnose.cleanup import expired_while_running
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, Remedy, rule
 from rqdoctor.diagnose.frappe_docs import DOC_LOCK, document_of, lock_name, longest_timeout, scheduled_method
@@ -47,6 +48,7 @@ def older_than(ctx: Context) -> Iterator[Hit]:
         jl = facts.link
         evidence = [*facts.identity(), f"running {running:.0f} s (since {utc(jl.job.started_at)}), longer than "
                     f"--older-than {limit:g} s" + (f"; its timeout is {timeout} s" if timeout else "")]
+        evidence += expired_while_running(ctx, jl)
         remedy = remedies.for_job_runner(ctx.snapshot, jl, f"running {running:.0f} s, past --older-than {limit:g} s")
         fix = "You asked to treat jobs this old as stuck. Look at what it does first (`rqdoctor hangs`)."
         if remedy is not None:
@@ -82,6 +84,7 @@ def stopped_horse(ctx: Context) -> Iterator[Hit]:
                     "until it is resumed; only KILL ends it"]
         if jl is not None:
             evidence.append(f"it runs job {jl.job.job_id} ({jl.runner_role}) of worker {jl.job.worker_name or '?'}")
+            evidence += expired_while_running(ctx, jl)
         remedy = remedies.for_job_runner(ctx.snapshot, jl, "its process is stopped (state T)") if jl else None
         if remedy is None and wl is not None and wl.horse is p and wl.process is not None:
             remedy = remedies.for_busy_horse(ctx.snapshot, wl.process, p, wl.worker, None,
