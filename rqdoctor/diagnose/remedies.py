@@ -72,8 +72,8 @@ def unrun_blocker(snapshot: Snapshot, links: Links, jl: JobLink) -> str | None:
 
     It can only when its worker is known to be on this host and dead (its pid missing or a zombie, or it
     recorded its death: positive evidence that no worker loop runs it; a pid held by another process is
-    not, the worker may live in a container sharing the hostname), the process table was read, and no orphaned horse of this Redis is left unmatched
-    (which might be running it).
+    not, the worker may live in a container sharing the hostname), the process table was read, and no
+    orphaned horse of this Redis is left unmatched (which might be running it).
     """
     if jl.runner is not None:
         return "a process runs it"
