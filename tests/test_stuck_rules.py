@@ -271,3 +271,11 @@ def test_stuck_codes_are_registered() -> None:
     from rqdoctor.diagnose.findings import RULES
 
     assert set(RULES) >= STUCK_CODES
+
+
+def test_rqd302_fires_stopped_orphan_gets_stop_orphan() -> None:
+    orphan = proc(300, cmdline=["rq:worker:gone: Processing site1.local::j1 from short since 1"], status="stopped",
+                  status_again="stopped")
+    s = snap([], [job(worker_name="gone")], [orphan])
+    [f] = found(s, "RQD302")
+    assert f.remedy is not None and (f.remedy.action, f.remedy.pid) == ("stop_orphan", 300)

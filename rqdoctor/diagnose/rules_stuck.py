@@ -89,6 +89,8 @@ def stopped_horse(ctx: Context) -> Iterator[Hit]:
         if remedy is None and wl is not None and wl.horse is p and wl.process is not None:
             remedy = remedies.for_busy_horse(ctx.snapshot, wl.process, p, wl.worker, None,
                                              "work-horse stopped (state T)")
+        elif remedy is None and p in ctx.links.orphans:
+            remedy = remedies.for_orphan(ctx.snapshot, ctx.links, p, "orphaned work-horse stopped (state T)")
         fix = ("Someone stopped it: SIGSTOP, Ctrl-Z in a terminal, or a debugger (gdb, strace) attached to it. If "
                "nobody is debugging it, resume it (the command below).")
         if remedy is not None:
