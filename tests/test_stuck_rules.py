@@ -279,3 +279,15 @@ def test_rqd302_fires_stopped_orphan_gets_stop_orphan() -> None:
     s = snap([], [job(worker_name="gone")], [orphan])
     [f] = found(s, "RQD302")
     assert f.remedy is not None and (f.remedy.action, f.remedy.pid) == ("stop_orphan", 300)
+
+
+def test_stuck_snapshot_round_trips_through_json() -> None:
+    import json
+
+    s = snap([worker()], [job()], [proc(100, status="stopped", status_again="stopped")],
+             [QueueInfo("short", clean_lock_ttl=300)], scan=[zombie(held_by=["queue"], direct=True)],
+             frappe=FrappeState(lock_dirs=["/b/sites/site1.local/locks"],
+                                locks=[doc_lock(held_by=[FileLock(pid=5, kind="FLOCK")])],
+                                job_log_sites=[SITE], job_log_rows=[start_row()],
+                                scheduled_methods={SITE: ["erpnext.tasks.daily"]}))
+    assert Snapshot.from_dict(json.loads(json.dumps(s.to_dict()))) == s
