@@ -171,3 +171,28 @@ def test_scheduled_job_log_rows_left_in_start(make_bench: Any, mariadb: DBInfo) 
     assert frappe["job_log_sites"] == [SITE] and frappe["scheduled_methods"] == {SITE: ["erpnext.tasks.daily"]}
     assert sorted(r["name"] for r in frappe["job_log_rows"]) == ["left1", "young"]
     assert not [e for e in report["errors"] if e["probe"] == "frappe"]
+
+
+def _psql(db: DBInfo, statements: str) -> None:
+    subprocess.run(["psql", "-h", db.host, "-p", str(db.port), "-U", db.user, "-d", db.database, "-v",
+                    "ON_ERROR_STOP=1", "-c", statements], check=True, capture_output=True, timeout=30)
+
+
+@pytest.mark.postgres
+def test_scheduled_job_log_rows_left_in_start_on_postgres(make_bench: Any, postgres: DBInfo) -> None:
+    bench = make_bench(sites=(SITE,), db_type="postgres")
+    config = {"db_name": postgres.database, "db_user": postgres.user, "db_password": postgres.password,
+              "db_host": postgres.host, "db_port": postgres.port, "db_type": "postgres"}
+    (bench.sites_path / SITE / "site_config.json").write_text(json.dumps(config))
+    _psql(postgres, """
+        CREATE TABLE "tabScheduled Job Type" (name VARCHAR(140) PRIMARY KEY, method VARCHAR(140), stopped INT);
+        CREATE TABLE "tabScheduled Job Log" (name VARCHAR(140) PRIMARY KEY, scheduled_job_type VARCHAR(140),
+                                             status VARCHAR(140), creation TIMESTAMP(6));
+        INSERT INTO "tabScheduled Job Type" VALUES ('tasks.daily', 'erpnext.tasks.daily', 0);
+        INSERT INTO "tabScheduled Job Log" VALUES
+          ('left1', 'tasks.daily', 'Start', LOCALTIMESTAMP - INTERVAL '3 hours'),
+          ('young', 'tasks.daily', 'Start', LOCALTIMESTAMP - INTERVAL '1 minute');
+    """)
+    report = stuck(bench)
+    assert [f["subject"] for f in of(report, "RQD306")] == [f"scheduled job log {SITE}/left1"], report["errors"]
+    assert report["snapshot"]["frappe"]["scheduled_methods"] == {SITE: ["erpnext.tasks.daily"]}

@@ -77,7 +77,11 @@ def read_frappe(target: Target, deadline: Deadline, errors: list[ProbeError], da
         return state
     for db in target.db_targets:
         site = db.source.removeprefix("site:")
-        if not db.source.startswith("site:") or db.kind not in START_ROWS or deadline.expired():
+        if not db.source.startswith("site:") or db.kind not in START_ROWS:
+            continue
+        if deadline.expired():
+            errors.append(ProbeError(PROBE, "timeout", f"Scheduled Job Log of {site} not read: the deadline passed",
+                                     "raise --timeout", f"site {site}"))
             continue
         try:
             rows, methods = _read_site(db, deadline)
