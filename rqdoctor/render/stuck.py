@@ -23,7 +23,8 @@ def summary_line(snapshot: Snapshot, diagnosis: Diagnosis) -> str:
 
 def coverage(snapshot: Snapshot) -> list[str]:
     """What the run looked at, and where it stopped short (one line each)."""
-    lines = ["stacks: not sampled (stuck judges from Redis and the process table only)"]
+    lines = [f"stacks: {len(snapshot.stacks)} process(es) sampled in this snapshot (stuck's verdicts do not use them)"
+             if snapshot.stacks else "stacks: not sampled (stuck judges from Redis and the process table only)"]
     scan = snapshot.redis.job_scan if snapshot.redis is not None else None
     if scan is None:
         lines.append("job hashes: not scanned")
@@ -35,7 +36,7 @@ def coverage(snapshot: Snapshot) -> list[str]:
                      f"checked against their queues and registries" + (f", {direct} looked up by id" if direct else ""))
     frappe = snapshot.frappe
     if frappe is None:
-        lines.append("Frappe leftovers: not read (no bench)")
+        lines.append("Frappe leftovers: not read" + ("" if snapshot.target.bench_path else " (no bench)"))
     else:
         lines.append(f"document locks: {len(frappe.locks)} lock file(s) in {len(frappe.lock_dirs)} site lock "
                      "folder(s)")
