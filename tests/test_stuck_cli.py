@@ -65,3 +65,10 @@ def test_scan_is_bounded_and_says_so_and_known_ids_are_read_anyway(redis_client:
     assert [e.kind for e in errors] == ["truncated"]
     [job] = [j for j in scan.jobs if j.job_id == known]
     assert job.checked and job.held_by == [] and (job.direct or scan.keys_seen >= 1000)
+
+
+@pytest.mark.cli
+def test_kill_flags_without_kill_are_refused() -> None:
+    run = run_cli("stuck", "--dry-run", "--requeue", "--redis-url", "redis://127.0.0.1:1/0")
+    assert run.code == 2, run
+    assert run.stderr.strip().splitlines() == ["rqdoctor: error: --dry-run, --requeue only apply with --kill"], run
