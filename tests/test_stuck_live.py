@@ -158,18 +158,25 @@ def test_scheduled_job_log_rows_left_in_start(make_bench: Any, mariadb: DBInfo) 
         CREATE TABLE `tabScheduled Job Type` (name VARCHAR(140) PRIMARY KEY, method VARCHAR(140), stopped INT);
         CREATE TABLE `tabScheduled Job Log` (name VARCHAR(140) PRIMARY KEY, scheduled_job_type VARCHAR(140),
                                              status VARCHAR(140), creation DATETIME(6));
+        CREATE TABLE `tabSingles` (doctype VARCHAR(140), field VARCHAR(140), value TEXT);
+        INSERT INTO `tabSingles` VALUES ('System Settings', 'time_zone', 'Asia/Kolkata');
         INSERT INTO `tabScheduled Job Type` VALUES ('tasks.daily', 'erpnext.tasks.daily', 0);
         INSERT INTO `tabScheduled Job Log` VALUES
-          ('left1', 'tasks.daily', 'Start', NOW() - INTERVAL 3 HOUR),
-          ('done1', 'tasks.daily', 'Complete', NOW() - INTERVAL 3 HOUR),
-          ('young', 'tasks.daily', 'Start', NOW() - INTERVAL 1 MINUTE);
+          ('left1', 'tasks.daily', 'Start', UTC_TIMESTAMP() + INTERVAL 330 MINUTE - INTERVAL 3 HOUR),
+          ('done1', 'tasks.daily', 'Complete', UTC_TIMESTAMP() + INTERVAL 330 MINUTE - INTERVAL 3 HOUR),
+          ('young', 'tasks.daily', 'Start', UTC_TIMESTAMP() + INTERVAL 330 MINUTE - INTERVAL 1 MINUTE);
     """)
     report = stuck(bench)
     [finding] = of(report, "RQD306")
     assert finding["subject"] == f"scheduled job log {SITE}/left1"
     frappe = report["snapshot"]["frappe"]
     assert frappe["job_log_sites"] == [SITE] and frappe["scheduled_methods"] == {SITE: ["erpnext.tasks.daily"]}
-    assert sorted(r["name"] for r in frappe["job_log_rows"]) == ["left1", "young"]
+    rows = {r["name"]: r for r in frappe["job_log_rows"]}
+    assert sorted(rows) == ["left1", "young"]
+    # creation is written in the site's time zone (IST here): read in it, the ages are right whatever the DB's zone
+    assert rows["left1"]["time_zone"] == "Asia/Kolkata"
+    assert rows["left1"]["age_s"] == pytest.approx(3 * 3600, abs=120)
+    assert rows["young"]["age_s"] == pytest.approx(60, abs=120)
     assert not [e for e in report["errors"] if e["probe"] == "frappe"]
 
 

@@ -259,9 +259,10 @@ def job_log_left_in_start(ctx: Context) -> Iterator[Hit]:
     for row in frappe.job_log_rows:
         if row.age_s is None or row.age_s <= limit or row_runs(ctx, row):
             continue
+        clock = f"in the site's time zone {row.time_zone}" if row.time_zone else "by the database clock"
         yield row_hit(ctx, row, [f"Scheduled Job Log {row.name} ({row.scheduled_job_type}, method "
-                                 f"{row.method or '?'}) on site {row.site} says Start since {row.creation} (site "
-                                 f"time), {row.age_s:.0f} s ago by the database clock: longer than any job may run "
+                                 f"{row.method or '?'}) on site {row.site} says Start since {row.creation}, "
+                                 f"{row.age_s:.0f} s ago ({clock}): longer than any job may run "
                                  f"({limit} s, the longest queue timeout + 60 s)",
                                  "no running job runs that scheduled job type"])
 
