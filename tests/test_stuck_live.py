@@ -30,6 +30,7 @@ from tests.harness.bench import Bench
 from tests.harness.services import DBInfo
 from tests.harness.workers import Workers, wait_for_job_started, wait_for_worker_registered
 from tests.test_hangs_cli import SCN, enqueue_many, job_spec, run_cli, selected_flavours
+from tests.test_workers_queues_cli import READ_COMMANDS, Monitor
 
 pytestmark = [pytest.mark.integration]
 
@@ -97,7 +98,17 @@ def test_zombie_scheduled_job_hash_next_to_a_legitimately_queued_job(bench: Benc
                            "scheduled_job_type.scheduled_job_type.run_scheduled_job', site='site1.local')"})
     redis_client.rpush(f"rq:queue:{queue}", legit)
     redis_client.sadd("rq:queues", f"rq:queue:{queue}")
-    report = stuck(bench)
+    monitor = Monitor(bench.redis_url)  # no worker runs: every command it sees is rqdoctor's
+    try:
+        report = stuck(bench)
+        seen, end = -1, time.monotonic() + 15
+        while len(monitor.events) != seen and time.monotonic() < end:  # until the monitor has read everything
+            seen = len(monitor.events)
+            time.sleep(1.0)
+    finally:
+        events = monitor.stop()
+    names = {str(e["command"]).split()[0].lower() for e in events}
+    assert "scan" in names and not names - READ_COMMANDS - {"scan", "lrange", "zscore"}, sorted(names)
     [finding] = of(report, "RQD304")
     assert finding["subject"] == f"job {zombie}" and finding["severity"] == "critical"
     assert any("blocks the scheduled job erpnext.tasks.daily on site site1.local" in e for e in finding["evidence"])
