@@ -291,3 +291,12 @@ def test_stuck_snapshot_round_trips_through_json() -> None:
                                 job_log_sites=[SITE], job_log_rows=[start_row()],
                                 scheduled_methods={SITE: ["erpnext.tasks.daily"]}))
     assert Snapshot.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def test_old_lock_that_could_not_be_matched_is_said() -> None:
+    from rqdoctor.diagnose.rules_stuck import unjudged_locks
+
+    s = snap([worker(current_job="site1.local::j1")], [job(running=5000, description="app.x()", timeout=-1)],
+             [proc(100), proc(101, ppid=100)], frappe=FrappeState(locks=[doc_lock()]))
+    [line] = unjudged_locks(diagnose(s).context)
+    assert "not judged: could not match job site1.local::j1 (its document is not in its call string)" in line

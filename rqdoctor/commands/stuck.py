@@ -25,7 +25,7 @@ from rqdoctor.commands.options import (
 )
 from rqdoctor.config import Target, discover
 from rqdoctor.diagnose.rules_queues import TARGET_CODES
-from rqdoctor.diagnose.rules_stuck import STUCK_CODES
+from rqdoctor.diagnose.rules_stuck import STUCK_CODES, unjudged_locks
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.errors import RqdoctorError
 from rqdoctor.render import stuck as stuck_render
@@ -84,9 +84,10 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
                               prune_ghosts=prune_ghosts, audit_log=audit_log, fmt=fmt, output=output,
                               refresh=lambda ids: collect_stuck(live, timeout, known_ids=ids, fresh=True))
         raise typer.Exit(run_kill(snapshot, diagnosis.findings, options))
-    emit(fmt, output, text=lambda: stuck_render.as_text(snapshot, diagnosis),
-         markdown=lambda: stuck_render.as_markdown(snapshot, diagnosis),
-         as_json=lambda: stuck_render.as_json(snapshot, diagnosis, older_than_s), fatal=fatal)
+    unjudged = unjudged_locks(diagnosis.context)
+    emit(fmt, output, text=lambda: stuck_render.as_text(snapshot, diagnosis, unjudged),
+         markdown=lambda: stuck_render.as_markdown(snapshot, diagnosis, unjudged),
+         as_json=lambda: stuck_render.as_json(snapshot, diagnosis, unjudged, older_than_s), fatal=fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))
 
 

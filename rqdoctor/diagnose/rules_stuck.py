@@ -227,6 +227,24 @@ def stale_document_lock(ctx: Context) -> Iterator[Hit]:
                                    "no job running or queued on this bench works on that document"])
 
 
+def unjudged_locks(ctx: Context) -> list[str]:
+    """Old document locks RQD305 gave no verdict on because a possible owner could not be matched (one line each)."""
+    frappe = ctx.snapshot.frappe
+    if frappe is None:
+        return []
+    longest = longest_timeout(ctx.snapshot.target.queue_timeouts)
+    lines = []
+    for lock in frappe.locks:
+        held = age(ctx.snapshot.generated_at, lock.mtime)
+        if not DOC_LOCK.fullmatch(lock.name) or lock.held_by or held is None or held <= longest:
+            continue
+        matched, unknown = lock_holders(ctx, lock)
+        if unknown and not matched:
+            lines.append(f"document lock {lock.site}/{lock.name} ({held:.0f} s old) not judged: could not match "
+                         + ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""))
+    return lines
+
+
 def lock_hit(ctx: Context, lock: DocLockFile, evidence: list[str]) -> Hit:
     """The RQD305 hit of one document lock (also a killed job's leftover)."""
     return Hit(
