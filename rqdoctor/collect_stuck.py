@@ -26,10 +26,15 @@ RECHECK_AFTER_S = 0.5
 milliseconds, and a live worker reaps its exited horse at once."""
 
 
-def collect_stuck(target: Target, timeout: float, database: bool = True, known_ids: Iterable[str] = ()) -> Snapshot:
-    """Everything ``stuck`` judges; ``known_ids``: job ids to look up directly besides the scan."""
-    snapshot = collect(target, CollectOptions(timeout=timeout))
-    deadline = Deadline.for_run(timeout).for_probes()
+def collect_stuck(target: Target, timeout: float, database: bool = True, known_ids: Iterable[str] = (),
+                  fresh: bool = False) -> Snapshot:
+    """Everything ``stuck`` judges; ``known_ids``: job ids to look up directly besides the scan.
+
+    ``fresh``: a new deadline of ``timeout`` seconds from now (a re-read after ``--kill``), not from the
+    process start.
+    """
+    snapshot = collect(target, CollectOptions(timeout=timeout, since_process_start=not fresh))
+    deadline = (Deadline(timeout) if fresh else Deadline.for_run(timeout)).for_probes()
     _guard(snapshot.errors, "processes", lambda: recheck_stopped(snapshot, deadline))
     if target.bench is not None:
         from rqdoctor.probes.frappe_state import read_frappe
@@ -39,7 +44,7 @@ def collect_stuck(target: Target, timeout: float, database: bool = True, known_i
         _guard(snapshot.errors, "frappe", frappe)
     if snapshot.redis is not None:
         ids = list(known_ids) + scheduled_ids(snapshot)
-        _guard(snapshot.errors, "redis", lambda: _scan(target, snapshot, deadline, ids))
+        _guard(snapshot.errors, "jobscan", lambda: _scan(target, snapshot, deadline, ids))
     return snapshot
 
 
@@ -84,7 +89,7 @@ def _scan(target: Target, snapshot: Snapshot, deadline: Deadline, ids: list[str]
     try:
         scan, errors = Background(read, "rqdoctor-jobscan").result(deadline.remaining() + JOIN_GRACE_S)
     except TimeoutError:
-        raise ProbeFailure("redis", "timeout", f"Redis at {redact_url(target.redis_url)}: the job-hash scan did not "
+        raise ProbeFailure("jobscan", "timeout", f"Redis at {redact_url(target.redis_url)}: the job-hash scan did not "
                            "finish within the deadline: no zombie-hash verdict", "raise --timeout") from None
     assert snapshot.redis is not None
     snapshot.redis.job_scan = scan

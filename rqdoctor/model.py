@@ -557,7 +557,9 @@ class JobLogRow:
     creation: str = ""
     """As stored (Frappe writes the System Settings time zone, naive)."""
     age_s: float | None = None
-    """Seconds since ``creation`` by the database's own clock (``NOW()``)."""
+    """Seconds since ``creation``: read in ``time_zone`` when known, else by the database's clock (``NOW()``)."""
+    time_zone: str | None = None
+    """The site's System Settings time zone ``creation`` was read in (None: unknown, ``age_s`` from ``NOW()``)."""
 
 
 @dataclass

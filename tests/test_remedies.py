@@ -132,3 +132,32 @@ def test_rqd107_busy_horse_gets_stop_horse() -> None:
     s = snap([worker()], [], [proc(100), proc(101, ppid=100)])
     r = one(s, "RQD107").remedy
     assert r is not None and (r.action, r.pid, r.parent_pid, r.job_id) == ("stop_horse", 101, 100, None)
+
+
+def test_one_target_on_two_findings_is_one_remedy() -> None:
+    from rqdoctor.diagnose.remedies import distinct
+
+    s = snap([worker(current_job="site1::j1")], [job()],
+             [proc(100), proc(101, ppid=100, status="stopped", status_again="stopped")])
+    findings = diagnose(s).findings
+    assert {f.code for f in findings if f.remedy} >= {"RQD101", "RQD302"}
+    [(remedy, carriers)] = [(r, fs) for r, fs in distinct(findings) if r.pid == 101]
+    assert remedy.action == "stop_horse" and {f.code for f in carriers} >= {"RQD101", "RQD302"}
+
+
+def test_rqd101_expired_entry_of_a_running_job_names_the_cleanup_that_fails_it() -> None:
+    idle = worker("w2", pid=200, state="idle")
+    s = snap([worker(current_job="site1::j1", last_heartbeat=NOW - 300), idle],
+             [job(registry_expires_at=NOW - 200)], [proc(100), proc(101, ppid=100), proc(200)])
+    evidence = one(s, "RQD101").evidence
+    assert any("moves the job to failed while it may still run" in line for line in evidence)
+    assert "next registry cleanup of short: within 600 s (1 idle worker(s) listen; each cleans every 600 s)" \
+        in evidence
+
+
+def test_rqd201_near_miss_pid_held_by_another_process_gives_no_fail_started() -> None:
+    # the hash's pid is a shell here: the worker may run in a container sharing the hostname
+    shell = proc(4242, worker_like=False, cmdline=["bash"])
+    s = snap([worker(pid=4242, current_job="site1::j1")], [job()], [shell])
+    f = one(s, "RQD201")
+    assert f.remedy is None and any("container sharing this hostname" in line for line in f.evidence)

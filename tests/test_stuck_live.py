@@ -30,6 +30,7 @@ from tests.harness.bench import Bench
 from tests.harness.services import DBInfo
 from tests.harness.workers import Workers, wait_for_job_started, wait_for_worker_registered
 from tests.test_hangs_cli import SCN, enqueue_many, job_spec, run_cli, selected_flavours
+from tests.test_workers_queues_cli import READ_COMMANDS, Monitor
 
 pytestmark = [pytest.mark.integration]
 
@@ -97,7 +98,17 @@ def test_zombie_scheduled_job_hash_next_to_a_legitimately_queued_job(bench: Benc
                            "scheduled_job_type.scheduled_job_type.run_scheduled_job', site='site1.local')"})
     redis_client.rpush(f"rq:queue:{queue}", legit)
     redis_client.sadd("rq:queues", f"rq:queue:{queue}")
-    report = stuck(bench)
+    monitor = Monitor(bench.redis_url)  # no worker runs: every command it sees is rqdoctor's
+    try:
+        report = stuck(bench)
+        seen, end = -1, time.monotonic() + 15
+        while len(monitor.events) != seen and time.monotonic() < end:  # until the monitor has read everything
+            seen = len(monitor.events)
+            time.sleep(1.0)
+    finally:
+        events = monitor.stop()
+    names = {str(e["command"]).split()[0].lower() for e in events}
+    assert "scan" in names and not names - READ_COMMANDS - {"scan", "lrange", "zscore"}, sorted(names)
     [finding] = of(report, "RQD304")
     assert finding["subject"] == f"job {zombie}" and finding["severity"] == "critical"
     assert any("blocks the scheduled job erpnext.tasks.daily on site site1.local" in e for e in finding["evidence"])
@@ -158,16 +169,48 @@ def test_scheduled_job_log_rows_left_in_start(make_bench: Any, mariadb: DBInfo) 
         CREATE TABLE `tabScheduled Job Type` (name VARCHAR(140) PRIMARY KEY, method VARCHAR(140), stopped INT);
         CREATE TABLE `tabScheduled Job Log` (name VARCHAR(140) PRIMARY KEY, scheduled_job_type VARCHAR(140),
                                              status VARCHAR(140), creation DATETIME(6));
+        CREATE TABLE `tabSingles` (doctype VARCHAR(140), field VARCHAR(140), value TEXT);
+        INSERT INTO `tabSingles` VALUES ('System Settings', 'time_zone', 'Asia/Kolkata');
         INSERT INTO `tabScheduled Job Type` VALUES ('tasks.daily', 'erpnext.tasks.daily', 0);
         INSERT INTO `tabScheduled Job Log` VALUES
-          ('left1', 'tasks.daily', 'Start', NOW() - INTERVAL 3 HOUR),
-          ('done1', 'tasks.daily', 'Complete', NOW() - INTERVAL 3 HOUR),
-          ('young', 'tasks.daily', 'Start', NOW() - INTERVAL 1 MINUTE);
+          ('left1', 'tasks.daily', 'Start', UTC_TIMESTAMP() + INTERVAL 330 MINUTE - INTERVAL 3 HOUR),
+          ('done1', 'tasks.daily', 'Complete', UTC_TIMESTAMP() + INTERVAL 330 MINUTE - INTERVAL 3 HOUR),
+          ('young', 'tasks.daily', 'Start', UTC_TIMESTAMP() + INTERVAL 330 MINUTE - INTERVAL 1 MINUTE);
     """)
     report = stuck(bench)
     [finding] = of(report, "RQD306")
     assert finding["subject"] == f"scheduled job log {SITE}/left1"
     frappe = report["snapshot"]["frappe"]
     assert frappe["job_log_sites"] == [SITE] and frappe["scheduled_methods"] == {SITE: ["erpnext.tasks.daily"]}
-    assert sorted(r["name"] for r in frappe["job_log_rows"]) == ["left1", "young"]
+    rows = {r["name"]: r for r in frappe["job_log_rows"]}
+    assert sorted(rows) == ["left1", "young"]
+    # creation is written in the site's time zone (IST here): read in it, the ages are right whatever the DB's zone
+    assert rows["left1"]["time_zone"] == "Asia/Kolkata"
+    assert rows["left1"]["age_s"] == pytest.approx(3 * 3600, abs=120)
+    assert rows["young"]["age_s"] == pytest.approx(60, abs=120)
     assert not [e for e in report["errors"] if e["probe"] == "frappe"]
+
+
+def _psql(db: DBInfo, statements: str) -> None:
+    subprocess.run(["psql", "-h", db.host, "-p", str(db.port), "-U", db.user, "-d", db.database, "-v",
+                    "ON_ERROR_STOP=1", "-c", statements], check=True, capture_output=True, timeout=30)
+
+
+@pytest.mark.postgres
+def test_scheduled_job_log_rows_left_in_start_on_postgres(make_bench: Any, postgres: DBInfo) -> None:
+    bench = make_bench(sites=(SITE,), db_type="postgres")
+    config = {"db_name": postgres.database, "db_user": postgres.user, "db_password": postgres.password,
+              "db_host": postgres.host, "db_port": postgres.port, "db_type": "postgres"}
+    (bench.sites_path / SITE / "site_config.json").write_text(json.dumps(config))
+    _psql(postgres, """
+        CREATE TABLE "tabScheduled Job Type" (name VARCHAR(140) PRIMARY KEY, method VARCHAR(140), stopped INT);
+        CREATE TABLE "tabScheduled Job Log" (name VARCHAR(140) PRIMARY KEY, scheduled_job_type VARCHAR(140),
+                                             status VARCHAR(140), creation TIMESTAMP(6));
+        INSERT INTO "tabScheduled Job Type" VALUES ('tasks.daily', 'erpnext.tasks.daily', 0);
+        INSERT INTO "tabScheduled Job Log" VALUES
+          ('left1', 'tasks.daily', 'Start', LOCALTIMESTAMP - INTERVAL '3 hours'),
+          ('young', 'tasks.daily', 'Start', LOCALTIMESTAMP - INTERVAL '1 minute');
+    """)
+    report = stuck(bench)
+    assert [f["subject"] for f in of(report, "RQD306")] == [f"scheduled job log {SITE}/left1"], report["errors"]
+    assert report["snapshot"]["frappe"]["scheduled_methods"] == {SITE: ["erpnext.tasks.daily"]}

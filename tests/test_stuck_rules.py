@@ -38,7 +38,8 @@ DOC_LOCK = lock_name("Sales Invoice", "SINV-0001")
 
 
 def snap(workers: list[WorkerInfo] = (), jobs: list[JobInfo] = (), processes: list[ProcessInfo] = (),
-         queues: list[QueueInfo] = (), scan: list[JobHash] | None = None, frappe: FrappeState | None = None) -> Snapshot:
+         queues: list[QueueInfo] = (), scan: list[JobHash] | None = None,
+         frappe: FrappeState | None = None) -> Snapshot:
     redis = RedisState(server_time=NOW, workers=list(workers), jobs=list(jobs), queues=list(queues))
     if scan is not None:
         redis.job_scan = JobScan(complete=True, keys_seen=len(scan), limit=1000, jobs=list(scan))
@@ -269,4 +270,33 @@ def test_document_of_and_scheduled_method() -> None:
 def test_stuck_codes_are_registered() -> None:
     from rqdoctor.diagnose.findings import RULES
 
-    assert STUCK_CODES <= set(RULES)
+    assert set(RULES) >= STUCK_CODES
+
+
+def test_rqd302_fires_stopped_orphan_gets_stop_orphan() -> None:
+    orphan = proc(300, cmdline=["rq:worker:gone: Processing site1.local::j1 from short since 1"], status="stopped",
+                  status_again="stopped")
+    s = snap([], [job(worker_name="gone")], [orphan])
+    [f] = found(s, "RQD302")
+    assert f.remedy is not None and (f.remedy.action, f.remedy.pid) == ("stop_orphan", 300)
+
+
+def test_stuck_snapshot_round_trips_through_json() -> None:
+    import json
+
+    s = snap([worker()], [job()], [proc(100, status="stopped", status_again="stopped")],
+             [QueueInfo("short", clean_lock_ttl=300)], scan=[zombie(held_by=["queue"], direct=True)],
+             frappe=FrappeState(lock_dirs=["/b/sites/site1.local/locks"],
+                                locks=[doc_lock(held_by=[FileLock(pid=5, kind="FLOCK")])],
+                                job_log_sites=[SITE], job_log_rows=[start_row()],
+                                scheduled_methods={SITE: ["erpnext.tasks.daily"]}))
+    assert Snapshot.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+def test_old_lock_that_could_not_be_matched_is_said() -> None:
+    from rqdoctor.diagnose.rules_stuck import unjudged_locks
+
+    s = snap([worker(current_job="site1.local::j1")], [job(running=5000, description="app.x()", timeout=-1)],
+             [proc(100), proc(101, ppid=100)], frappe=FrappeState(locks=[doc_lock()]))
+    [line] = unjudged_locks(diagnose(s).context)
+    assert "not judged: could not match job site1.local::j1 (its document is not in its call string)" in line

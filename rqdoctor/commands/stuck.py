@@ -23,9 +23,9 @@ from rqdoctor.commands.options import (
     Timeout,
     Verbose,
 )
-from rqdoctor.config import discover
+from rqdoctor.config import Target, discover
 from rqdoctor.diagnose.rules_queues import TARGET_CODES
-from rqdoctor.diagnose.rules_stuck import STUCK_CODES
+from rqdoctor.diagnose.rules_stuck import STUCK_CODES, unjudged_locks
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.errors import RqdoctorError
 from rqdoctor.render import stuck as stuck_render
@@ -60,8 +60,14 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     (Frappe scheduled jobs above all) and Frappe leftovers (document lock files, Scheduled Job Log rows in Start).
     """
     older_than_s = parse_duration(older_than) if older_than is not None else None
+    kill_only = [flag for flag, given in (("--dry-run", dry_run), ("--yes", yes), ("--kill-worker", kill_worker),
+                                          ("--requeue", requeue), ("--prune-ghosts", prune_ghosts),
+                                          ("--audit-log", audit_log is not None)) if given]
+    if kill_only and not kill:
+        raise RqdoctorError(f"{', '.join(kill_only)} only apply with --kill")
     if kill and from_file is not None:
         raise RqdoctorError("--kill cannot act on --from FILE: a saved snapshot cannot be acted on")
+    target: Target | None = None
     if from_file is not None:
         snapshot = load_snapshot(from_file)
     else:
@@ -70,15 +76,18 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
         snapshot = collect_stuck(target, timeout)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, codes=set(STUCK_CODES | TARGET_CODES), older_than_s=older_than_s)
-    if kill and fatal is None:
+    if kill and fatal is None and target is not None:
         from rqdoctor.actions.flow import KillOptions, run_kill
 
+        live = target
         options = KillOptions(dry_run=dry_run, yes=yes, kill_worker=kill_worker, requeue=requeue,
-                              prune_ghosts=prune_ghosts, audit_log=audit_log, fmt=fmt, output=output)
+                              prune_ghosts=prune_ghosts, audit_log=audit_log, fmt=fmt, output=output,
+                              refresh=lambda ids: collect_stuck(live, timeout, known_ids=ids, fresh=True))
         raise typer.Exit(run_kill(snapshot, diagnosis.findings, options))
-    emit(fmt, output, text=lambda: stuck_render.as_text(snapshot, diagnosis),
-         markdown=lambda: stuck_render.as_markdown(snapshot, diagnosis),
-         as_json=lambda: stuck_render.as_json(snapshot, diagnosis, older_than_s), fatal=fatal)
+    unjudged = unjudged_locks(diagnosis.context)
+    emit(fmt, output, text=lambda: stuck_render.as_text(snapshot, diagnosis, unjudged),
+         markdown=lambda: stuck_render.as_markdown(snapshot, diagnosis, unjudged),
+         as_json=lambda: stuck_render.as_json(snapshot, diagnosis, unjudged, older_than_s), fatal=fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rqdoctor.diagnose.context import Context
+from rqdoctor.diagnose.link import JobLink
 from rqdoctor.model import QueueInfo
 
 MAINTENANCE_INTERVAL_S = 600
@@ -56,3 +57,12 @@ def next_cleanup(ctx: Context, queue: str) -> NextCleanup:
 def _queue(ctx: Context, name: str) -> QueueInfo | None:
     redis = ctx.snapshot.redis
     return next((q for q in redis.queues if q.name == name), None) if redis is not None else None
+
+
+def expired_while_running(ctx: Context, jl: JobLink) -> list[str]:
+    """For a job a live process still runs: its started entry expired, so the next cleanup fails it mid-run."""
+    expires = jl.job.registry_expires_at
+    if jl.runner is None or jl.gone or expires is None or expires >= ctx.now:
+        return []
+    return [f"its started-registry entry expired {ctx.now - expires:.0f} s ago (nobody heartbeats it): the next "
+            "registry cleanup moves the job to failed while it may still run", *next_cleanup(ctx, jl.job.queue).lines]

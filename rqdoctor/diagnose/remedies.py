@@ -8,7 +8,7 @@ stored. :func:`describe` renders the one sentence of fix prose that says what ``
 
 from __future__ import annotations
 
-from rqdoctor.diagnose.findings import Remedy
+from rqdoctor.diagnose.findings import Finding, Remedy
 from rqdoctor.diagnose.link import JobLink, Links
 from rqdoctor.model import JobInfo, ProcessInfo, Snapshot, WorkerInfo
 
@@ -70,9 +70,10 @@ def for_busy_horse(snapshot: Snapshot, worker_process: ProcessInfo, horse: Proce
 def unrun_blocker(snapshot: Snapshot, links: Links, jl: JobLink) -> str | None:
     """Why a started entry with no runner cannot be failed from here, or None when it can.
 
-    It can only when its worker is known to be on this host and dead (positive evidence that no worker
-    loop runs it), the process table was read, and no orphaned horse of this Redis is left unmatched
-    (which might be running it).
+    It can only when its worker is known to be on this host and dead (its pid missing or a zombie, or it
+    recorded its death: positive evidence that no worker loop runs it; a pid held by another process is
+    not, the worker may live in a container sharing the hostname), the process table was read, and no
+    orphaned horse of this Redis is left unmatched (which might be running it).
     """
     if jl.runner is not None:
         return "a process runs it"
@@ -83,7 +84,10 @@ def unrun_blocker(snapshot: Snapshot, links: Links, jl: JobLink) -> str | None:
     if w.hostname != snapshot.host:
         return f"its worker ran on host {w.hostname or '?'}, not here: check there that no process runs it"
     wl = next((x for x in links.workers if x.worker is w), None)
-    if wl is None or wl.location not in ("dead", "not-found"):
+    if wl is not None and wl.location == "not-found":
+        return (f"pid {w.pid} here is another process, so the worker may run in a container sharing this "
+                "hostname: check there")
+    if wl is None or wl.location != "dead":
         return "its worker is not known to be dead"
     if any(e.probe == "processes" and e.kind not in ("vanished", "permission", "truncated") for e in snapshot.errors):
         return "the process table could not be read"
@@ -132,3 +136,17 @@ def describe(remedy: Remedy) -> str:
         return ""
     after = {"failed": "the job ends failed", "absent": "the key is gone"}.get(remedy.expected, "")
     return f"`rqdoctor stuck --kill{needs}` {what}" + (f"; {after}." if after else ".")
+
+
+def distinct(findings: list[Finding]) -> list[tuple[Remedy, list[Finding]]]:
+    """Each distinct remedy once, with the findings that carry it (a stopped horse past its timeout is both
+    RQD101 and RQD302, with one target), in the findings' order."""
+    out: dict[tuple[object, ...], tuple[Remedy, list[Finding]]] = {}
+    for f in findings:
+        r = f.remedy
+        if r is None:
+            continue
+        key = (r.action, r.host, r.pid, r.create_time, r.worker if r.action == "prune_worker" else None,
+               r.job_id, r.member)
+        out.setdefault(key, (r, []))[1].append(f)
+    return list(out.values())

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from rqdoctor.diagnose import remedies
 from rqdoctor.diagnose.activity import Activity, short_path
 from rqdoctor.diagnose.advice import process_ref
-from rqdoctor.diagnose.cleanup import next_cleanup
+from rqdoctor.diagnose.cleanup import expired_while_running
 from rqdoctor.diagnose.context import Context, JobFacts, age
 from rqdoctor.diagnose.findings import Hit, rule
 from rqdoctor.diagnose.history import FAR_MARGIN_S, FAR_RATIO, runs_far_longer, seconds
@@ -53,7 +53,7 @@ def past_timeout(ctx: Context) -> Iterator[Hit]:
         if timeout is None or timeout < 0 or running is None or running <= timeout:
             continue
         hit = _hit(facts, [f"running {running:.0f} s, timeout {timeout} s", *hard_kill_lines(ctx, facts),
-                           *_activity_line(facts.activity)],
+                           *expired_while_running(ctx, facts.link), *_activity_line(facts.activity)],
                    "Make the blocking call time out (see the activity's finding), then stop this run.",
                    running_for_s=round(running, 1), timeout_s=timeout, hard_kill_at=hard_kill_at(facts))
         hit.remedy = remedies.for_job_runner(ctx.snapshot, facts.link, f"running {running:.0f} s past its "
@@ -270,11 +270,8 @@ def orphaned_horse(ctx: Context) -> Iterator[Hit]:
         job = ctx.links.job_for_pid(process.pid)
         evidence = [f"{process_ref(process)} is an RQ work-horse with no live worker",
                     *ctx.links.orphan_evidence.get(process.pid, [])]
-        expires = job.job.registry_expires_at if job else None
-        if job is not None and expires is not None and expires < ctx.now:
-            evidence.append(f"its started-registry entry expired {ctx.now - expires:.0f} s ago (nobody heartbeats "
-                            "it): the next registry cleanup moves the job to failed while it may still run")
-            evidence += next_cleanup(ctx, job.job.queue).lines
+        if job is not None:
+            evidence += expired_while_running(ctx, job)
         remedy = remedies.for_orphan(ctx.snapshot, ctx.links, process, "orphaned work-horse: its worker is gone")
         yield Hit(
             f"process {process.pid}",

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from rqdoctor.diagnose import remedies
 from rqdoctor.diagnose.advice import bench_cli, process_ref, redis_cli
+from rqdoctor.diagnose.cleanup import expired_while_running
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, Remedy, rule
 from rqdoctor.diagnose.frappe_docs import DOC_LOCK, document_of, lock_name, longest_timeout, scheduled_method
@@ -47,6 +48,7 @@ def older_than(ctx: Context) -> Iterator[Hit]:
         jl = facts.link
         evidence = [*facts.identity(), f"running {running:.0f} s (since {utc(jl.job.started_at)}), longer than "
                     f"--older-than {limit:g} s" + (f"; its timeout is {timeout} s" if timeout else "")]
+        evidence += expired_while_running(ctx, jl)
         remedy = remedies.for_job_runner(ctx.snapshot, jl, f"running {running:.0f} s, past --older-than {limit:g} s")
         fix = "You asked to treat jobs this old as stuck. Look at what it does first (`rqdoctor hangs`)."
         if remedy is not None:
@@ -82,10 +84,13 @@ def stopped_horse(ctx: Context) -> Iterator[Hit]:
                     "until it is resumed; only KILL ends it"]
         if jl is not None:
             evidence.append(f"it runs job {jl.job.job_id} ({jl.runner_role}) of worker {jl.job.worker_name or '?'}")
+            evidence += expired_while_running(ctx, jl)
         remedy = remedies.for_job_runner(ctx.snapshot, jl, "its process is stopped (state T)") if jl else None
         if remedy is None and wl is not None and wl.horse is p and wl.process is not None:
             remedy = remedies.for_busy_horse(ctx.snapshot, wl.process, p, wl.worker, None,
                                              "work-horse stopped (state T)")
+        elif remedy is None and p in ctx.links.orphans:
+            remedy = remedies.for_orphan(ctx.snapshot, ctx.links, p, "orphaned work-horse stopped (state T)")
         fix = ("Someone stopped it: SIGSTOP, Ctrl-Z in a terminal, or a debugger (gdb, strace) attached to it. If "
                "nobody is debugging it, resume it (the command below).")
         if remedy is not None:
@@ -222,6 +227,24 @@ def stale_document_lock(ctx: Context) -> Iterator[Hit]:
                                    "no job running or queued on this bench works on that document"])
 
 
+def unjudged_locks(ctx: Context) -> list[str]:
+    """Old document locks RQD305 gave no verdict on because a possible owner could not be matched (one line each)."""
+    frappe = ctx.snapshot.frappe
+    if frappe is None:
+        return []
+    longest = longest_timeout(ctx.snapshot.target.queue_timeouts)
+    lines = []
+    for lock in frappe.locks:
+        held = age(ctx.snapshot.generated_at, lock.mtime)
+        if not DOC_LOCK.fullmatch(lock.name) or lock.held_by or held is None or held <= longest:
+            continue
+        matched, unknown = lock_holders(ctx, lock)
+        if unknown and not matched:
+            lines.append(f"document lock {lock.site}/{lock.name} ({held:.0f} s old) not judged: could not match "
+                         + ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""))
+    return lines
+
+
 def lock_hit(ctx: Context, lock: DocLockFile, evidence: list[str]) -> Hit:
     """The RQD305 hit of one document lock (also a killed job's leftover)."""
     return Hit(
@@ -254,9 +277,10 @@ def job_log_left_in_start(ctx: Context) -> Iterator[Hit]:
     for row in frappe.job_log_rows:
         if row.age_s is None or row.age_s <= limit or row_runs(ctx, row):
             continue
+        clock = f"in the site's time zone {row.time_zone}" if row.time_zone else "by the database clock"
         yield row_hit(ctx, row, [f"Scheduled Job Log {row.name} ({row.scheduled_job_type}, method "
-                                 f"{row.method or '?'}) on site {row.site} says Start since {row.creation} (site "
-                                 f"time), {row.age_s:.0f} s ago by the database clock: longer than any job may run "
+                                 f"{row.method or '?'}) on site {row.site} says Start since {row.creation}, "
+                                 f"{row.age_s:.0f} s ago ({clock}): longer than any job may run "
                                  f"({limit} s, the longest queue timeout + 60 s)",
                                  "no running job runs that scheduled job type"])
 

@@ -9,8 +9,13 @@ An account that cannot read the table is an error entry, never a verdict.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rqdoctor.config import DbTarget, Target
 from rqdoctor.deadline import Deadline
@@ -29,6 +34,10 @@ START_ROWS = {
                 'EXTRACT(EPOCH FROM (LOCALTIMESTAMP - l.creation)) FROM "tabScheduled Job Log" l '
                 'LEFT JOIN "tabScheduled Job Type" t ON t.name = l.scheduled_job_type '
                 f"WHERE l.status = 'Start' ORDER BY l.creation LIMIT {MAX_ROWS}",
+}
+TIME_ZONE = {
+    "mariadb": "SELECT value FROM `tabSingles` WHERE doctype = 'System Settings' AND field = 'time_zone'",
+    "postgres": 'SELECT value FROM "tabSingles" WHERE doctype = \'System Settings\' AND field = \'time_zone\'',
 }
 METHODS = {
     "mariadb": "SELECT method FROM `tabScheduled Job Type` WHERE stopped = 0 ORDER BY method LIMIT 1000",
@@ -77,21 +86,41 @@ def read_frappe(target: Target, deadline: Deadline, errors: list[ProbeError], da
         return state
     for db in target.db_targets:
         site = db.source.removeprefix("site:")
-        if not db.source.startswith("site:") or db.kind not in START_ROWS or deadline.expired():
+        if not db.source.startswith("site:") or db.kind not in START_ROWS:
+            continue
+        if deadline.expired():
+            errors.append(ProbeError(PROBE, "timeout", f"Scheduled Job Log of {site} not read: the deadline passed",
+                                     "raise --timeout", f"site {site}"))
             continue
         try:
-            rows, methods = _read_site(db, deadline)
+            rows, methods, zone = _read_site(db, deadline)
         except Exception as exc:  # any driver error: an entry, no verdict
             errors.append(_db_error(db, site, exc))
             continue
         state.job_log_sites.append(site)
-        state.job_log_rows += [JobLogRow(site, str(r[0]), str(r[1] or ""), r[2], str(r[3] or ""),
-                                         float(r[4]) if r[4] is not None else None) for r in rows]
+        for r in rows:
+            row = JobLogRow(site, str(r[0]), str(r[1] or ""), r[2], str(r[3] or ""),
+                            float(r[4]) if r[4] is not None else None)
+            local = _age_in_zone(row.creation, zone)
+            if local is not None:
+                row.age_s, row.time_zone = local, zone
+            state.job_log_rows.append(row)
         state.scheduled_methods[site] = [str(m[0]) for m in methods if m[0]]
     return state
 
 
-def _read_site(db: DbTarget, deadline: Deadline) -> tuple[list[tuple], list[tuple]]:
+def _age_in_zone(creation: str, zone: str | None) -> float | None:
+    """Seconds since ``creation`` (naive, as Frappe writes it in the System Settings time zone), or None."""
+    if not zone or not creation:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(creation.strip()).replace(tzinfo=ZoneInfo(zone))
+    except (ValueError, KeyError, ZoneInfoNotFoundError):
+        return None
+    return time.time() - when.timestamp()
+
+
+def _read_site(db: DbTarget, deadline: Deadline) -> tuple[list[tuple], list[tuple], str | None]:
     if db.kind == "mariadb":
         from rqdoctor.probes.db_mariadb import connect
     else:
@@ -104,11 +133,23 @@ def _read_site(db: DbTarget, deadline: Deadline) -> tuple[list[tuple], list[tupl
                 cur.execute(START_ROWS["mariadb"])
                 rows = list(cur.fetchall())
                 cur.execute(METHODS["mariadb"])
-                return rows, list(cur.fetchall())
+                methods = list(cur.fetchall())
+                zone = _optional(lambda: (cur.execute(TIME_ZONE["mariadb"]), cur.fetchone())[1])
+                return rows, methods, zone
         rows = list(conn.execute(START_ROWS["postgres"]).fetchall())
-        return rows, list(conn.execute(METHODS["postgres"]).fetchall())
+        methods = list(conn.execute(METHODS["postgres"]).fetchall())
+        return rows, methods, _optional(lambda: conn.execute(TIME_ZONE["postgres"]).fetchone())
     finally:
         conn.close()
+
+
+def _optional(read: Callable[[], Any]) -> str | None:
+    """The first column of an optional one-row read (None when the table or row is missing)."""
+    try:
+        row = read()
+    except Exception:
+        return None
+    return str(row[0]) if row and row[0] else None
 
 
 def _db_error(db: DbTarget, site: str, exc: BaseException) -> ProbeError:

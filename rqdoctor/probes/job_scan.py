@@ -3,9 +3,9 @@
 Read-only and bounded: SCAN with COUNT (at most :data:`SCAN_LIMIT` keys, stopping at the deadline, the
 coverage stated), HMGET of the plain fields only (never ``data``), pipelined per SCAN batch. Known
 ids (Frappe's ``<site>::scheduled_job::<method>``) are looked up directly, whatever the scan reaches.
-Each candidate is then checked, in one pipeline, against its queue list (LPOS), the ``:intermediate``
-list, the started, scheduled and deferred registries of its ``origin``, with its status read again:
-a status that changed meanwhile is left unchecked (no verdict).
+Each candidate is then checked against its ``origin``'s queue and ``:intermediate`` lists (each read once),
+its started registry, ZSCORE in its scheduled and deferred registries, with its status read again: a status
+that changed meanwhile is left unchecked (no verdict).
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from rqdoctor.model import JobHash, JobScan, ProbeError, RedisState
 from rqdoctor.probes.redis_rq import JOB_PREFIX, QUEUE_PREFIX, REGISTRIES, _failures, _text, _ts, _where
 from rqdoctor.redact import redact_text
 
+PROBE = "jobscan"
 SCAN_COUNT = 1000
 SCAN_LIMIT = 200_000
 """Keys read at most; a bigger keyspace gives a partial scan (said so), plus the direct lookups."""
 FIELDS = ("status", "origin", "description", "created_at", "enqueued_at", "started_at", "worker_name")
 LIVE = {"queued", "started"}
+LIST_LIMIT = 100_000
+"""A queue list longer than this is not read: its queued candidates stay unchecked (no verdict)."""
 _SUFFIXES = (b":dependents", b":dependencies")
 
 
@@ -59,8 +62,12 @@ def _scan(client: redis.Redis, state: RedisState, queue_filter: str | None, dead
     if not deadline.expired():
         _check(client, state, found)
     else:
-        errors.append(ProbeError("redis", "timeout", "job hashes found but not checked against their queues "
+        errors.append(ProbeError(PROBE, "timeout", "job hashes found but not checked against their queues "
                                  "within the deadline: no zombie verdict", "raise --timeout"))
+    if not scan.complete:
+        errors.append(ProbeError(PROBE, "truncated", f"job-hash scan stopped by the {scan.stopped_by} after "
+                                 f"{scan.keys_seen} keys: zombie job hashes beyond them were not seen",
+                                 "raise --timeout" if scan.stopped_by == "deadline" else ""))
     scan.jobs = sorted(found.values(), key=lambda j: j.job_id)
     return scan
 
@@ -90,38 +97,51 @@ def _read(client: redis.Redis, keys: list[bytes], found: dict[bytes, JobHash], q
 
 
 def _check(client: redis.Redis, state: RedisState, found: dict[bytes, JobHash]) -> None:
-    """Where each candidate is held: queue lists, registries, workers; its status read again."""
+    """Where each candidate is held: queue lists, registries, workers; its status read again.
+
+    Each origin's lists are read once (LRANGE, up to :data:`LIST_LIMIT` ids; a longer list leaves its
+    queued candidates unchecked), never one LPOS per candidate, which is quadratic on a long backlog.
+    """
     running = {j: w.name for w in state.workers for j in _worker_jobs(w.current_job, w.executions)}
     origins = sorted({j.origin for j in found.values() if j.origin})
+    keys = {o: (QUEUE_PREFIX + o.encode(), QUEUE_PREFIX + o.encode() + b":intermediate") for o in origins}
+    with client.pipeline(transaction=False) as pipe:
+        for origin in origins:
+            pipe.llen(keys[origin][0])
+            pipe.llen(keys[origin][1])
+        lengths = pipe.execute(raise_on_error=False)
+    readable = {o for n, o in enumerate(origins)
+                if all(isinstance(x, int) and x <= LIST_LIMIT for x in lengths[2 * n: 2 * n + 2])}
     with client.pipeline(transaction=False) as pipe:
         for origin in origins:
             pipe.zrange(REGISTRIES["started"] + origin.encode(), 0, -1)
+            for key in keys[origin]:
+                if origin in readable:
+                    pipe.lrange(key, 0, LIST_LIMIT)
+                else:
+                    pipe.echo(b"")  # keeps the reply slots in step
         for key, job in found.items():
             raw = key[len(JOB_PREFIX):]
             q = (job.origin or "").encode()
             pipe.hget(key, "status")
-            pipe.lpos(QUEUE_PREFIX + q, raw)
-            pipe.lpos(QUEUE_PREFIX + q + b":intermediate", raw)
             pipe.zscore(REGISTRIES["scheduled"] + q, raw)
             pipe.zscore(REGISTRIES["deferred"] + q, raw)
         replies = pipe.execute(raise_on_error=False)
-    started: dict[str, set[str]] = {}
-    for origin, members in zip(origins, replies, strict=False):
-        ids = {split_member(_text(m))[0] for m in members} if isinstance(members, list) else None
-        if ids is not None:
-            started[origin] = ids
-    rest = replies[len(origins):]
+    places: dict[str, dict[str, set[str]]] = {}
+    for n, origin in enumerate(origins):
+        wip, queued, inter = replies[3 * n: 3 * n + 3]
+        if origin in readable and all(isinstance(r, list) for r in (wip, queued, inter)):
+            places[origin] = {"started": {split_member(_text(m))[0] for m in wip},
+                              "queue": {_text(m) for m in queued}, "intermediate": {_text(m) for m in inter}}
+    rest = replies[3 * len(origins):]
     for n, job in enumerate(found.values()):
-        status, in_queue, in_inter, scheduled, deferred = rest[5 * n: 5 * n + 5]
-        answers = (status, in_queue, in_inter, scheduled, deferred)
-        if any(isinstance(a, redis.RedisError) for a in answers) or _text(status) != job.status:
-            continue  # unreadable (old Redis without LPOS) or changed meanwhile: no verdict
-        held = [name for name, hit in (("queue", in_queue), ("intermediate", in_inter), ("scheduled", scheduled),
-                                       ("deferred", deferred)) if hit is not None]
-        if job.origin is None or job.origin not in started:
-            continue
-        if job.job_id in started[job.origin]:
-            held.append("started")
+        status, scheduled, deferred = rest[3 * n: 3 * n + 3]
+        where = places.get(job.origin or "")
+        if where is None or any(isinstance(a, redis.RedisError) for a in (status, scheduled, deferred)) \
+                or _text(status) != job.status:
+            continue  # unreadable, too long to read, or changed meanwhile: no verdict
+        held = [name for name in ("queue", "intermediate", "started") if job.job_id in where[name]]
+        held += [name for name, hit in (("scheduled", scheduled), ("deferred", deferred)) if hit is not None]
         if job.job_id in running:
             held.append(f"worker {running[job.job_id]}")
         job.held_by, job.checked = held, True

@@ -21,9 +21,11 @@ def summary_line(snapshot: Snapshot, diagnosis: Diagnosis) -> str:
     return f"stuck work on {snapshot.target.redis_url}: {actionable} finding(s) `rqdoctor stuck --kill` can act on"
 
 
-def coverage(snapshot: Snapshot) -> list[str]:
-    """What the run looked at, and where it stopped short (one line each)."""
-    lines = ["stacks: not sampled (stuck judges from Redis and the process table only)"]
+def coverage(snapshot: Snapshot, unjudged: list[str] | None = None) -> list[str]:
+    """What the run looked at, and where it stopped short (one line each); ``unjudged``: what diagnosis could
+    not match."""
+    lines = [f"stacks: {len(snapshot.stacks)} process(es) sampled in this snapshot (stuck's verdicts do not use them)"
+             if snapshot.stacks else "stacks: not sampled (stuck judges from Redis and the process table only)"]
     scan = snapshot.redis.job_scan if snapshot.redis is not None else None
     if scan is None:
         lines.append("job hashes: not scanned")
@@ -35,29 +37,31 @@ def coverage(snapshot: Snapshot) -> list[str]:
                      f"checked against their queues and registries" + (f", {direct} looked up by id" if direct else ""))
     frappe = snapshot.frappe
     if frappe is None:
-        lines.append("Frappe leftovers: not read (no bench)")
+        lines.append("Frappe leftovers: not read" + ("" if snapshot.target.bench_path else " (no bench)"))
     else:
         lines.append(f"document locks: {len(frappe.locks)} lock file(s) in {len(frappe.lock_dirs)} site lock "
                      "folder(s)")
+        lines += unjudged or []
         sites = ", ".join(frappe.job_log_sites) or "none (see Could not see)"
         lines.append(f"Scheduled Job Log: read on {sites}")
     return lines
 
 
-def as_text(snapshot: Snapshot, diagnosis: Diagnosis) -> list[RenderableType]:
+def as_text(snapshot: Snapshot, diagnosis: Diagnosis, unjudged: list[str]) -> list[RenderableType]:
     return [header.text(snapshot), text.summary(summary_line(snapshot, diagnosis), diagnosis.findings,
                                                 snapshot.errors),
-            *(Para(f"  {line}", hang=4) for line in coverage(snapshot)),
+            *(Para(f"  {line}", hang=4) for line in coverage(snapshot, unjudged)),
             *text.findings(diagnosis.findings), *text.errors(snapshot.errors)]
 
 
-def as_markdown(snapshot: Snapshot, diagnosis: Diagnosis) -> str:
+def as_markdown(snapshot: Snapshot, diagnosis: Diagnosis, unjudged: list[str]) -> str:
     return "\n".join([f"# rqdoctor stuck\n\n{header.markdown(snapshot)}\n{summary_line(snapshot, diagnosis)}\n",
-                      *(f"- {line}" for line in coverage(snapshot)), "",
+                      *(f"- {line}" for line in coverage(snapshot, unjudged)), "",
                       md.findings(diagnosis.findings, snapshot.errors), md.errors(snapshot.errors)])
 
 
-def as_json(snapshot: Snapshot, diagnosis: Diagnosis, older_than_s: float | None) -> dict[str, Any]:
+def as_json(snapshot: Snapshot, diagnosis: Diagnosis, unjudged: list[str],
+            older_than_s: float | None) -> dict[str, Any]:
     remedies = [{"code": f.code, "subject": f.subject, **asdict(f.remedy)} for f in diagnosis.findings if f.remedy]
-    return json_render.report("stuck", diagnosis, coverage=coverage(snapshot), older_than_s=older_than_s,
+    return json_render.report("stuck", diagnosis, coverage=coverage(snapshot, unjudged), older_than_s=older_than_s,
                               remedies=remedies)
