@@ -13,11 +13,9 @@ from rqdoctor.commands.common import emit, exit_code, load_snapshot, require_red
 from rqdoctor.commands.options import (
     AllQueues,
     Bench,
-    DbUrl,
     Format,
     FormatOpt,
     FromFile,
-    NoRootDb,
     Output,
     RedisUrl,
     Timeout,
@@ -45,14 +43,16 @@ PruneGhosts = Annotated[bool, typer.Option(
 AuditLog = Annotated[Path | None, typer.Option(
     "--audit-log", help="Append one JSON line per action here. Default: $XDG_STATE_HOME/rqdoctor/audit.jsonl "
     "(~/.local/state/rqdoctor/audit.jsonl).")]
+Grace = Annotated[float, typer.Option(
+    "--grace", min=0.0, max=300.0, help="With --kill: seconds a process gets after SIGTERM before SIGKILL.")]
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False,
             timeout: Timeout = 15.0, fmt: FormatOpt = Format.text, output: Output = None,
             from_file: FromFile = None, verbose: Verbose = False, older_than: OlderThan = None,
-            db_url: DbUrl = None, no_root_db: NoRootDb = False, kill: Kill = False, dry_run: DryRun = False,
+            kill: Kill = False, dry_run: DryRun = False,
             yes: Yes = False, kill_worker: KillWorker = False, requeue: Requeue = False,
-            prune_ghosts: PruneGhosts = False, audit_log: AuditLog = None) -> None:
+            prune_ghosts: PruneGhosts = False, audit_log: AuditLog = None, grace: Grace = 10.0) -> None:
     """Find the work that will never finish and, with --kill, end it safely and lose no job.
 
     Read-only without --kill: started entries no process runs, jobs past their timeout (and why RQ's hard kill
@@ -62,7 +62,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     older_than_s = parse_duration(older_than) if older_than is not None else None
     kill_only = [flag for flag, given in (("--dry-run", dry_run), ("--yes", yes), ("--kill-worker", kill_worker),
                                           ("--requeue", requeue), ("--prune-ghosts", prune_ghosts),
-                                          ("--audit-log", audit_log is not None)) if given]
+                                          ("--audit-log", audit_log is not None), ("--grace", grace != 10.0))
+                 if given]
     if kill_only and not kill:
         raise RqdoctorError(f"{', '.join(kill_only)} only apply with --kill")
     if kill and from_file is not None:
@@ -71,8 +72,7 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     if from_file is not None:
         snapshot = load_snapshot(from_file)
     else:
-        target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
-                          db_urls=db_url)
+        target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues)
         snapshot = collect_stuck(target, timeout)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, codes=set(STUCK_CODES | TARGET_CODES), older_than_s=older_than_s)
@@ -81,7 +81,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
 
         live = target
         options = KillOptions(dry_run=dry_run, yes=yes, kill_worker=kill_worker, requeue=requeue,
-                              prune_ghosts=prune_ghosts, audit_log=audit_log, fmt=fmt, output=output,
+                              prune_ghosts=prune_ghosts, audit_log=audit_log, grace_s=grace, fmt=fmt, output=output,
+                              redis_url=live.redis_url,
                               refresh=lambda ids: collect_stuck(live, timeout, known_ids=ids, fresh=True))
         raise typer.Exit(run_kill(snapshot, diagnosis.findings, options))
     unjudged = unjudged_locks(diagnosis.context)
