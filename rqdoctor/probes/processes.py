@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import psutil
 
 from rqdoctor.diagnose.link import BIRTH_SLACK, VANISHED
 from rqdoctor.model import Connection, ProbeError, ProcessInfo, WorkerInfo
+from rqdoctor.probes.sockets import TcpSocket, socket_fds, tcp_by_inode
 from rqdoctor.redact import MASK, is_secret_name, redact_text
 
 PROBE = "processes"
@@ -80,16 +82,19 @@ def probe_processes(
     vanishes or denies access gives partial data, never an exception, plus an entry in ``errors``: for
     denied access always, for a vanished process only when it is a target (:func:`_targets`); any other
     process that exits during the scan (a horse's short-lived child, another Redis's worker) is no error,
-    its ``status`` just says ``vanished``.
+    its ``status`` just says ``vanished``. The host's TCP table is read once, for all of them.
     """
     table = _scan()
     pids = _select(table, workers, hostname, errors, extra_pids or [])
+    if not pids:
+        return []
     started = time.monotonic()
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             table[pid].proc.cpu_percent(None)
     denied: dict[int, list[str]] = {}
-    infos = [_describe(table[pid], denied) for pid in pids]
+    tcp = functools.cache(tcp_by_inode)
+    infos = [_describe(table[pid], denied, tcp) for pid in pids]
     time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
     for info in infos:
         if info.status != VANISHED:
@@ -155,8 +160,8 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
     return pids[:MAX_PROCESSES]
 
 
-def _describe(row: _Row, denied: dict[int, list[str]]) -> ProcessInfo:
-    """Everything but CPU usage; a field that cannot be read stays at its default."""
+def _describe(row: _Row, denied: dict[int, list[str]], tcp: Callable[[], dict[int, TcpSocket]]) -> ProcessInfo:
+    """Everything but CPU usage (``tcp``: the host's TCP table); a field that cannot be read stays at its default."""
     proc = row.proc
     info = ProcessInfo(
         pid=proc.pid,
@@ -172,7 +177,7 @@ def _describe(row: _Row, denied: dict[int, list[str]]) -> ProcessInfo:
         "num_threads": proc.num_threads,
         "cwd": proc.cwd,
         "supervisor_program": lambda: proc.environ().get("SUPERVISOR_PROCESS_NAME"),
-        "connections": lambda: _connections(proc),
+        "connections": lambda: _connections(proc.pid, tcp),
     }
     try:
         info.pgid = os.getpgid(proc.pid)
@@ -233,17 +238,23 @@ def recheck_gone(processes: list[ProcessInfo], pids: list[int], errors: list[Pro
             errors.append(_vanished_error(pid))
 
 
-def _connections(proc: psutil.Process) -> list[Connection]:
-    """TCP connections as ``ip:port`` strings (``[ip]:port`` for IPv6) with their fd; psutil < 6: ``connections``."""
-    get = getattr(proc, "net_connections", None) or proc.connections
-    return [Connection(_addr(c.laddr), _addr(c.raddr), c.status, c.fd if c.fd >= 0 else None) for c in get(kind="tcp")]
+def _connections(pid: int, tcp: Callable[[], dict[int, TcpSocket]]) -> list[Connection]:
+    """TCP connections of ``pid`` by descriptor, as psutil's ``net_connections(kind="tcp")`` gives them.
 
-
-def _addr(addr: Any) -> str:
-    if not addr:
-        return ""
-    ip, port = addr[0], addr[1]
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    ``tcp`` is read only when the process holds a socket; its unreadable or missing descriptors raise psutil's
+    AccessDenied / NoSuchProcess, as psutil would.
+    """
+    try:
+        fds = socket_fds(pid)
+    except PermissionError:
+        raise psutil.AccessDenied(pid) from None
+    except FileNotFoundError:
+        raise psutil.NoSuchProcess(pid) from None
+    if not fds:
+        return []
+    table = tcp()
+    return [Connection(c.laddr, c.raddr, c.status, fd) for inode, fd in sorted(fds.items(), key=lambda i: i[1])
+            if (c := table.get(inode)) is not None]
 
 
 def _vanished_error(pid: int) -> ProbeError:
