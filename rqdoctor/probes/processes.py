@@ -13,7 +13,7 @@ import psutil
 
 from rqdoctor.diagnose.link import BIRTH_SLACK, VANISHED
 from rqdoctor.model import Connection, ProbeError, ProcessInfo, WorkerInfo
-from rqdoctor.probes.sockets import TcpSocket, socket_fds, tcp_by_inode
+from rqdoctor.probes.sockets import TcpLine, socket_fds, tcp_by_inode
 from rqdoctor.redact import MASK, is_secret_name, redact_text
 
 PROBE = "processes"
@@ -160,7 +160,7 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
     return pids[:MAX_PROCESSES]
 
 
-def _describe(row: _Row, denied: dict[int, list[str]], tcp: Callable[[], dict[int, TcpSocket]]) -> ProcessInfo:
+def _describe(row: _Row, denied: dict[int, list[str]], tcp: Callable[[], dict[int, TcpLine]]) -> ProcessInfo:
     """Everything but CPU usage (``tcp``: the host's TCP table); a field that cannot be read stays at its default."""
     proc = row.proc
     info = ProcessInfo(
@@ -238,7 +238,7 @@ def recheck_gone(processes: list[ProcessInfo], pids: list[int], errors: list[Pro
             errors.append(_vanished_error(pid))
 
 
-def _connections(pid: int, tcp: Callable[[], dict[int, TcpSocket]]) -> list[Connection]:
+def _connections(pid: int, tcp: Callable[[], dict[int, TcpLine]]) -> list[Connection]:
     """TCP connections of ``pid`` by descriptor, as psutil's ``net_connections(kind="tcp")`` gives them.
 
     ``tcp`` is read only when the process holds a socket; its unreadable or missing descriptors raise psutil's
@@ -253,8 +253,8 @@ def _connections(pid: int, tcp: Callable[[], dict[int, TcpSocket]]) -> list[Conn
     if not fds:
         return []
     table = tcp()
-    return [Connection(c.laddr, c.raddr, c.status, fd) for inode, fd in sorted(fds.items(), key=lambda i: i[1])
-            if (c := table.get(inode)) is not None]
+    lines = [(table[inode], fd) for inode, fd in sorted(fds.items(), key=lambda i: i[1]) if inode in table]
+    return [Connection(c.laddr, c.raddr, c.status, fd) for line, fd in lines if (c := line.socket()) is not None]
 
 
 def _vanished_error(pid: int) -> ProbeError:

@@ -188,13 +188,14 @@ def socket_fds(pid: int) -> dict[int, int]:
     return found
 
 
-def tcp_by_inode() -> dict[int, TcpSocket]:
+def tcp_by_inode() -> dict[int, TcpLine]:
     """Every TCP socket of this network namespace by inode, from ``/proc/net/tcp`` and ``tcp6`` (one read each).
 
     The same table psutil reads for ``Process.net_connections`` (this process's namespace); a file that
-    cannot be read (no IPv6) adds nothing. Sockets without an inode (``TIME_WAIT``) are left out.
+    cannot be read (no IPv6) adds nothing. Sockets without an inode (``TIME_WAIT``) are left out. Addresses
+    are decoded on use (:meth:`TcpLine.socket`): a busy host has thousands of sockets, a probe needs a few.
     """
-    found: dict[int, TcpSocket] = {}
+    found: dict[int, TcpLine] = {}
     for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
             with open(f"/proc/net/{name}", encoding="ascii") as table:
@@ -202,15 +203,28 @@ def tcp_by_inode() -> dict[int, TcpSocket]:
         except OSError:
             continue
         for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or fields[9] == "0":
-                continue
-            try:
-                found[int(fields[9])] = TcpSocket(_proc_address(fields[1], family), _proc_address(fields[2], family),
-                                                  _TCP_STATES.get(fields[3], psutil.CONN_NONE))
-            except ValueError:
-                continue  # a malformed line
+            fields = line.split(None, 10)
+            if len(fields) >= 10 and fields[9].isdigit() and fields[9] != "0":
+                found[int(fields[9])] = TcpLine(family, fields[1], fields[2], fields[3])
     return found
+
+
+@dataclass(frozen=True)
+class TcpLine:
+    """One line of ``/proc/net/tcp{,6}``, still in the kernel's hex."""
+
+    family: int
+    local: str
+    remote: str
+    state: str
+
+    def socket(self) -> TcpSocket | None:
+        """The decoded socket; None for a malformed line."""
+        try:
+            return TcpSocket(_proc_address(self.local, self.family), _proc_address(self.remote, self.family),
+                             _TCP_STATES.get(self.state, psutil.CONN_NONE))
+        except ValueError:
+            return None
 
 
 def _proc_address(text: str, family: int) -> str:
