@@ -245,6 +245,37 @@ def test_a_hundred_descendants_stay_fast(monkeypatch: pytest.MonkeyPatch) -> Non
     assert elapsed < 10  # a loose bound for a loaded 2-core machine; benchmarks/ holds the real figures
 
 
+# --- the host scan: /proc read directly, as psutil reads it -----------------------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("data", "argv"), [
+    ("python\x00-m\x00rq.cli\x00worker\x00", ["python", "-m", "rq.cli", "worker"]),
+    ("rq:worker:abc: Listening on short,default since 1 s\x00", ["rq:worker:abc:", "Listening", "on",
+                                                                  "short,default", "since", "1", "s"]),
+    ("rq:worker:abc: Processing j1 from short since 1 s", ["rq:worker:abc:", "Processing", "j1", "from", "short",
+                                                           "since", "1", "s"]),
+    ("sleep\x0030\x00", ["sleep", "30"]),
+    ("", []),
+])
+def test_cmdline_is_split_as_psutil_splits_it(data: str, argv: list[str]) -> None:
+    """NUL-separated, or space-separated after a setproctitle (rq's titles); a zombie has none."""
+    assert processes.split_cmdline(data) == argv
+
+
+@pytest.mark.integration
+def test_the_scan_sees_every_process_as_psutil_does() -> None:
+    with fake_tree() as tree:
+        scanned = processes._scan()
+        seen = {p.pid: (p.info["ppid"], p.info["cmdline"] or [])
+                for p in psutil.process_iter(["ppid", "cmdline"], ad_value=None)}
+        again = processes._scan()
+    assert {tree.worker, tree.horse, tree.child} <= set(scanned)
+    stable = {pid for pid in set(scanned) & set(seen) if pid in again and again[pid] == scanned[pid]}
+    assert {tree.worker, tree.horse, tree.child} <= stable  # other processes come, exec and go meanwhile
+    assert {pid: (scanned[pid].ppid, scanned[pid].argv) for pid in stable} == {pid: seen[pid] for pid in stable}
+
+
 # --- connections: one TCP table for all the processes ---------------------------------------------------
 
 
