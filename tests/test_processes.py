@@ -186,6 +186,17 @@ def test_fake_worker_tree(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.integration
+def test_without_a_cpu_window_nothing_waits_and_no_cpu_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``queues`` shows no CPU: its probe neither waits for a window nor claims a CPU figure."""
+    waits = _counting_sleeps(monkeypatch)
+    with fake_tree() as tree:
+        infos = _by_pid(probe_processes([], HOST, [], cpu_window=None))
+    horse = infos[tree.horse]
+    assert waits == [] and horse.cpu_percent is None and horse.cpu_time is None
+    assert horse.worker_like and horse.pgid == tree.horse and horse.connections  # the rest is read as ever
+
+
+@pytest.mark.integration
 def test_non_worker_pid_named_by_redis_is_collected_but_neither_expanded_nor_linked() -> None:
     """A Redis pid whose process is no RQ worker by argv or title: collected (link says what it is), no more."""
     with fake_tree(["plain", "script"]) as tree:

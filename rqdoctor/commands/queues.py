@@ -16,7 +16,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     from rqdoctor.render import markdown, text
     from rqdoctor.views import queue_rows
 
-    snapshot = snapshot_for(from_file, CollectOptions(timeout=timeout), redis_url, bench, all_queues)
+    options = CollectOptions(timeout=timeout, cpu_window=None)  # no CPU shown: no window to wait for
+    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, codes={"RQD5"})
     report_table("queues", snapshot, diagnosis, queue_rows(diagnosis), text.queues_table,

@@ -74,12 +74,12 @@ def redact_argv(argv: list[str]) -> list[str]:
 
 
 def probe_processes(
-    workers: list[WorkerInfo], hostname: str, errors: list[ProbeError], cpu_window: float = 0.2,
+    workers: list[WorkerInfo], hostname: str, errors: list[ProbeError], cpu_window: float | None = 0.2,
     extra_pids: list[int] | None = None,
 ) -> list[ProcessInfo]:
     """Collect worker-like local processes, this host's Redis worker pids, ``extra_pids``, and their descendants.
 
-    CPU percent is measured over one shared ``cpu_window`` for all processes. A process that
+    CPU percent is measured over one shared ``cpu_window`` for all processes (None: CPU not read). A process that
     vanishes or denies access gives partial data, never an exception, plus an entry in ``errors``: for
     denied access always, for a vanished process only when it is a target (:func:`_targets`); any other
     process that exits during the scan (a horse's short-lived child, another Redis's worker) is no error,
@@ -94,16 +94,17 @@ def probe_processes(
     started = time.monotonic()
     for pid in pids:
         proc = table[pid].proc
-        if proc is not None:
+        if proc is not None and cpu_window is not None:
             with contextlib.suppress(psutil.Error):
                 proc.cpu_percent(None)
     denied: dict[int, list[str]] = {}
     tcp = functools.cache(tcp_by_inode)
     infos = [_describe(pid, table[pid], denied, tcp) for pid in pids]
-    time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
+    if cpu_window is not None:
+        time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
     for info in infos:
         proc = table[info.pid].proc
-        if info.status != VANISHED and proc is not None:
+        if info.status != VANISHED and proc is not None and cpu_window is not None:
             _measure_cpu(proc, info, denied)
     if denied:
         errors.append(_denied_error(denied))
