@@ -14,11 +14,11 @@ from rich.console import Console, RenderableType
 
 from rqdoctor.commands.options import Format
 from rqdoctor.errors import RqdoctorError
-from rqdoctor.model import Snapshot
 
-if TYPE_CHECKING:  # imported where used: ``--help`` and ``--from`` need neither the probes nor the rules
+if TYPE_CHECKING:  # imported where used: ``--help`` needs none of them, ``--from`` neither the probes nor the rules
     from rqdoctor.collect import CollectOptions
     from rqdoctor.diagnose.run import Diagnosis
+    from rqdoctor.model import Snapshot
 
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_DIAGNOSE = 0, 1, 2
 
@@ -38,6 +38,8 @@ def snapshot_for(from_file: Path | None, options: CollectOptions, redis_url: str
 
 def load_snapshot(path: Path) -> Snapshot:
     """Read a snapshot saved by ``--format json`` (a whole report or a bare snapshot)."""
+    from rqdoctor.model import Snapshot
+
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from rqdoctor.collect import CollectOptions
 from rqdoctor.commands.common import exit_code, report_table, require_redis, snapshot_for
 from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
 
@@ -12,7 +11,8 @@ from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromF
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, timeout: Timeout = 10.0,
             fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None) -> None:
     """List RQ queues: queued count, oldest queued age, registries and listening workers."""
-    from rqdoctor.diagnose.run import diagnose  # here, not above: `queues --help` needs none of them
+    from rqdoctor.collect import CollectOptions  # here, not above: `queues --help` needs none of them
+    from rqdoctor.diagnose.run import diagnose
     from rqdoctor.render import markdown, text
     from rqdoctor.views import queue_rows
 
