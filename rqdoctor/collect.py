@@ -34,6 +34,8 @@ class CollectOptions:
     root_db: bool = True
     """Try the privileged database routes (:mod:`rqdoctor.dbroutes`) before the site accounts."""
     redis: bool = True
+    cpu_window: float | None = 0.2
+    """Seconds over which the processes' CPU percent is measured; None: not measured (a command that shows none)."""
     since_process_start: bool = True
     """Count ``timeout`` from the process start; False: from the call (``demo``, whose set-up comes first)."""
 
@@ -59,7 +61,7 @@ def collect(target: Target, options: CollectOptions) -> Snapshot:
             _guard(snapshot.errors, "redis", lambda: _redis(target, deadline, snapshot))
         if options.processes:
             show("reading the processes…")
-            _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options.stack_pids, deadline))
+            _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options, deadline))
         if options.stacks:
             _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline, show))
             _guard(snapshot.errors, "preflight", lambda: _preflight(snapshot, deadline))
@@ -90,7 +92,7 @@ def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
     snapshot.errors.extend(errors)
 
 
-def _processes(snapshot: Snapshot, extra_pids: list[int], deadline: Deadline) -> None:
+def _processes(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> None:
     """The local processes, in a daemon thread abandoned at the deadline (a busy host has thousands)."""
     from rqdoctor.probes.processes import probe_processes
 
@@ -98,7 +100,7 @@ def _processes(snapshot: Snapshot, extra_pids: list[int], deadline: Deadline) ->
 
     def read() -> tuple[list[ProcessInfo], list[ProbeError]]:
         errors: list[ProbeError] = []
-        return probe_processes(workers, snapshot.host, errors, extra_pids=extra_pids), errors
+        return probe_processes(workers, snapshot.host, errors, options.cpu_window, options.stack_pids), errors
 
     try:
         snapshot.processes, errors = Background(read, "rqdoctor-processes").result(deadline.remaining() + JOIN_GRACE_S)

@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psutil
-from redis.connection import parse_url
 
 from rqdoctor.endpoints import redis_address
 from rqdoctor.errors import ConfigError
@@ -287,6 +286,8 @@ def _redis_url(flag: str | None, env: Mapping[str, str], common: dict[str, Any],
 
 def check_redis_url(url: str, source: str) -> None:
     """A one-line ConfigError naming where the URL came from when redis-py cannot use it (password masked)."""
+    from redis.connection import parse_url  # here: redis costs ~0.1 s to import, and `--from` / `--help` need none
+
     hint = f"use redis://[:password@]host:port/db, rediss://… (TLS) or unix:///path/to.sock?db=N; {ENCODE_HINT}"
     if password_needs_encoding(url):
         raise ConfigError(f"Redis URL from {source} ({shown_url(url)}): its password holds an unencoded / ? or #",

@@ -186,6 +186,17 @@ def test_fake_worker_tree(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.integration
+def test_without_a_cpu_window_nothing_waits_and_no_cpu_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``queues`` shows no CPU: its probe neither waits for a window nor claims a CPU figure."""
+    waits = _counting_sleeps(monkeypatch)
+    with fake_tree() as tree:
+        infos = _by_pid(probe_processes([], HOST, [], cpu_window=None))
+    horse = infos[tree.horse]
+    assert waits == [] and horse.cpu_percent is None and horse.cpu_time is None
+    assert horse.worker_like and horse.pgid == tree.horse and horse.connections  # the rest is read as ever
+
+
+@pytest.mark.integration
 def test_non_worker_pid_named_by_redis_is_collected_but_neither_expanded_nor_linked() -> None:
     """A Redis pid whose process is no RQ worker by argv or title: collected (link says what it is), no more."""
     with fake_tree(["plain", "script"]) as tree:
@@ -243,6 +254,98 @@ def test_a_hundred_descendants_stay_fast(monkeypatch: pytest.MonkeyPatch) -> Non
     assert sum(1 for p in infos if p.ppid == parent.pid) == 100
     assert len(waits) == 1  # one CPU window for all 101 processes
     assert elapsed < 10  # a loose bound for a loaded 2-core machine; benchmarks/ holds the real figures
+
+
+# --- the host scan: /proc read directly, as psutil reads it -----------------------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("data", "argv"), [
+    ("python\x00-m\x00rq.cli\x00worker\x00", ["python", "-m", "rq.cli", "worker"]),
+    ("rq:worker:abc: Listening on short,default since 1 s\x00", ["rq:worker:abc:", "Listening", "on",
+                                                                  "short,default", "since", "1", "s"]),
+    ("rq:worker:abc: Processing j1 from short since 1 s", ["rq:worker:abc:", "Processing", "j1", "from", "short",
+                                                           "since", "1", "s"]),
+    ("sleep\x0030\x00", ["sleep", "30"]),
+    ("", []),
+])
+def test_cmdline_is_split_as_psutil_splits_it(data: str, argv: list[str]) -> None:
+    """NUL-separated, or space-separated after a setproctitle (rq's titles); a zombie has none."""
+    assert processes.split_cmdline(data) == argv
+
+
+@pytest.mark.integration
+def test_the_scan_sees_every_process_as_psutil_does() -> None:
+    with fake_tree() as tree:
+        scanned = processes._scan()
+        seen = {p.pid: (p.info["ppid"], p.info["cmdline"] or [])
+                for p in psutil.process_iter(["ppid", "cmdline"], ad_value=None)}
+        again = processes._scan()
+    assert {tree.worker, tree.horse, tree.child} <= set(scanned)
+    stable = {pid for pid in set(scanned) & set(seen) if pid in again and again[pid] == scanned[pid]}
+    assert {tree.worker, tree.horse, tree.child} <= stable  # other processes come, exec and go meanwhile
+    assert {pid: (scanned[pid].ppid, scanned[pid].argv) for pid in stable} == {pid: seen[pid] for pid in stable}
+
+
+# --- connections: one TCP table for all the processes ---------------------------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("field", "family", "expected"), [
+    ("0100007F:1538", socket.AF_INET, "127.0.0.1:5432"),
+    ("0500000A:0016", socket.AF_INET, "10.0.0.5:22"),
+    ("00000000:0000", socket.AF_INET, ""),
+    ("00000000000000000000000001000000:1111", socket.AF_INET6, "[::1]:4369"),
+    ("0000000000000000FFFF00000100007F:9E49", socket.AF_INET6, "[::ffff:127.0.0.1]:40521"),
+    ("B80D0120000000000000000001000000:01BB", socket.AF_INET6, "[2001:db8::1]:443"),
+])
+def test_proc_net_tcp_addresses_are_written_as_psutil_writes_them(field: str, family: int, expected: str) -> None:
+    from rqdoctor.probes.sockets import _proc_address
+
+    if sys.byteorder != "little":
+        pytest.skip("the fields above are as a little-endian kernel prints them")
+    assert _proc_address(field, family) == expected
+
+
+def _psutil_connections(pid: int) -> set[tuple[str, str, str, int]]:
+    """What psutil itself says of a process's TCP connections, written as the probe writes them."""
+    def text(addr: Any) -> str:
+        return "" if not addr else f"[{addr.ip}]:{addr.port}" if ":" in addr.ip else f"{addr.ip}:{addr.port}"
+
+    return {(text(c.laddr), text(c.raddr), c.status, c.fd) for c in psutil.Process(pid).net_connections("tcp")}
+
+
+@pytest.mark.integration
+def test_connections_are_psutils_and_the_tcp_table_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listeners, IPv4 and IPv6 peers of several processes: as psutil reads them, from one read of the table."""
+    opened: list[str] = []
+    real_open = open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file).endswith(("/net/tcp", "/net/tcp6")):
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    held = [socket.create_server(("127.0.0.1", 0))]
+    if socket.has_ipv6 and os.path.exists("/proc/net/tcp6"):
+        server6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
+        held += [server6, socket.create_connection(("::1", server6.getsockname()[1]))]
+    with fake_tree() as tree:
+        monkeypatch.setattr("builtins.open", counting_open)
+        infos = _by_pid(probe_processes([], HOST, [], cpu_window=0.0, extra_pids=[os.getpid()]))
+        monkeypatch.undo()
+        pids = [tree.worker, tree.horse, tree.child, os.getpid()]
+        expected = {pid: _psutil_connections(pid) for pid in pids}
+    names = [sock.getsockname()[1] for sock in held]
+    for sock in held:
+        sock.close()
+    assert sorted(opened) == ["/proc/net/tcp", "/proc/net/tcp6"][:len(opened)] and len(opened) >= 1
+    for pid in pids:
+        assert {(c.laddr, c.raddr, c.status, c.fd) for c in infos[pid].connections} == expected[pid], pid
+    mine = {(c.laddr, c.raddr) for c in infos[os.getpid()].connections}
+    assert (f"127.0.0.1:{names[0]}", "") in mine  # a listener: no peer
+    if len(held) > 1:
+        assert (f"[::1]:{names[2]}", f"[::1]:{names[1]}") in mine
 
 
 # --- vanishing processes ---------------------------------------------------------------------------------

@@ -1,8 +1,6 @@
-"""Start-up stays light: ``rqdoctor --help`` imports no subcommand, and a ``workers`` run imports no database
-driver, stack probe, scenario or demo (checked on ``sys.modules`` of a fresh interpreter).
-
-The figures themselves are in the benchmark (``python -m benchmarks --only startup``).
-"""
+"""Start-up stays light: ``rqdoctor --help`` imports no subcommand; ``workers --help`` and ``queues --help`` no
+probe, Redis, psutil, snapshot model, rule or renderer; a ``workers`` run no database driver, stack probe, scenario
+or demo (``--from``: neither Redis nor a probe). Checked on ``sys.modules`` of a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -56,6 +54,23 @@ def test_a_workers_run_imports_no_driver_stack_probe_scenario_or_other_command()
     modules = imported("workers", "--from", str(SNAPSHOT))
     assert "rqdoctor.commands.workers" in modules  # it did run
     assert not modules & set(NEVER), sorted(modules & set(NEVER))
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("command", ["workers", "queues"])
+def test_a_subcommand_s_help_imports_no_probe_redis_model_rule_or_renderer(command: str) -> None:
+    modules = imported(command, "--help")
+    assert f"rqdoctor.commands.{command}" in modules
+    heavy = {"redis", "psutil", "rqdoctor.collect", "rqdoctor.config", "rqdoctor.model", "rqdoctor.diagnose",
+             "rqdoctor.views", "rqdoctor.render", *NEVER}
+    assert not modules & heavy, sorted(modules & heavy)
+
+
+@pytest.mark.cli
+def test_a_workers_run_from_a_snapshot_imports_neither_redis_nor_a_probe() -> None:
+    modules = imported("workers", "--from", str(SNAPSHOT))
+    heavy = {"redis", "rqdoctor.probes.processes", "rqdoctor.probes.redis_rq"}
+    assert not modules & heavy, sorted(modules & heavy)
 
 
 def test_the_command_list_says_what_each_command_s_docstring_says() -> None:

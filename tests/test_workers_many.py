@@ -124,6 +124,7 @@ def test_summary_counts_by_state_where_queue_and_host(many: Many) -> None:
     states = Counter(state_of(i) for i in range(COUNT))
     assert states == {"idle": 942, "busy": 50, "suspended": 8}
     assert "1,000 workers on 3 hosts: 942 idle, 50 busy, 8 suspended, 60 with findings" in out
+    assert f"1,000 workers on {many.report['snapshot']['target']['redis_url']}" in out  # the count line too
     assert "where: 1,000 remote" in out
     for queue in ("short", "default", "long"):
         members = [i for i in range(COUNT) if queue in QUEUES[i % 3]]

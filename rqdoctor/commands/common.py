@@ -7,18 +7,18 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console, RenderableType
 
-from rqdoctor.collect import CollectOptions, collect
 from rqdoctor.commands.options import Format
-from rqdoctor.config import discover
-from rqdoctor.diagnose.run import Diagnosis
 from rqdoctor.errors import RqdoctorError
-from rqdoctor.model import Snapshot
-from rqdoctor.render import header
+
+if TYPE_CHECKING:  # imported where used: ``--help`` needs none of them, ``--from`` neither the probes nor the rules
+    from rqdoctor.collect import CollectOptions
+    from rqdoctor.diagnose.run import Diagnosis
+    from rqdoctor.model import Snapshot
 
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_DIAGNOSE = 0, 1, 2
 
@@ -28,6 +28,9 @@ def snapshot_for(from_file: Path | None, options: CollectOptions, redis_url: str
     """A saved snapshot (``--from``), or a fresh one gathered from this host."""
     if from_file is not None:
         return load_snapshot(from_file)
+    from rqdoctor.collect import collect
+    from rqdoctor.config import discover
+
     target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
                       db_urls=db_urls)
     return collect(target, options)
@@ -35,6 +38,8 @@ def snapshot_for(from_file: Path | None, options: CollectOptions, redis_url: str
 
 def load_snapshot(path: Path) -> Snapshot:
     """Read a snapshot saved by ``--format json`` (a whole report or a bare snapshot)."""
+    from rqdoctor.model import Snapshot
+
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -58,6 +63,8 @@ def require_redis(snapshot: Snapshot, fmt: Format) -> RqdoctorError | None:
     Text and Markdown get no report (raised here); JSON still gets its report, which records the
     failure (``--from`` reads it back): the error is returned, for :func:`emit` to raise once it is written.
     """
+    from rqdoctor.render import header
+
     error = header.redis_error(snapshot)
     if error is None:
         return None
@@ -121,12 +128,12 @@ def report_table(command: str, snapshot: Snapshot, diagnosis: Diagnosis, rows: l
                  md_table: Callable[[list[dict[str, Any]], str | None], str], fmt: Format,
                  output: Path | None, fatal: RqdoctorError | None = None) -> None:
     """Emit a one-table report (``workers``, ``queues``): target, summary, table, findings and errors."""
+    from rqdoctor.render import header, text
     from rqdoctor.render import json as json_render
     from rqdoctor.render import markdown as md
-    from rqdoctor.render import text
 
     prefix = snapshot.target.queue_filter
-    line = f"{len(rows)} {command} on {snapshot.target.redis_url}"
+    line = f"{len(rows):,} {command} on {snapshot.target.redis_url}"
     emit(
         fmt, output,
         text=lambda: [header.text(snapshot), text.summary(line, diagnosis.findings, snapshot.errors),

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from rqdoctor.collect import CollectOptions
 from rqdoctor.commands.common import exit_code, report_table, require_redis, snapshot_for
 from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
-from rqdoctor.diagnose.run import diagnose
-from rqdoctor.render import markdown, text
-from rqdoctor.views import queue_rows
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, timeout: Timeout = 10.0,
             fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None) -> None:
     """List RQ queues: queued count, oldest queued age, registries and listening workers."""
-    snapshot = snapshot_for(from_file, CollectOptions(timeout=timeout), redis_url, bench, all_queues)
+    from rqdoctor.collect import CollectOptions  # here, not above: `queues --help` needs none of them
+    from rqdoctor.diagnose.run import diagnose
+    from rqdoctor.render import markdown, text
+    from rqdoctor.views import queue_rows
+
+    options = CollectOptions(timeout=timeout, cpu_window=None)  # no CPU shown: no window to wait for
+    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, codes={"RQD5"})
     report_table("queues", snapshot, diagnosis, queue_rows(diagnosis), text.queues_table,

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from rqdoctor.collect import CollectOptions
 from rqdoctor.commands.common import exit_code, report_table, require_redis, snapshot_for
 from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout, Verbose
-from rqdoctor.diagnose.rules_queues import TARGET_CODES
-from rqdoctor.diagnose.run import diagnose
-from rqdoctor.render import markdown, text
-from rqdoctor.views import worker_rows
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, timeout: Timeout = 10.0,
@@ -22,6 +17,12 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     (with findings, busy, then the others) as far as the terminal shows (50 when piped); -v lists them all,
     --format json always has every worker.
     """
+    from rqdoctor.collect import CollectOptions  # here, not above: `workers --help` needs none of them
+    from rqdoctor.diagnose.rules_queues import TARGET_CODES
+    from rqdoctor.diagnose.run import diagnose
+    from rqdoctor.render import markdown, text
+    from rqdoctor.views import worker_rows
+
     snapshot = snapshot_for(from_file, CollectOptions(timeout=timeout), redis_url, bench, all_queues)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, codes={"RQD2", *TARGET_CODES})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import psutil
 
 from rqdoctor.diagnose.link import BIRTH_SLACK, VANISHED
 from rqdoctor.model import Connection, ProbeError, ProcessInfo, WorkerInfo
+from rqdoctor.probes.sockets import TcpLine, socket_fds, tcp_by_inode
 from rqdoctor.redact import MASK, is_secret_name, redact_text
 
 PROBE = "processes"
@@ -23,7 +25,8 @@ _WORKER_COMMANDS = {"worker", "worker-pool"}
 
 
 class _Row(NamedTuple):
-    proc: psutil.Process
+    proc: psutil.Process | None
+    """None until :func:`_complete` (and after, when the process is gone)."""
     ppid: int | None
     argv: list[str]
     create_time: float | None
@@ -71,29 +74,38 @@ def redact_argv(argv: list[str]) -> list[str]:
 
 
 def probe_processes(
-    workers: list[WorkerInfo], hostname: str, errors: list[ProbeError], cpu_window: float = 0.2,
+    workers: list[WorkerInfo], hostname: str, errors: list[ProbeError], cpu_window: float | None = 0.2,
     extra_pids: list[int] | None = None,
 ) -> list[ProcessInfo]:
     """Collect worker-like local processes, this host's Redis worker pids, ``extra_pids``, and their descendants.
 
-    CPU percent is measured over one shared ``cpu_window`` for all processes. A process that
+    CPU percent is measured over one shared ``cpu_window`` for all processes (None: CPU not read). A process that
     vanishes or denies access gives partial data, never an exception, plus an entry in ``errors``: for
     denied access always, for a vanished process only when it is a target (:func:`_targets`); any other
     process that exits during the scan (a horse's short-lived child, another Redis's worker) is no error,
-    its ``status`` just says ``vanished``.
+    its ``status`` just says ``vanished``. The host's TCP table is read once, for all of them.
     """
     table = _scan()
+    _complete(table, [w.pid for w in workers if w.hostname == hostname and w.pid is not None])
     pids = _select(table, workers, hostname, errors, extra_pids or [])
+    if not pids:
+        return []
+    _complete(table, pids)
     started = time.monotonic()
     for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            table[pid].proc.cpu_percent(None)
+        proc = table[pid].proc
+        if proc is not None and cpu_window is not None:
+            with contextlib.suppress(psutil.Error):
+                proc.cpu_percent(None)
     denied: dict[int, list[str]] = {}
-    infos = [_describe(table[pid], denied) for pid in pids]
-    time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
+    tcp = functools.cache(tcp_by_inode)
+    infos = [_describe(pid, table[pid], denied, tcp) for pid in pids]
+    if cpu_window is not None:
+        time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
     for info in infos:
-        if info.status != VANISHED:
-            _measure_cpu(table[info.pid].proc, info, denied)
+        proc = table[info.pid].proc
+        if info.status != VANISHED and proc is not None and cpu_window is not None:
+            _measure_cpu(proc, info, denied)
     if denied:
         errors.append(_denied_error(denied))
     targets = _targets(table, workers, hostname, extra_pids or [])
@@ -109,12 +121,52 @@ def _targets(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, e
 
 
 def _scan() -> dict[int, _Row]:
-    """One pass over every process: pid → (Process, ppid, argv, create_time)."""
+    """One pass over every process: pid → (ppid, argv), from ``/proc/<pid>/stat`` and ``cmdline`` read directly.
+
+    What psutil's ``ppid()`` and ``cmdline()`` give, at a third of the cost: the whole host is scanned, and
+    only the few processes selected get a :class:`psutil.Process` (:func:`_complete`).
+    """
     table = {}
-    for proc in psutil.process_iter(["ppid", "cmdline", "create_time"], ad_value=None):
-        info = proc.info
-        table[proc.pid] = _Row(proc, info["ppid"], info["cmdline"] or [], info["create_time"])
+    for pid in psutil.pids():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat, open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                fields, raw = stat.read(), cmdline.read()
+            ppid = int(fields[fields.rfind(b")") + 2:].split(None, 2)[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        table[pid] = _Row(None, ppid, split_cmdline(os.fsdecode(raw)), None)
     return table
+
+
+def split_cmdline(data: str) -> list[str]:
+    """``/proc/<pid>/cmdline`` as an argv, split the way psutil splits it.
+
+    NUL-separated; but a process that rewrote its title (setproctitle, as rq does) may use spaces instead.
+    A zombie's is empty.
+    """
+    if not data:
+        return []
+    sep = "\x00" if data.endswith("\x00") else " "
+    data = data.removesuffix(sep)
+    argv = data.split(sep)
+    if sep == "\x00" and len(argv) == 1 and " " in data:
+        argv = data.split(" ")
+    return argv
+
+
+def _complete(table: dict[int, _Row], pids: list[int]) -> None:
+    """Give the rows of ``pids`` their :class:`psutil.Process` and start time (no process: a gone one)."""
+    for pid in pids:
+        row = table.get(pid)
+        if row is None or row.proc is not None:
+            continue
+        try:
+            proc = psutil.Process(pid)
+            table[pid] = row._replace(proc=proc, create_time=proc.create_time())
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.AccessDenied:
+            table[pid] = row._replace(proc=proc)
 
 
 def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, errors: list[ProbeError],
@@ -135,10 +187,10 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
         row = table.get(w.pid) if w.hostname == hostname and w.pid is not None else None
         if row is None:
             continue
-        seeds[row.proc.pid] = None
+        seeds[w.pid] = None
         fits = w.birth is None or row.create_time is None or row.create_time <= w.birth + BIRTH_SLACK
         if fits and is_worker_argv(row.argv):
-            expand.add(row.proc.pid)
+            expand.add(w.pid)
     for pid in extra_pids:
         if pid in table:
             seeds[pid] = None
@@ -155,16 +207,20 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
     return pids[:MAX_PROCESSES]
 
 
-def _describe(row: _Row, denied: dict[int, list[str]]) -> ProcessInfo:
-    """Everything but CPU usage; a field that cannot be read stays at its default."""
+def _describe(pid: int, row: _Row, denied: dict[int, list[str]],
+              tcp: Callable[[], dict[int, TcpLine]]) -> ProcessInfo:
+    """Everything but CPU usage (``tcp``: the host's TCP table); a field that cannot be read stays at its default."""
     proc = row.proc
     info = ProcessInfo(
-        pid=proc.pid,
+        pid=pid,
         ppid=row.ppid,
         create_time=row.create_time,
         cmdline=redact_argv(row.argv),
         worker_like=is_worker_argv(row.argv),
     )
+    if proc is None:
+        info.status = VANISHED
+        return info
     readers: dict[str, Callable[[], Any]] = {
         "status": proc.status,
         "username": proc.username,
@@ -172,16 +228,16 @@ def _describe(row: _Row, denied: dict[int, list[str]]) -> ProcessInfo:
         "num_threads": proc.num_threads,
         "cwd": proc.cwd,
         "supervisor_program": lambda: proc.environ().get("SUPERVISOR_PROCESS_NAME"),
-        "connections": lambda: _connections(proc),
+        "connections": lambda: _connections(pid, tcp),
     }
     try:
-        info.pgid = os.getpgid(proc.pid)
-        info.sid = os.getsid(proc.pid)
+        info.pgid = os.getpgid(pid)
+        info.sid = os.getsid(pid)
     except ProcessLookupError:
         info.status = VANISHED
         return info
     except OSError:
-        denied.setdefault(proc.pid, []).append("pgid")
+        denied.setdefault(pid, []).append("pgid")
     try:
         with proc.oneshot():
             for name, read in readers.items():
@@ -190,7 +246,7 @@ def _describe(row: _Row, denied: dict[int, list[str]]) -> ProcessInfo:
                 except psutil.ZombieProcess:
                     pass  # a zombie keeps pid, ppid and status; cwd and environ are gone
                 except psutil.AccessDenied:
-                    denied.setdefault(proc.pid, []).append(name)
+                    denied.setdefault(pid, []).append(name)
     except psutil.NoSuchProcess:
         info.status = VANISHED
     return info
@@ -233,17 +289,23 @@ def recheck_gone(processes: list[ProcessInfo], pids: list[int], errors: list[Pro
             errors.append(_vanished_error(pid))
 
 
-def _connections(proc: psutil.Process) -> list[Connection]:
-    """TCP connections as ``ip:port`` strings (``[ip]:port`` for IPv6) with their fd; psutil < 6: ``connections``."""
-    get = getattr(proc, "net_connections", None) or proc.connections
-    return [Connection(_addr(c.laddr), _addr(c.raddr), c.status, c.fd if c.fd >= 0 else None) for c in get(kind="tcp")]
+def _connections(pid: int, tcp: Callable[[], dict[int, TcpLine]]) -> list[Connection]:
+    """TCP connections of ``pid`` by descriptor, as psutil's ``net_connections(kind="tcp")`` gives them.
 
-
-def _addr(addr: Any) -> str:
-    if not addr:
-        return ""
-    ip, port = addr[0], addr[1]
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    ``tcp`` is read only when the process holds a socket; its unreadable or missing descriptors raise psutil's
+    AccessDenied / NoSuchProcess, as psutil would.
+    """
+    try:
+        fds = socket_fds(pid)
+    except PermissionError:
+        raise psutil.AccessDenied(pid) from None
+    except FileNotFoundError:
+        raise psutil.NoSuchProcess(pid) from None
+    if not fds:
+        return []
+    table = tcp()
+    lines = [(table[inode], fd) for inode, fd in sorted(fds.items(), key=lambda i: i[1]) if inode in table]
+    return [Connection(c.laddr, c.raddr, c.status, fd) for line, fd in lines if (c := line.socket()) is not None]
 
 
 def _vanished_error(pid: int) -> ProbeError:

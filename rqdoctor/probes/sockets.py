@@ -1,8 +1,10 @@
 """Local socket tables: which process holds the client end of a database connection.
 
-TCP: psutil's table (read once), matched on the client's 4-tuple. Unix sockets: the kernel's
-``sock_diag`` netlink dump gives each socket's path and peer inode; ``/proc/<pid>/fd`` gives the
-owners. Everything is best effort: a table that cannot be read is simply empty.
+TCP: psutil's table (read once), matched on the client's 4-tuple; or, for a few known processes,
+``/proc/net/tcp{,6}`` read once (:func:`tcp_by_inode`) and joined to each one's descriptors
+(:func:`socket_fds`), the way psutil does per process but without re-reading the table for each.
+Unix sockets: the kernel's ``sock_diag`` netlink dump gives each socket's path and peer inode;
+``/proc/<pid>/fd`` gives the owners. Everything is best effort: a table that cannot be read is simply empty.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import ipaddress
 import os
 import socket
 import struct
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -24,6 +27,12 @@ _NLM_F_REQUEST_DUMP = 0x301
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _UDIAG_SHOW_NAME, _UDIAG_SHOW_PEER = 1, 4
 _UNIX_DIAG_NAME, _UNIX_DIAG_PEER = 0, 2
+_TCP_STATES = {
+    "01": psutil.CONN_ESTABLISHED, "02": psutil.CONN_SYN_SENT, "03": psutil.CONN_SYN_RECV,
+    "04": psutil.CONN_FIN_WAIT1, "05": psutil.CONN_FIN_WAIT2, "06": psutil.CONN_TIME_WAIT, "07": psutil.CONN_CLOSE,
+    "08": psutil.CONN_CLOSE_WAIT, "09": psutil.CONN_LAST_ACK, "0A": psutil.CONN_LISTEN, "0B": psutil.CONN_CLOSING,
+}
+"""``st`` of ``/proc/net/tcp`` (include/net/tcp_states.h) -> psutil's status names."""
 
 
 @dataclass(frozen=True)
@@ -143,22 +152,95 @@ class LocalSockets:
         return found
 
 
+@dataclass(frozen=True)
+class TcpSocket:
+    """One TCP socket of ``/proc/net/tcp{,6}``: addresses as ``ip:port`` (``[ip]:port`` for IPv6), psutil's status."""
+
+    laddr: str
+    raddr: str
+    """Empty when unconnected (a listener)."""
+    status: str
+
+
 def fd_socket_inodes(pid: int) -> set[int]:
     """Inodes of the sockets a process has open ({} when it is gone or not readable)."""
-    inodes = set()
-    folder = f"/proc/{pid}/fd"
     try:
-        names = os.listdir(folder)
+        return set(socket_fds(pid))
     except OSError:
-        return inodes
-    for name in names:
+        return set()
+
+
+def socket_fds(pid: int) -> dict[int, int]:
+    """Socket inode -> descriptor number, for the sockets a process has open.
+
+    Raises ``PermissionError`` when its descriptors are not readable, ``FileNotFoundError`` when it is gone
+    (a zombie has none: {}).
+    """
+    found = {}
+    folder = f"/proc/{pid}/fd"
+    for name in os.listdir(folder):
         try:
             link = os.readlink(f"{folder}/{name}")
         except OSError:
-            continue
+            continue  # closed since the listing
         if link.startswith("socket:["):
-            inodes.add(int(link[8:-1]))
-    return inodes
+            found.setdefault(int(link[8:-1]), int(name))
+    return found
+
+
+def tcp_by_inode() -> dict[int, TcpLine]:
+    """Every TCP socket of this network namespace by inode, from ``/proc/net/tcp`` and ``tcp6`` (one read each).
+
+    The same table psutil reads for ``Process.net_connections`` (this process's namespace); a file that
+    cannot be read (no IPv6) adds nothing. Sockets without an inode (``TIME_WAIT``) are left out. Addresses
+    are decoded on use (:meth:`TcpLine.socket`): a busy host has thousands of sockets, a probe needs a few.
+    """
+    found: dict[int, TcpLine] = {}
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            with open(f"/proc/net/{name}", encoding="ascii") as table:
+                lines = table.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split(None, 10)
+            if len(fields) >= 10 and fields[9].isdigit() and fields[9] != "0":
+                found[int(fields[9])] = TcpLine(family, fields[1], fields[2], fields[3])
+    return found
+
+
+@dataclass(frozen=True)
+class TcpLine:
+    """One line of ``/proc/net/tcp{,6}``, still in the kernel's hex."""
+
+    family: int
+    local: str
+    remote: str
+    state: str
+
+    def socket(self) -> TcpSocket | None:
+        """The decoded socket; None for a malformed line."""
+        try:
+            return TcpSocket(_proc_address(self.local, self.family), _proc_address(self.remote, self.family),
+                             _TCP_STATES.get(self.state, psutil.CONN_NONE))
+        except ValueError:
+            return None
+
+
+def _proc_address(text: str, family: int) -> str:
+    """``0100007F:1538`` -> ``127.0.0.1:5432``; IPv6 as ``[ip]:port``; port 0 (no peer) -> ``""``.
+
+    The kernel prints each 32-bit word of the address in host byte order.
+    """
+    hex_ip, _, hex_port = text.partition(":")
+    port = int(hex_port, 16)
+    if not port:
+        return ""
+    raw = bytes.fromhex(hex_ip)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = socket.inet_ntop(family, raw)
+    return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
 
 
 def _unix_diag() -> dict[int, UnixSocket]:
