@@ -120,7 +120,7 @@ def test_header_names_bench_redis_filter_and_what_was_hidden() -> None:
     assert ("queues:   mine:* only; 3 queue(s) (3 queued, 2 started) and 4 worker(s) (2 busy) of other benches "
             "hidden; --all-queues shows them") in out
     md = markdown.facts(header.fact_rows(snap))
-    assert "- **queues:** mine:* only; 3 queue(s)" in md and "- **bench:** /srv/mine (from --bench)" in md
+    assert "- **queues:** mine:\\* only; 3 queue(s)" in md and "- **bench:** /srv/mine (from --bench)" in md
     data = header.as_dict(snap)
     assert data["hidden"] == {"queues": 3, "queued": 3, "started": 2, "workers": 4, "busy_workers": 2}
     assert (data["bench_path"], data["queue_filter"], data["redis_read"]) == ("/srv/mine", "mine:", True)

@@ -68,7 +68,7 @@ class Fact:
     """One ``label: value`` line; ``alert`` when it says that something was not read or is hidden."""
 
     label: str
-    value: str
+    value: Line
     alert: bool = False
 
 

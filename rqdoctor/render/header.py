@@ -71,7 +71,7 @@ def facts(snapshot: Snapshot) -> list[tuple[str, str]]:
 
 def fact_rows(snapshot: Snapshot) -> tuple[Fact, ...]:
     """The facts as a report document's target (a line saying what was not read or was hidden stands out)."""
-    return tuple(Fact(label, line, alert="NOT READ" in line or "hidden;" in line) for label, line in facts(snapshot))
+    return tuple(Fact(label, (line,), alert="NOT READ" in line or "hidden;" in line) for label, line in facts(snapshot))
 
 
 def as_dict(snapshot: Snapshot) -> dict[str, Any]:

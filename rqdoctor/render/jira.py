@@ -77,7 +77,7 @@ def verdict(report: doc.Report) -> str:
 
 
 def facts(rows: Sequence[doc.Fact]) -> str:
-    return "".join(f"* *{escape(f.label)}:* {escape(f.value)}\n" for f in rows)
+    return "".join(f"* *{escape(f.label)}:* {inline(f.value)}\n" for f in rows)
 
 
 def block(b: doc.Block) -> str:

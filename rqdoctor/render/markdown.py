@@ -76,7 +76,7 @@ def text(report: doc.Report) -> str:
 
 def facts(rows: Sequence[doc.Fact]) -> str:
     """``label: value`` lines as a list."""
-    return "".join(f"- **{escape(f.label)}:** {escape(f.value)}\n" for f in rows)
+    return "".join(f"- **{escape(f.label)}:** {inline(f.value)}\n" for f in rows)
 
 
 def block(b: doc.Block) -> str:

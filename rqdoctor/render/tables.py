@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rqdoctor.render.document import Block, Items, Limit, Paragraph, Table, spans
+from rqdoctor.render.document import Block, Items, Limit, Table, spans
 from rqdoctor.render.fmt import duration, short_queue, value
 from rqdoctor.render.layout import TEXT, Col
 from rqdoctor.render.workers import more_line, summary_lines
@@ -29,7 +29,7 @@ def workers_blocks(rows: list[dict[str, Any]], prefix: str | None, verbose: bool
          value(r["supervisor_program"]), value(", ".join(r["findings"]))) for r in ordered),
         limit=Limit(least=sum(1 for r in ordered if r["findings"]), more=lambda shown: more_line(ordered[shown:]),
                     everything=verbose))
-    head: list[Block] = [Paragraph(spans(lines[0])), Items(tuple(spans(line) for line in lines[1:]), level=1)] \
+    head: list[Block] = [Items((spans(lines[0]),)), Items(tuple(spans(line) for line in lines[1:]), level=1)] \
         if lines else []
     return [*head, table]
 

@@ -126,7 +126,8 @@ def facts(rows: Sequence[doc.Fact]) -> RenderableType:
     grid.add_column(style="bold", no_wrap=True, min_width=9)
     grid.add_column(overflow="fold")
     for f in rows:
-        grid.add_row(f"{f.label}:", Text(f.value, style="magenta" if f.alert else ""))
+        value = "".join(p if isinstance(p, str) else p.text for p in f.value)  # a value is the whole line: no marks
+        grid.add_row(f"{f.label}:", Text(value, style="magenta" if f.alert else ""))
     return grid
 
 
