@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from rich.console import Console, RenderableType
 
+from rqdoctor import schema
 from rqdoctor.collect import CollectOptions, collect
 from rqdoctor.commands.options import Format
 from rqdoctor.config import discover
@@ -37,21 +38,30 @@ def snapshot_for(from_file: Path | None, options: CollectOptions, redis_url: str
 
 
 def load_snapshot(path: Path) -> Snapshot:
-    """Read a snapshot saved by ``--format json`` (a whole report or a bare snapshot)."""
+    """Read a snapshot saved by ``--format json`` (a whole report or a bare snapshot; ``-``: standard input),
+    migrated when an older rqdoctor wrote it."""
+    stdin = str(path) == "-"
+    where = "stdin" if stdin else str(path)
+    if stdin and sys.stdin.isatty():
+        raise RqdoctorError("--from -: standard input is a terminal",
+                            "pipe a snapshot in: `rqdoctor hangs --from - < FILE`")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(sys.stdin.read() if stdin else path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise RqdoctorError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise RqdoctorError(f"{where}: cannot read ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RqdoctorError(f"{path}: not a JSON snapshot ({exc})") from None
+        raise RqdoctorError(f"{where}: not a JSON snapshot ({exc})") from None
     if isinstance(data, dict) and isinstance(data.get("snapshot"), dict):
         data = data["snapshot"]
     if not isinstance(data, dict):
-        raise RqdoctorError(f"{path}: not a JSON snapshot (expected an object)")
+        raise RqdoctorError(f"{where}: not a JSON snapshot (expected an object)")
     try:
-        return Snapshot.from_dict(data)
+        return Snapshot.from_dict(schema.upgrade(data))
+    except schema.NewerSchema as exc:
+        raise RqdoctorError(f"{where}: written by a newer rqdoctor: {exc}",
+                            "upgrade rqdoctor (pip install -U rqdoctor) to read it") from None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise RqdoctorError(f"{path}: not a usable snapshot ({exc})",
+        raise RqdoctorError(f"{where}: not a usable snapshot ({exc})",
                             "save one with `rqdoctor hangs --format json -o FILE`") from None
 
 
