@@ -136,7 +136,7 @@ def block(b: doc.Block, depth: int = 0) -> list[RenderableType]:
     pad = "   " * depth
     match b:
         case doc.Paragraph(line, tone):
-            return [Para(Text(doc.plain(line), style=TONE_STYLE[tone]), indent=len(pad), hang=len(pad) + 4)]
+            return [Para(Text(doc.plain(line), style=TONE_STYLE[tone]), indent=len(pad)), Text("")]
         case doc.Items(items, level):
             indent = len(pad) + 2 * level
             return [Para(doc.plain(i), indent=indent, hang=indent + 2) for i in items]
