@@ -125,10 +125,12 @@ class Table:
 
 @dataclass(frozen=True)
 class CodeBlock:
-    """Lines shown verbatim (a stack); ``short``: the trimmed lines a terminal shows instead, when given."""
+    """Lines shown verbatim (a stack); ``short``: the trimmed lines a terminal shows instead, when given;
+    ``lang``: what they are, e.g. ``mermaid`` (a diagram: drawn where the format can, else its source)."""
 
     lines: tuple[str, ...]
     short: tuple[str, ...] | None = None
+    lang: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ class Report:
     """What a command shows, in this order: ``title``, ``target`` (what was diagnosed, how it was found),
     ``checks`` (preflight failures), ``summary`` (one line; the verdict follows from findings and errors),
     ``sections``, ``findings``, ``errors`` (what could not be seen). ``data`` builds the JSON output itself
-    (only when it is asked for: it holds the whole snapshot)."""
+    (only when it is asked for: it holds the whole snapshot). ``notice``: a warning shown before everything."""
 
     command: str
     data: Callable[[], dict[str, Any]]
@@ -194,6 +196,7 @@ class Report:
     sections: tuple[Section, ...] = ()
     findings: tuple[FindingItem, ...] = ()
     errors: tuple[ProbeError, ...] = field(default_factory=tuple)
+    notice: str | None = None
 
     @property
     def title(self) -> str:
@@ -202,10 +205,10 @@ class Report:
 
 def report(command: str, data: Callable[[], dict[str, Any]], *, target: Sequence[Fact] = (),
            checks: Sequence[Check] = (), summary: str | None = None, sections: Sequence[Section] = (),
-           findings: Sequence[Finding] = (), errors: Sequence[ProbeError] = ()) -> Report:
+           findings: Sequence[Finding] = (), errors: Sequence[ProbeError] = (), notice: str | None = None) -> Report:
     """A :class:`Report` from plain lists and the diagnosis' findings."""
     return Report(command, data, tuple(target), tuple(checks), summary, tuple(sections),
-                  tuple(FindingItem.of(f) for f in findings), tuple(errors))
+                  tuple(FindingItem.of(f) for f in findings), tuple(errors), notice)
 
 
 def section(title: str | None, *blocks: Block | None) -> Section:
@@ -216,6 +219,6 @@ def section(title: str | None, *blocks: Block | None) -> Section:
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 
-def counts(findings: Sequence[FindingItem]) -> dict[str, int]:
+def counts(findings: Sequence[FindingItem | Finding]) -> dict[str, int]:
     """Findings per severity, most severe first."""
     return {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_RANK}

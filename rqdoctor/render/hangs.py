@@ -84,8 +84,9 @@ JOB_COLUMNS = (Col("severity"), Col("job", code=True), Col("method", code=True, 
 """The jobs table; a terminal shows it one line per job without ``detail`` columns, the site dropped first."""
 
 
-def jobs_section(jobs: list[dict[str, Any]], findings: list[Finding], verbose: bool) -> Section | None:
-    """"Jobs": one line per job, then a block per job with its facts and stack (trimmed on a terminal unless
+def jobs_section(jobs: list[dict[str, Any]], findings: list[Finding], verbose: bool,
+                 title: str = "Jobs") -> Section | None:
+    """One line per job, then a block per job with its facts and stack (trimmed on a terminal unless
     ``verbose``); None without jobs."""
     if not jobs:
         return None
@@ -102,7 +103,7 @@ def jobs_section(jobs: list[dict[str, Any]], findings: list[Finding], verbose: b
             body.append(CodeBlock(stack, None if verbose else tuple(stack_lines(job, verbose=False))))
         blocks.append(Details(job["job_id"], f"{job['method'] or '?'} ({job['site'] or 'no site'})", tuple(body),
                               _tone(severity(job, findings))))
-    return Section("Jobs", tuple(blocks))
+    return Section(title, tuple(blocks))
 
 
 def _tone(level: str) -> Tone:

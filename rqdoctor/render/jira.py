@@ -49,6 +49,8 @@ def render(report: doc.Report, console: Console) -> None:
 def text(report: doc.Report) -> str:
     """``h1.`` title, the target, checks, summary, sections, findings and what could not be seen."""
     parts = [f"h1. {escape(report.title)}\n"]
+    if report.notice:
+        parts.append("{warning}" + escape(report.notice) + "{warning}\n")
     if report.target:
         parts.append(facts(report.target))
     if report.checks:
@@ -96,8 +98,8 @@ def block(b: doc.Block) -> str:
             shown = len(rows) if cap is None or limit is None else max(cap, limit.least)
             out = table(columns, rows[:shown])
             return out + (f"\n_{escape(limit.more(shown))}_\n" if limit and shown < len(rows) else "")
-        case doc.CodeBlock(lines, _):
-            return verbatim("noformat", lines)
+        case doc.CodeBlock(lines, _, lang):
+            return verbatim("noformat", [f"{lang}:", *lines] if lang else lines)
         case doc.Commands(lines):
             return verbatim("code:bash", lines)
         case doc.Details(title, subtitle, body, _):

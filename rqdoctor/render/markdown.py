@@ -57,6 +57,8 @@ def render(report: doc.Report, console: Console) -> None:
 def text(report: doc.Report) -> str:
     """``# rqdoctor <command>``, the target, checks, summary, sections, findings, what could not be seen."""
     parts = [f"# {report.title}\n"]
+    if report.notice:
+        parts.append(f"> **Warning:** {escape(report.notice)}\n")
     if report.target:
         parts.append(facts(report.target))
     if report.checks:
@@ -95,8 +97,8 @@ def block(b: doc.Block) -> str:
             shown = len(rows) if cap is None or limit is None else max(cap, limit.least)
             out = table(columns, rows[:shown])
             return out + (f"\n_{escape(limit.more(shown))}_\n" if limit and shown < len(rows) else "")
-        case doc.CodeBlock(lines, _):
-            return fenced(lines)
+        case doc.CodeBlock(lines, _, lang):
+            return fenced(lines, lang)
         case doc.Commands(lines):
             return fenced(lines, "sh")
         case doc.Details(title, subtitle, body, _):

@@ -107,6 +107,8 @@ def render(report: doc.Report, console: Console) -> None:
 def renderables(report: doc.Report) -> list[RenderableType]:
     """The report as rich renderables, in order."""
     out: list[RenderableType] = []
+    if report.notice:
+        out.append(Para(Text(f"! {report.notice}", style="bold magenta"), hang=2))
     if report.target:
         out.append(facts(report.target))
     out += preflight(report.checks)
@@ -148,7 +150,7 @@ def block(b: doc.Block, depth: int = 0) -> list[RenderableType]:
             return [Brief(b.columns, b.rows, b.tones)]
         case doc.Table():
             return [LimitedTable(b) if b.limit else table(b.columns, b.rows)]
-        case doc.CodeBlock(lines, short):
+        case doc.CodeBlock(lines, short, _):
             shown = lines if short is None else short
             return [Para(Text(f"{pad}{line}", style="dim"), hang=len(pad) + 6) for line in shown]
         case doc.Commands(lines):
