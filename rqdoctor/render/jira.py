@@ -125,6 +125,7 @@ def findings(items: Sequence[doc.FindingItem]) -> str:
         lines += [f"** {inline(e)}" for e in f.evidence]
         if f.fix:
             lines.append(f"** *Fix:* {inline(f.fix)}")
+        lines.append(f"** More: {mono(f.more_info) if ' ' in f.more_info else f.more_info}")
         out.append("\n".join(lines) + "\n")
         if f.commands:
             out.append(verbatim("code:bash", f.commands))

@@ -126,6 +126,7 @@ def findings(items: Sequence[doc.FindingItem], errors: Sequence[ProbeError]) -> 
         out += [f"  - {inline(e)}" for e in f.evidence]
         if f.fix:
             out.append(f"  - **Fix:** {inline(f.fix)}")
+        out.append(f"  - More: {code(f.more_info) if ' ' in f.more_info else f.more_info}")
         if f.commands:
             out += ["", fenced(f.commands, "sh", indent="    ").rstrip("\n")]
     return "\n".join(out) + "\n"
