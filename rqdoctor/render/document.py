@@ -222,3 +222,13 @@ SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 def counts(findings: Sequence[FindingItem | Finding]) -> dict[str, int]:
     """Findings per severity, most severe first."""
     return {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_RANK}
+
+
+def verdict(report: Report) -> tuple[list[tuple[str, int]], str]:
+    """(severity, count) of the findings found, most severe first; when none, what that means instead."""
+    found = [(s, n) for s, n in counts(report.findings).items() if n]
+    if found:
+        return found, ""
+    if report.errors:
+        return [], "no problems found in what could be seen; some things could not be seen (below)"
+    return [], "no problems found"

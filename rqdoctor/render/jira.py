@@ -70,12 +70,8 @@ def text(report: doc.Report) -> str:
 
 def verdict(report: doc.Report) -> str:
     """``2 critical, 1 warning`` in colour, or what was (not) found."""
-    counts = doc.counts(report.findings)
-    if any(counts.values()):
-        return ", ".join(f"{{color:{SEVERITY_COLOUR[s]}}}{n} {s}{{color}}" for s, n in counts.items() if n)
-    if report.errors:
-        return "no problems found in what could be seen; some things could not be seen (below)"
-    return "no problems found"
+    found, otherwise = doc.verdict(report)
+    return ", ".join(f"{{color:{SEVERITY_COLOUR[s]}}}{n} {s}{{color}}" for s, n in found) or escape(otherwise)
 
 
 def facts(rows: Sequence[doc.Fact]) -> str:

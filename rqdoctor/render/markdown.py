@@ -64,7 +64,7 @@ def text(report: doc.Report) -> str:
     if report.checks:
         parts.append(preflight(report.checks))
     if report.summary is not None:
-        parts.append(escape(report.summary) + "\n")
+        parts.append(f"**{escape(report.summary)}** — {verdict(report)}\n")
     for s in report.sections:
         if s.title:
             parts.append(f"## {escape(s.title)}\n")
@@ -74,6 +74,12 @@ def text(report: doc.Report) -> str:
     if report.errors:
         parts.append(errors(report.errors))
     return "\n".join(parts)
+
+
+def verdict(report: doc.Report) -> str:
+    """``2 critical, 1 info``, or what was (not) found."""
+    found, otherwise = doc.verdict(report)
+    return ", ".join(f"{n} {s}" for s, n in found) or otherwise
 
 
 def facts(rows: Sequence[doc.Fact]) -> str:
