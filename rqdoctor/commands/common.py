@@ -133,11 +133,13 @@ def _save(output: Path, body: str) -> None:
 
 
 def snapshot_report(command: str, snapshot: Snapshot, diagnosis: Diagnosis, summary: str,
-                    sections: list[Section], **data: Any) -> Report:
-    """The report document of a diagnosing command: its target, summary line, sections, findings and errors;
-    ``data``: the command's own JSON sections (``jobs=…``), around which the JSON report is built."""
+                    sections: list[Section], with_checks: bool = False, **data: Any) -> Report:
+    """The report document of a diagnosing command: its target, summary line, sections, findings and errors
+    (``with_checks``: the preflight checks its stack dumps failed, first); ``data``: the command's own JSON
+    sections (``jobs=…``), around which the JSON report is built."""
     return document.report(command, lambda: json_render.report(command, diagnosis, **data),
-                           target=header.fact_rows(snapshot), checks=checks_of(snapshot.preflight),
+                           target=header.fact_rows(snapshot),
+                           checks=checks_of(snapshot.preflight) if with_checks else (),
                            summary=summary, sections=sections, findings=diagnosis.findings, errors=snapshot.errors)
 
 

@@ -64,7 +64,7 @@ def report(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[di
     access = access_lines(snapshot.database)
     sections = [section(None, Items(tuple(spans(a) for a in access)) if access else None),
                 hangs_render.jobs_section(jobs, diagnosis.findings, verbose)]
-    return snapshot_report(command, snapshot, diagnosis, line, [s for s in sections if s and s.blocks],
+    return snapshot_report(command, snapshot, diagnosis, line, [s for s in sections if s and s.blocks], True,
                            preflight=[asdict(c) for c in snapshot.preflight], jobs=jobs,
                            database_access=access_dicts(snapshot.database))
 
