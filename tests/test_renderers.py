@@ -17,15 +17,18 @@ import pytest
 from markdown_it import MarkdownIt
 from rich.console import Console
 
-from rqdoctor.commands.common import load_snapshot
+from rqdoctor.commands.common import load_snapshot, table_report
 from rqdoctor.commands.hangs import report as hangs_report
+from rqdoctor.commands.locks import locks_report
 from rqdoctor.commands.options import Format
+from rqdoctor.diagnose.rules_queues import TARGET_CODES
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.render import document as doc
 from rqdoctor.render import jira, markdown
 from rqdoctor.render.formats import RENDERERS, renderer
 from rqdoctor.render.layout import TEXT, Col
-from rqdoctor.views import job_rows
+from rqdoctor.render.tables import queues_blocks, workers_blocks
+from rqdoctor.views import job_rows, queue_rows, worker_rows
 
 pytestmark = pytest.mark.unit
 
@@ -35,10 +38,22 @@ GOLDEN = DATA / "golden"
 SUFFIX = {Format.text: "txt", Format.markdown: "md", Format.json: "json", Format.jira: "jira"}
 
 
-def recorded_report() -> doc.Report:
+def recorded_report(command: str = "hangs") -> doc.Report:
+    """The command's report document on the recorded snapshot, diagnosed as the command does."""
     snapshot = load_snapshot(RECORDED)
-    diagnosis = diagnose(snapshot)
-    return hangs_report("hangs", snapshot, diagnosis, job_rows(diagnosis), verbose=False)
+    if command == "hangs":
+        diagnosis = diagnose(snapshot)
+        return hangs_report("hangs", snapshot, diagnosis, job_rows(diagnosis), verbose=False)
+    if command == "locks":
+        return locks_report(snapshot, diagnose(snapshot, codes={"RQD4", *TARGET_CODES}))
+    if command == "workers":
+        diagnosis = diagnose(snapshot, codes={"RQD2", *TARGET_CODES})
+        rows = worker_rows(diagnosis)
+        return table_report("workers", snapshot, diagnosis, rows, workers_blocks(rows, "home-frappe-frappe-bench:",
+                                                                                 verbose=False))
+    diagnosis = diagnose(snapshot, codes={"RQD5"})
+    rows = queue_rows(diagnosis)
+    return table_report("queues", snapshot, diagnosis, rows, queues_blocks(rows, "home-frappe-frappe-bench:"))
 
 
 def rendered(report: doc.Report, fmt: Format, width: int = 100) -> str:
@@ -48,10 +63,11 @@ def rendered(report: doc.Report, fmt: Format, width: int = 100) -> str:
 
 
 @pytest.mark.parametrize("fmt", list(Format), ids=lambda f: f.value)
-def test_golden_output_of_the_recorded_snapshot(fmt: Format) -> None:
-    # GIVEN the recorded lock-wait bench's hangs report WHEN rendered
-    out = rendered(recorded_report(), fmt)
-    golden = GOLDEN / f"hangs.{SUFFIX[fmt]}"
+@pytest.mark.parametrize("command", ["hangs", "locks", "workers", "queues"])
+def test_golden_output_of_the_recorded_snapshot(command: str, fmt: Format) -> None:
+    # GIVEN the recorded lock-wait bench's report WHEN rendered
+    out = rendered(recorded_report(command), fmt)
+    golden = GOLDEN / f"{command}.{SUFFIX[fmt]}"
     if os.environ.get("RQDOCTOR_UPDATE_GOLDEN"):
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(out, encoding="utf-8")

@@ -24,7 +24,8 @@ from rqdoctor.diagnose.dbjoin import access_dicts, access_lines, blocker_dict, l
 from rqdoctor.diagnose.rules_queues import TARGET_CODES
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
-from rqdoctor.render.document import Items, Table, section, spans
+from rqdoctor.model import Snapshot
+from rqdoctor.render.document import Items, Report, Table, section, spans
 from rqdoctor.render.fmt import duration, value
 from rqdoctor.render.layout import TEXT, Col
 
@@ -88,11 +89,16 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
         raise RqdoctorError("no database to inspect",
                             "give --db-url mysql://root@127.0.0.1:3306/ (or postgresql://…), or run it in a bench")
     diagnosis = diagnose(snapshot, codes={"RQD4", *TARGET_CODES})
+    emit_report(locks_report(snapshot, diagnosis), fmt, output)
+    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("database",)))
+
+
+def locks_report(snapshot: Snapshot, diagnosis: Diagnosis) -> Report:
+    """The database access lines and the lock table; JSON: the waits and how each server was seen."""
     rows = lock_rows(diagnosis)
     servers = snapshot.database.servers if snapshot.database else []
     line = f"{len(rows)} lock wait(s) on {len(servers)} database server(s)"
     access = access_lines(snapshot.database)
     blocks = [Items(tuple(spans(a) for a in access)) if access else None, Table(COLUMNS, _cells(rows))]
-    emit_report(snapshot_report("locks", snapshot, diagnosis, line, [section(None, *blocks)], locks=rows,
-                                database_access=access_dicts(snapshot.database)), fmt, output)
-    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("database",)))
+    return snapshot_report("locks", snapshot, diagnosis, line, [section(None, *blocks)], locks=rows,
+                           database_access=access_dicts(snapshot.database))

@@ -69,8 +69,8 @@ def text(report: doc.Report) -> str:
         if s.title:
             parts.append(f"## {escape(s.title)}\n")
         parts += [block(b) for b in s.blocks]
-    if report.summary is not None:
-        parts.append(findings(report.findings, report.errors))
+    if report.findings:
+        parts.append(findings(report.findings))
     if report.errors:
         parts.append(errors(report.errors))
     return "\n".join(parts)
@@ -120,8 +120,10 @@ def table(columns: Sequence[Col], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def findings(items: Sequence[doc.FindingItem], errors: Sequence[ProbeError]) -> str:
-    """Findings as a list with evidence and fix, each one's commands in a block under it."""
+def findings(items: Sequence[doc.FindingItem], errors: Sequence[ProbeError] = ()) -> str:
+    """Findings as a list with evidence and fix, each one's commands in a block under it. A report document
+    shows them only when there are some (its summary line carries the verdict); the no-findings line is for
+    the transitional ``emit`` callers (``stuck``), which pass their ``errors``."""
     if not items:
         if errors:
             return "No problems found in what could be seen; see **Could not see** below.\n"
