@@ -28,15 +28,25 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from rqdoctor.deadline import Deadline
+from rqdoctor.diagnose.progress import QUIET_MIN_S
 from rqdoctor.model import Frame, IoCounters, ProbeError, ProcessStacks, StackSample, ThreadStack
-from rqdoctor.probes.counters import io_counters, read_counters, read_thread, tid_of
+from rqdoctor.probes.counters import (
+    RunMark,
+    cpu_clocks,
+    io_counters,
+    quiet_seconds,
+    read_counters,
+    read_thread,
+    run_marks,
+    tid_of,
+)
 from rqdoctor.probes.procfs import record_lock_files
 from rqdoctor.probes.record import MAX_RECORDERS, Recording, record_window
 from rqdoctor.redact import redact_mapping, redact_text
@@ -143,6 +153,8 @@ class _Options:
     native: bool
     with_locals: bool
     deadline: Deadline
+    first_look: bool = False
+    """Read the scheduler's marks of every thread around each dump (see :func:`_quiet`)."""
     sources: dict[str, list[str] | None] = field(default_factory=dict)
     """Lines of the source files read so far (None: unreadable)."""
     loops: dict[str, list[tuple[int, int, bool]] | None] = field(default_factory=dict)
@@ -159,6 +171,8 @@ class _Result:
     resumed: bool = False
     counters_error: ProbeError | None = None
     """``/proc/PID/io`` could not be read (the sample itself is fine)."""
+    quiet: float | None = None
+    """First look: seconds for which no thread of the process has run (None: one ran, or not known)."""
 
 
 @dataclass
@@ -170,6 +184,7 @@ class _Outcome:
     """Why there is no sample (or why the last attempt failed)."""
     counters_error: ProbeError | None = None
     resumed: bool = False
+    quiet: float | None = None
 
 
 def probe_stacks(
@@ -181,13 +196,16 @@ def probe_stacks(
     native: bool = False,
     with_locals: bool = False,
     max_parallel: int | None = None,
+    adaptive: bool = False,
 ) -> tuple[list[ProcessStacks], list[ProbeError]]:
     """Sample every pid ``samples`` times, ``interval`` seconds apart, all pids at once.
 
     Returns one :class:`ProcessStacks` per pid (``error`` set when no sample could be taken)
     and the errors for ``snapshot.errors``. ``native`` is honoured only with ``blocking``.
     ``max_parallel`` bounds the py-spy processes at once (default: :data:`~.record.MAX_RECORDERS`
-    recorders, or :data:`DUMP_PARALLEL` dumps).
+    recorders, or :data:`DUMP_PARALLEL` dumps). ``adaptive`` (non-blocking, no locals): first one
+    dump of every pid at once, and only the processes in which some thread ran are recorded for the
+    window (see :func:`_first_look`).
     """
     mode = dump_mode(blocking, native)
     results = {pid: ProcessStacks(pid=pid, mode=mode) for pid in dict.fromkeys(pids)}
@@ -201,6 +219,8 @@ def probe_stacks(
     options = _Options(exe, blocking, native, with_locals, deadline)
     if blocking or with_locals or samples < 2:
         outcomes = _dump_rounds(list(results), options, samples, interval, max_parallel or DUMP_PARALLEL)
+    elif adaptive:
+        outcomes = _first_look(list(results), options, samples, interval, max_parallel or MAX_RECORDERS)
     else:
         outcomes = _record(list(results), options, samples, interval, max_parallel or MAX_RECORDERS)
     errors = []
@@ -213,6 +233,25 @@ def probe_stacks(
         elif stacks.samples and outcome.counters_error is not None:
             errors.append(outcome.counters_error)
     return list(results.values()), errors
+
+
+def _first_look(pids: list[int], options: _Options, samples: int, interval: float,
+                max_parallel: int) -> dict[int, _Outcome]:
+    """One non-blocking dump of every pid at once; the window only for the processes that need it.
+
+    A process none of whose threads ran during its dump, nor for the window's length before it
+    (``(samples - 1) x interval``, at least :data:`~rqdoctor.diagnose.progress.QUIET_MIN_S`), keeps its
+    one sample: its stacks have not changed for that long, which is what the window would show.
+    Every other process (a thread ran: it may spin, progress or sleep in a loop) is recorded.
+    """
+    needed = max(QUIET_MIN_S, (samples - 1) * interval)
+    looked = _dump_rounds(pids, replace(options, first_look=True), 1, interval, max_parallel)
+    outcomes = {pid: o for pid, o in looked.items() if o.samples and o.quiet is not None and o.quiet >= needed}
+    outcomes |= {pid: o for pid, o in looked.items() if o.error is not None and o.error.kind in _PERMANENT}
+    rest = [pid for pid in pids if pid not in outcomes]
+    if rest:
+        outcomes |= _record(rest, replace(options, first_look=False), samples, interval, max_parallel)
+    return outcomes
 
 
 def _record(pids: list[int], options: _Options, samples: int, interval: float,
@@ -275,6 +314,7 @@ def _dump_rounds(pids: list[int], options: _Options, samples: int, interval: flo
             for pid, future in futures.items():
                 result, outcome = future.result(), outcomes[pid]
                 outcome.resumed |= result.resumed
+                outcome.quiet = result.quiet
                 if result.sample is not None:
                     outcome.samples.append(result.sample)
                 if result.counters_error is not None and outcome.counters_error is None:
@@ -299,6 +339,7 @@ def _take_sample(pid: int, options: _Options) -> _Result:
     except psutil.AccessDenied:
         was_stopped, counters = False, read_counters(None, pid)
 
+    before = run_marks(pid) if options.first_look else None
     taken_at = time.time()
     timeout = options.deadline.timeout(cap=DUMP_TIMEOUT_CAP)
     cmd = py_spy_command(options.exe, pid, options.blocking, options.native, options.with_locals)
@@ -319,16 +360,38 @@ def _take_sample(pid: int, options: _Options) -> _Result:
     except (ValueError, KeyError, TypeError) as exc:
         error = ProbeError(PROBE, "corrupt", f"unreadable py-spy output for pid {pid}: {exc}", "", str(pid))
         return _Result(error=error, resumed=resumed)
-    for thread in threads:
-        tid = tid_of(pid, thread, len(threads))
+    tids = [tid_of(pid, thread, len(threads)) for thread in threads]
+    for thread, tid in zip(threads, tids, strict=True):
         if tid is not None:
             read_thread(pid, tid, state=False).apply(thread)
+    quiet = None
+    if before is not None:
+        quiet_by_tid = _quiet(pid, before)
+        for thread, tid in zip(threads, tids, strict=True):
+            thread.last_ran_s = quiet_by_tid.get(tid) if tid is not None else None
+        known = list(quiet_by_tid.values())
+        quiet = min(known) if known and None not in known else None  # type: ignore[type-var]
+    for thread in threads:
         record_lock_files(pid, thread)
         _add_source(pid, thread, options)
     sample = StackSample(taken_at=taken_at, threads=threads, cpu_time=counters.cpu_time, io=counters.io,
                          voluntary_ctx_switches=counters.voluntary, involuntary_ctx_switches=counters.involuntary)
     counters_error = None if counters.io_error is None else _io_error(pid, counters.io_error)
-    return _Result(sample, resumed=resumed, counters_error=counters_error)
+    return _Result(sample, resumed=resumed, counters_error=counters_error, quiet=quiet)
+
+
+def _quiet(pid: int, before: dict[int, RunMark] | None) -> dict[int, float | None]:
+    """For every thread of the process: seconds it has not run, read after the dump (None: it ran, or unknown).
+
+    A thread that appeared or ended meanwhile counts as one that ran.
+    """
+    if not before:
+        return {}
+    clocks = cpu_clocks({m.cpu for m in before.values() if m.cpu is not None})
+    after = run_marks(pid) or {}
+    tids = set(before) | set(after)
+    return {tid: quiet_seconds(before[tid], after[tid], clocks) if tid in before and tid in after else None
+            for tid in tids}
 
 
 def _add_source(pid: int, thread: ThreadStack, options: _Options) -> None:
