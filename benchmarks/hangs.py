@@ -11,6 +11,10 @@ interleaved rounds:
 - the stack probe alone (:mod:`benchmarks.stacks_probe`: a fresh interpreter, ``probe_stacks`` as
   ``hangs`` calls it), to tell what sampling costs from what the rest of the command costs.
 
+The manual routine's blocking dumps wake every horse into a ptrace stop and back, which the kernel's
+last-run marks then show for a second; the variant after it waits :data:`SETTLE_S` (see
+:meth:`Variant.settle`).
+
 Then one memory-sampled run of each, the issue 8 goals against the same run's figures (see
 :func:`goals`), and one run of each (plus ``rqdoctor hangs --blocking``, to show the counters do
 see stops) under :class:`~benchmarks.stops.StopCounter`.
@@ -24,6 +28,7 @@ import os
 import shlex
 import sys
 import tempfile
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +61,7 @@ WALL_GOAL = 1.5
 CPU_GOAL = 2.0
 """``hangs`` CPU seconds at most this times the floor's."""
 PSS_GOAL_MIB = 100
+SETTLE_S = 2.0
 
 
 @dataclass
@@ -70,6 +76,18 @@ class Variant:
     """rqdoctor's JSON report (stop-count runs)."""
     summary: Path | None = None
     """What the probe-alone variant writes: processes with a sample, samples in all."""
+    pauses: bool = False
+    """It pauses the horses (blocking dumps): the next variant waits :data:`SETTLE_S` after it."""
+
+    def settle(self) -> None:
+        """After a variant that paused the horses, let their scheduler marks age past the window.
+
+        A blocking dump wakes each horse's threads into a ptrace stop and back: for a second after it,
+        the kernel has seen them run, and adaptive sampling would (rightly) give them the window.
+        On a host where nobody pauses the workers that does not happen.
+        """
+        if self.pauses:
+            time.sleep(SETTLE_S)
 
     def reset(self) -> None:
         """Remove the outputs of an earlier run, so that the stack count is of the next one."""
@@ -107,11 +125,12 @@ def run(counts: list[int], flavour: str, repeats: int) -> str:
             report = Path(tmp) / "report.json"
             rqdoctor = [*variants[0].argv, "-f", "json", "-o", str(report)]
             for v in [Variant(variants[0].name, rqdoctor, report=report),
-                      Variant(f"{variants[0].name} --blocking", [*rqdoctor, "--blocking"], report=report),
+                      Variant(f"{variants[0].name} --blocking", [*rqdoctor, "--blocking"], report=report, pauses=True),
                       *variants[1:]]:
                 v.reset()
                 with StopCounter(watched, horses) as counter:
                     m = checked(measure(v.argv, Path(tmp)), v.name)
+                v.settle()
                 stops.append([count, v.name, f"{m.wall:.2f}", counter.sweeps, counter.stopped,
                               len(counter.stopped_pids), counter.traced, counter.switches, _coverage(v, count)])
         r.close()
@@ -186,16 +205,18 @@ def _timing(variants: list[Variant], repeats: int, tmp: Path,
         for v in variants:
             v.reset()
             runs[v.name].append(checked(measure(v.argv, tmp), v.name))
+            v.settle()
     base = median_run(runs[variants[0].name]).wall
     rows: list[list[object]] = []
     peaks: list[int] = []
     for v in variants:
         v.reset()
         best, memory = median_run(runs[v.name]), checked(measure(v.argv, tmp, memory=True), v.name)
+        v.settle()
         peaks.append(memory.peak_tree_pss)
         rows.append([count, v.name, f"{best.wall:.2f}", spread(runs[v.name]), f"{best.wall / base:.2f}",
                      f"{best.cpu:.1f}", mib(best.max_process_rss), mib(memory.peak_tree_pss), _coverage(v, count)])
-    rqdoctor, floor, manual, probe = (median_run(runs[v.name]) for v in variants)
+    rqdoctor, floor, probe, manual = (median_run(runs[v.name]) for v in variants)
     return rows, (rqdoctor, floor, manual, peaks[0], probe)
 
 
@@ -214,7 +235,7 @@ def _hang(workers: Workers, bench: Bench, flavour: str, more: int, tarpit_url: s
 
 
 def _variants(tmp: Path, bench: Bench, url: str, rq: str, py_spy: str, pids: list[int]) -> list[Variant]:
-    """rqdoctor hangs, the floor, the manual routine and the stack probe alone, for ``pids``."""
+    """rqdoctor hangs, the floor, the stack probe alone and the manual routine (last: it pauses), for ``pids``."""
     floor_dir, manual_dir = tmp / "floor", tmp / "manual"
     floor_dir.mkdir(exist_ok=True)
     manual_dir.mkdir(exist_ok=True)
@@ -227,10 +248,10 @@ def _variants(tmp: Path, bench: Bench, url: str, rq: str, py_spy: str, pids: lis
     return [
         Variant("rqdoctor hangs", [sys.executable, "-m", "rqdoctor", "hangs", "--bench", str(bench.root)]),
         Variant("floor: py-spy --nonblocking x N at once", ["sh", "-c", floor], outputs=floor_dir),
-        Variant("manual: rq info + py-spy x N in turn", ["sh", "-c", manual], outputs=manual_dir),
         Variant("stack probe alone (adaptive)", [sys.executable, str(Path(__file__).with_name("stacks_probe.py")),
                                                  str(tmp / "probe.txt"), *_sampling(), *map(str, pids)],
                 summary=tmp / "probe.txt"),
+        Variant("manual: rq info + py-spy x N in turn", ["sh", "-c", manual], outputs=manual_dir, pauses=True),
     ]
 
 

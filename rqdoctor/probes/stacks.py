@@ -454,10 +454,11 @@ def _mark_quiet(pid: int, result: _Result, clocks: dict[int, float]) -> None:
     after = run_marks(pid) or {}
     quiet = {tid: quiet_seconds(result.before[tid], after[tid], clocks) if tid in result.before and tid in after
              else None for tid in set(result.before) | set(after)}
-    for thread, tid in zip(result.sample.threads, result.tids, strict=True):
-        thread.last_ran_s = quiet.get(tid) if tid is not None else None
     known = list(quiet.values())
     result.quiet = min(known) if known and None not in known else None  # type: ignore[type-var]
+    for thread, tid in zip(result.sample.threads, result.tids, strict=True):
+        # a thread py-spy gave no kernel id (non-main, Python < 3.11) is one of them: quiet if all are
+        thread.last_ran_s = quiet.get(tid) if tid is not None else result.quiet
 
 
 def _add_source(pid: int, thread: ThreadStack, options: _Options) -> None:
