@@ -7,7 +7,13 @@ interleaved rounds:
 - ``rqdoctor hangs`` at default settings (see :func:`defaults`);
 - the floor: one ``py-spy dump --nonblocking`` per pid, all at once;
 - the manual routine: ``rq info``, then ``py-spy dump`` (blocking, py-spy's default) per pid,
-  one after another.
+  one after another;
+- the stack probe alone (:mod:`benchmarks.stacks_probe`: a fresh interpreter, ``probe_stacks`` as
+  ``hangs`` calls it), to tell what sampling costs from what the rest of the command costs.
+
+The manual routine's blocking dumps wake every horse into a ptrace stop and back, which the kernel's
+last-run marks then show for a second; the variant after it waits :data:`SETTLE_S` (see
+:meth:`Variant.settle`).
 
 Then one memory-sampled run of each, the issue 8 goals against the same run's figures (see
 :func:`goals`), and one run of each (plus ``rqdoctor hangs --blocking``, to show the counters do
@@ -22,6 +28,7 @@ import os
 import shlex
 import sys
 import tempfile
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +61,7 @@ WALL_GOAL = 1.5
 CPU_GOAL = 2.0
 """``hangs`` CPU seconds at most this times the floor's."""
 PSS_GOAL_MIB = 100
+SETTLE_S = 2.0
 
 
 @dataclass
@@ -66,10 +74,25 @@ class Variant:
     """Directory of per-pid py-spy outputs (shell variants)."""
     report: Path | None = None
     """rqdoctor's JSON report (stop-count runs)."""
+    summary: Path | None = None
+    """What the probe-alone variant writes: processes with a sample, samples in all."""
+    pauses: bool = False
+    """It pauses the horses (blocking dumps): the next variant waits :data:`SETTLE_S` after it."""
+
+    def settle(self) -> None:
+        """After a variant that paused the horses, let their scheduler marks age past the window.
+
+        A blocking dump wakes each horse's threads into a ptrace stop and back: for a second after it,
+        the kernel has seen them run, and adaptive sampling would (rightly) give them the window.
+        On a host where nobody pauses the workers that does not happen.
+        """
+        if self.pauses:
+            time.sleep(SETTLE_S)
 
     def reset(self) -> None:
         """Remove the outputs of an earlier run, so that the stack count is of the next one."""
-        for old in [*(self.outputs.glob("*.txt") if self.outputs else ()), *([self.report] if self.report else ())]:
+        files = [self.report, self.summary]
+        for old in [*(self.outputs.glob("*.txt") if self.outputs else ()), *(f for f in files if f is not None)]:
             old.unlink(missing_ok=True)
 
 
@@ -102,11 +125,12 @@ def run(counts: list[int], flavour: str, repeats: int) -> str:
             report = Path(tmp) / "report.json"
             rqdoctor = [*variants[0].argv, "-f", "json", "-o", str(report)]
             for v in [Variant(variants[0].name, rqdoctor, report=report),
-                      Variant(f"{variants[0].name} --blocking", [*rqdoctor, "--blocking"], report=report),
+                      Variant(f"{variants[0].name} --blocking", [*rqdoctor, "--blocking"], report=report, pauses=True),
                       *variants[1:]]:
                 v.reset()
                 with StopCounter(watched, horses) as counter:
                     m = checked(measure(v.argv, Path(tmp)), v.name)
+                v.settle()
                 stops.append([count, v.name, f"{m.wall:.2f}", counter.sweeps, counter.stopped,
                               len(counter.stopped_pids), counter.traced, counter.switches, _coverage(v, count)])
         r.close()
@@ -114,8 +138,9 @@ def run(counts: list[int], flavour: str, repeats: int) -> str:
         defaults(), *notes, "",
         table(["workers", "method", "wall s (median)", f"range ({repeats})", "wall / rqdoctor", "CPU s",
                "max RSS 1 proc MiB", "peak PSS sum MiB", "stacks"], timing), "",
-        table(["workers", f"wall / (floor + window) <= {WALL_GOAL:g}", "wall / manual < 1",
-               f"CPU / floor CPU <= {CPU_GOAL:g}", f"peak PSS MiB < {PSS_GOAL_MIB}"], goal_rows), "",
+        table(["workers", f"wall / (floor + {window():g} s window) <= {WALL_GOAL:g}", "wall - floor s",
+               "wall / manual < 1", f"CPU / floor CPU <= {CPU_GOAL:g}", f"peak PSS MiB < {PSS_GOAL_MIB}",
+               "probe alone: wall / floor", "probe alone: CPU / floor CPU"], goal_rows), "",
         table(["workers", "method (with /proc poller)", "wall s", "poll sweeps", "stopped seen", "pids stopped",
                "tracer seen", "horse ctx switches", "stacks"], stops),
     ])
@@ -127,26 +152,41 @@ def window() -> float:
     return (options["samples"].default - 1) * options["interval"].default
 
 
+def _sampling() -> list[str]:
+    """``hangs``' default ``--samples`` and ``--interval``."""
+    options = inspect.signature(hangs_command.command).parameters
+    return [str(options["samples"].default), str(options["interval"].default)]
+
+
 def defaults() -> str:
     """The default sampling settings of ``rqdoctor hangs``, as this code has them."""
     options = inspect.signature(hangs_command.command).parameters
     interval = options["interval"].default
     return (f"rqdoctor hangs defaults: --samples {options['samples'].default} --interval {interval} "
-            f"--timeout {options['timeout'].default}, non-blocking: one py-spy record per process for the "
-            f"{window():g} s window ({record.sample_rate(interval, 16)} Hz for 16 processes, "
-            f"{record.sample_rate(interval, 64)} Hz for 64), at most {record.MAX_RECORDERS} at once, /proc read at "
-            "each sample")
+            f"--timeout {options['timeout'].default}, non-blocking, adaptive: one py-spy dump of every process at "
+            "once, with each thread's scheduler marks (/proc sched, schedstat) before and after; then, only for "
+            f"the processes in which a thread ran, one py-spy record each for the {window():g} s window "
+            f"({record.sample_rate(interval, 16)} Hz for 16 processes, {record.sample_rate(interval, 64)} Hz for "
+            f"64), at most {record.MAX_RECORDERS} at once, /proc read at each sample")
 
 
-def goals(count: int, rqdoctor: Measured, floor: Measured, manual: Measured, pss: int) -> list[object]:
-    """Issue 8's goals for ``hangs`` against this run's floor and manual routine: ratio and met or not."""
+def goals(count: int, rqdoctor: Measured, floor: Measured, manual: Measured, pss: int,
+          probe: Measured) -> list[object]:
+    """Issue 8's goals for ``hangs`` against this run's floor and manual routine: ratio and met or not.
+
+    ``window`` is the configured one ((samples - 1) x interval), which adaptive sampling spends only on
+    the processes in which a thread ran; the probe-alone ratios are given beside, not as goals.
+    """
     def mark(ratio: float, ok: bool) -> str:
         return f"{ratio:.2f} {'met' if ok else 'NOT met'}"
 
     wall = rqdoctor.wall / (floor.wall + window())
     cpu = rqdoctor.cpu / floor.cpu if floor.cpu > 0 else float("inf")
-    return [count, mark(wall, wall <= WALL_GOAL), mark(rqdoctor.wall / manual.wall, rqdoctor.wall < manual.wall),
-            mark(cpu, cpu <= CPU_GOAL), f"{mib(pss)} {'met' if pss < PSS_GOAL_MIB * 2**20 else 'NOT met'}"]
+    probe_cpu = probe.cpu / floor.cpu if floor.cpu > 0 else float("inf")
+    return [count, mark(wall, wall <= WALL_GOAL), f"{rqdoctor.wall - floor.wall:.2f}",
+            mark(rqdoctor.wall / manual.wall, rqdoctor.wall < manual.wall),
+            mark(cpu, cpu <= CPU_GOAL), f"{mib(pss)} {'met' if pss < PSS_GOAL_MIB * 2**20 else 'NOT met'}",
+            f"{probe.wall / floor.wall:.2f}", f"{probe_cpu:.2f}"]
 
 
 def _load() -> str:
@@ -154,28 +194,30 @@ def _load() -> str:
 
 
 def _timing(variants: list[Variant], repeats: int, tmp: Path,
-            count: int) -> tuple[list[list[object]], tuple[Measured, Measured, Measured, int]]:
+            count: int) -> tuple[list[list[object]], tuple[Measured, Measured, Measured, int, Measured]]:
     """Interleaved timed rounds (no sampler), then one memory-sampled run of each variant.
 
     Returns the table rows and, for the goals, the median runs of rqdoctor, the floor and the manual
-    routine, and rqdoctor's peak PSS.
+    routine, rqdoctor's peak PSS and the median run of the probe alone.
     """
     runs: dict[str, list[Measured]] = {v.name: [] for v in variants}
     for _ in range(repeats):
         for v in variants:
             v.reset()
             runs[v.name].append(checked(measure(v.argv, tmp), v.name))
+            v.settle()
     base = median_run(runs[variants[0].name]).wall
     rows: list[list[object]] = []
     peaks: list[int] = []
     for v in variants:
         v.reset()
         best, memory = median_run(runs[v.name]), checked(measure(v.argv, tmp, memory=True), v.name)
+        v.settle()
         peaks.append(memory.peak_tree_pss)
         rows.append([count, v.name, f"{best.wall:.2f}", spread(runs[v.name]), f"{best.wall / base:.2f}",
                      f"{best.cpu:.1f}", mib(best.max_process_rss), mib(memory.peak_tree_pss), _coverage(v, count)])
-    rqdoctor, floor, manual = (median_run(runs[v.name]) for v in variants)
-    return rows, (rqdoctor, floor, manual, peaks[0])
+    rqdoctor, floor, probe, manual = (median_run(runs[v.name]) for v in variants)
+    return rows, (rqdoctor, floor, manual, peaks[0], probe)
 
 
 def _hang(workers: Workers, bench: Bench, flavour: str, more: int, tarpit_url: str, r: redis.Redis) -> list[int]:
@@ -193,7 +235,7 @@ def _hang(workers: Workers, bench: Bench, flavour: str, more: int, tarpit_url: s
 
 
 def _variants(tmp: Path, bench: Bench, url: str, rq: str, py_spy: str, pids: list[int]) -> list[Variant]:
-    """rqdoctor hangs, the floor and the manual routine, for ``pids``."""
+    """rqdoctor hangs, the floor, the stack probe alone and the manual routine (last: it pauses), for ``pids``."""
     floor_dir, manual_dir = tmp / "floor", tmp / "manual"
     floor_dir.mkdir(exist_ok=True)
     manual_dir.mkdir(exist_ok=True)
@@ -206,7 +248,10 @@ def _variants(tmp: Path, bench: Bench, url: str, rq: str, py_spy: str, pids: lis
     return [
         Variant("rqdoctor hangs", [sys.executable, "-m", "rqdoctor", "hangs", "--bench", str(bench.root)]),
         Variant("floor: py-spy --nonblocking x N at once", ["sh", "-c", floor], outputs=floor_dir),
-        Variant("manual: rq info + py-spy x N in turn", ["sh", "-c", manual], outputs=manual_dir),
+        Variant("stack probe alone (adaptive)", [sys.executable, str(Path(__file__).with_name("stacks_probe.py")),
+                                                 str(tmp / "probe.txt"), *_sampling(), *map(str, pids)],
+                summary=tmp / "probe.txt"),
+        Variant("manual: rq info + py-spy x N in turn", ["sh", "-c", manual], outputs=manual_dir, pauses=True),
     ]
 
 
@@ -215,6 +260,9 @@ def _coverage(v: Variant, total: int) -> str:
     if v.outputs is not None:
         got = sum(1 for f in v.outputs.glob("[0-9]*.txt") if "Thread" in f.read_text(errors="replace"))
         return f"{got}/{total}"
+    if v.summary is not None:
+        got, samples = v.summary.read_text().split() if v.summary.exists() else ("0", "0")
+        return f"{got}/{total} ({samples} samples)"
     if v.report is None:
         return ""
     snapshot = json.loads(v.report.read_text())["snapshot"]

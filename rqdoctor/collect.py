@@ -30,6 +30,8 @@ class CollectOptions:
     blocking: bool = False
     native: bool = False
     with_locals: bool = False
+    adaptive: bool = True
+    """One dump of every process first; the window only where some thread ran (see ``probe_stacks``)."""
     database: bool = False
     root_db: bool = True
     """Try the privileged database routes (:mod:`rqdoctor.dbroutes`) before the site accounts."""
@@ -120,7 +122,8 @@ def _stacks(snapshot: Snapshot, options: CollectOptions, deadline: Deadline, sho
         return
     show(f"sampling the stacks of {len(pids)} process{'es' if len(pids) > 1 else ''}…")
     stacks, errors = probe_stacks(pids, deadline, samples=options.samples, interval=options.interval,
-                                  blocking=options.blocking, native=options.native, with_locals=options.with_locals)
+                                  blocking=options.blocking, native=options.native, with_locals=options.with_locals,
+                                  adaptive=options.adaptive)
     snapshot.stacks = stacks
     snapshot.errors.extend(errors)
     known = {e.subject for e in snapshot.errors if e.kind == "vanished"}

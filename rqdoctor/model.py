@@ -407,6 +407,10 @@ class ThreadStack:
     lock_files: list[LockFile] = field(default_factory=list)
     """Held lock files of the process's bench (``sites/*/locks/*.lock``, ``config/*.lock``), read only while
     the thread runs ``filelock`` code, which polls and holds no fd between attempts."""
+    last_ran_s: float | None = None
+    """Seconds the thread had not run on a CPU when this sample was read, from the kernel scheduler
+    (``/proc/PID/task/TID/sched``), set only when it ran neither during the dump nor since, and was not
+    runnable: the stack seen is the one it has been in all that time. None: not known (or it ran)."""
 
 
 @dataclass

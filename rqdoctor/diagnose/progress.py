@@ -12,6 +12,13 @@ and the source of the loop around a sleep. Each verdict comes with the evidence 
 - ``sleeping``: a sleep with no proof of being one call or a poll (a loop with sleeps: not a hang).
 - ``progressing``: its stack, CPU or I/O shows work.
 - ``unknown``: one sample, or nothing conclusive.
+
+One sample is a window too when the kernel says the thread has not run for at least
+:data:`QUIET_MIN_S` (``ThreadStack.last_ran_s``, from the scheduler, see
+:mod:`rqdoctor.probes.counters`): a thread that does not run cannot change its stack, so it has
+been in that call all that time, with no CPU and no wake-up. That is ``blocked`` (a sleep: one
+sleep call, or a poll loop by its source); ``spinning`` and ``progressing`` need a thread that runs,
+and such a thread is sampled over the window.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ SPINNING_MIN_CPU_PERCENT = 50.0
 :data:`BLOCKED_MAX_CPU_PERCENT`, when every sample caught the thread running)."""
 WAKEUP_SLACK = 1
 """Voluntary context switches a thread in one call may still show over the window (e.g. a signal)."""
+QUIET_MIN_S = 1.0
+"""A thread the kernel has not run for this long is in one call for that long (the default window)."""
 BLOCKING_DUMP_WAKEUPS = 3
 """Extra switches per sample when py-spy pauses the target (``--blocking``)."""
 
@@ -138,6 +147,9 @@ def judge(window: Window, samples: Sequence[StackSample], leader: bool) -> Verdi
     """The progress verdict of one thread, with its evidence."""
     threads = window.threads
     if len(threads) < 2:
+        quiet = threads[0].last_ran_s if threads else None
+        if quiet is not None and quiet >= QUIET_MIN_S:
+            return _quiet(window, quiet)
         return Verdict(PROGRESS_UNKNOWN, ["one sample: no window to judge progress in"])
     c = counters(samples, leader)
     slack = WAKEUP_SLACK + (BLOCKING_DUMP_WAKEUPS * len(samples) if window.blocking_dumps else 0)
@@ -171,6 +183,17 @@ def judge(window: Window, samples: Sequence[StackSample], leader: bool) -> Verdi
     if exact > 1 or (cpu is not None and cpu >= BLOCKED_MAX_CPU_PERCENT) or c.file_io:
         return Verdict(PROGRESS_PROGRESSING, base)
     return Verdict(PROGRESS_UNKNOWN, base)
+
+
+def _quiet(window: Window, seconds: float) -> Verdict:
+    """One sample of a thread the kernel has not run for ``seconds``: in that call all that time."""
+    base = [f"one sample; the kernel has not run the thread for {seconds:.1f} s (/proc/<pid>/task/<tid>/sched, "
+            "not runnable): the same stack all that time, no CPU, no wake-up"]
+    if window.kind == "sleep" and not window.inferred:
+        return _sleep(window, Counters(seconds, None, 0, None, None), False, 1, base)
+    if window.kind == "lock":
+        return Verdict(PROGRESS_BLOCKED, [*base, "inside a lock acquire"])
+    return Verdict(PROGRESS_BLOCKED, [*base, "one call for the whole time"])
 
 
 def _sleep(window: Window, c: Counters, woke: bool | None, exact: int, base: list[str]) -> Verdict:

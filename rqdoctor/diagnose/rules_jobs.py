@@ -257,7 +257,7 @@ def no_progress(ctx: Context) -> Iterator[Hit]:
             fix = ("The job sleeps and does nothing else: if it should be doing work, find why it sleeps this long "
                    "(a retry back-off, a wait with no end) at the frame named above.")
         else:
-            what = f"{a.samples} samples, identical stack, ~0 CPU"
+            what = f"{a.samples} samples, identical stack, ~0 CPU" if a.samples > 1 else "one call, ~0 CPU"
             fix = "Look at the frame named above: a wait with no end. If the job should be doing work, stop it."
         yield _hit(facts, [what, *_activity_line(a), *_progress_lines(a)], fix)
 

@@ -307,7 +307,7 @@ class _Window:
         env = {**os.environ, "RUST_BACKTRACE": "0"}
         try:
             popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env)
+                                     env=env, close_fds=False)  # see SPAWN_NOTE
         except OSError as exc:
             self.done[pid] = Recording(pid, failure="missing_tool", detail=str(exc))
             return

@@ -27,16 +27,28 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from rqdoctor.deadline import Deadline
+from rqdoctor.diagnose.progress import QUIET_MIN_S
 from rqdoctor.model import Frame, IoCounters, ProbeError, ProcessStacks, StackSample, ThreadStack
-from rqdoctor.probes.counters import io_counters, read_counters, read_thread, tid_of
+from rqdoctor.probes.counters import (
+    Counters,
+    RunMark,
+    cpu_clocks,
+    io_counters,
+    quiet_seconds,
+    read_counters,
+    read_thread,
+    run_marks,
+    tid_of,
+)
 from rqdoctor.probes.procfs import record_lock_files
 from rqdoctor.probes.record import MAX_RECORDERS, Recording, record_window
 from rqdoctor.redact import redact_mapping, redact_text
@@ -66,6 +78,11 @@ HINT_VANISHED = "the process exited (job finished or was killed); run rqdoctor a
 HINT_TIMEOUT_NONBLOCKING = "retry with a longer --timeout; the machine may be overloaded"
 HINT_TIMEOUT_BLOCKING = "retry without blocking mode (nonblocking never pauses the target) or with a longer --timeout"
 HINT_COUNTERS = "run rqdoctor as root or as the workers' user to read /proc/<pid>/io"
+
+SPAWN_NOTE = "close_fds=False"
+"""py-spy is started with ``close_fds=False``, which lets ``subprocess`` use ``posix_spawn`` (2-4 x faster
+to start than its fork and fd sweep, measured at 16 at once on a loaded host). It passes no other
+fd: Python opens every fd non-inheritable (PEP 446), so py-spy gets only its three pipes."""
 
 _AST_LOCK = threading.Lock()
 """CPython 3.11's parser is not safe to run in several threads at once (recursion-depth SystemError)."""
@@ -143,10 +160,12 @@ class _Options:
     native: bool
     with_locals: bool
     deadline: Deadline
+    first_look: bool = False
+    """Read the scheduler's marks of every thread around each dump (see :func:`_mark_quiet`)."""
     sources: dict[str, list[str] | None] = field(default_factory=dict)
     """Lines of the source files read so far (None: unreadable)."""
-    loops: dict[str, list[tuple[int, int, bool]] | None] = field(default_factory=dict)
-    """Per source file: (first line, last line, is a loop) of its loops and function/class bodies."""
+    trees: dict[str, ast.Module | None] = field(default_factory=dict)
+    """Per source file: its syntax tree (None: it does not parse)."""
     code_at: dict[tuple[str, int], str | None] = field(default_factory=dict)
     """Redacted source line per (file, line), as frames repeat across samples and processes."""
     loop_at: dict[tuple[str, int], list[str] | None] = field(default_factory=dict)
@@ -159,6 +178,12 @@ class _Result:
     resumed: bool = False
     counters_error: ProbeError | None = None
     """``/proc/PID/io`` could not be read (the sample itself is fine)."""
+    quiet: float | None = None
+    """First look: seconds for which no thread of the process has run (None: one ran, or not known)."""
+    before: dict[int, RunMark] | None = None
+    """First look: the scheduler marks read just before the dump."""
+    tids: list[int | None] = field(default_factory=list)
+    """Kernel thread id of each thread of ``sample``."""
 
 
 @dataclass
@@ -170,6 +195,7 @@ class _Outcome:
     """Why there is no sample (or why the last attempt failed)."""
     counters_error: ProbeError | None = None
     resumed: bool = False
+    quiet: float | None = None
 
 
 def probe_stacks(
@@ -181,13 +207,16 @@ def probe_stacks(
     native: bool = False,
     with_locals: bool = False,
     max_parallel: int | None = None,
+    adaptive: bool = False,
 ) -> tuple[list[ProcessStacks], list[ProbeError]]:
     """Sample every pid ``samples`` times, ``interval`` seconds apart, all pids at once.
 
     Returns one :class:`ProcessStacks` per pid (``error`` set when no sample could be taken)
     and the errors for ``snapshot.errors``. ``native`` is honoured only with ``blocking``.
     ``max_parallel`` bounds the py-spy processes at once (default: :data:`~.record.MAX_RECORDERS`
-    recorders, or :data:`DUMP_PARALLEL` dumps).
+    recorders, or :data:`DUMP_PARALLEL` dumps). ``adaptive`` (non-blocking, no locals): first one
+    dump of every pid at once, and only the processes in which some thread ran are recorded for the
+    window (see :func:`_first_look`).
     """
     mode = dump_mode(blocking, native)
     results = {pid: ProcessStacks(pid=pid, mode=mode) for pid in dict.fromkeys(pids)}
@@ -201,6 +230,8 @@ def probe_stacks(
     options = _Options(exe, blocking, native, with_locals, deadline)
     if blocking or with_locals or samples < 2:
         outcomes = _dump_rounds(list(results), options, samples, interval, max_parallel or DUMP_PARALLEL)
+    elif adaptive:
+        outcomes = _first_look(list(results), options, samples, interval, max_parallel or MAX_RECORDERS)
     else:
         outcomes = _record(list(results), options, samples, interval, max_parallel or MAX_RECORDERS)
     errors = []
@@ -213,6 +244,25 @@ def probe_stacks(
         elif stacks.samples and outcome.counters_error is not None:
             errors.append(outcome.counters_error)
     return list(results.values()), errors
+
+
+def _first_look(pids: list[int], options: _Options, samples: int, interval: float,
+                max_parallel: int) -> dict[int, _Outcome]:
+    """One non-blocking dump of every pid at once; the window only for the processes that need it.
+
+    A process none of whose threads ran during its dump, nor for the window's length before it
+    (``(samples - 1) x interval``, at least :data:`~rqdoctor.diagnose.progress.QUIET_MIN_S`), keeps its
+    one sample: its stacks have not changed for that long, which is what the window would show.
+    Every other process (a thread ran: it may spin, progress or sleep in a loop) is recorded.
+    """
+    needed = max(QUIET_MIN_S, (samples - 1) * interval)
+    looked = _look(pids, replace(options, first_look=True), max_parallel)
+    outcomes = {pid: o for pid, o in looked.items() if o.samples and o.quiet is not None and o.quiet >= needed}
+    outcomes |= {pid: o for pid, o in looked.items() if o.error is not None and o.error.kind in _PERMANENT}
+    rest = [pid for pid in pids if pid not in outcomes]
+    if rest:
+        outcomes |= _record(rest, replace(options, first_look=False), samples, interval, max_parallel)
+    return outcomes
 
 
 def _record(pids: list[int], options: _Options, samples: int, interval: float,
@@ -286,8 +336,57 @@ def _dump_rounds(pids: list[int], options: _Options, samples: int, interval: flo
     return outcomes
 
 
+@dataclass
+class _Dump:
+    """A ``py-spy dump`` started, and what was read just before."""
+
+    pid: int
+    popen: subprocess.Popen[bytes]
+    timeout: float
+    until: float
+    """``time.monotonic()`` by which it must have finished."""
+    taken_at: float
+    counters: Counters
+    was_stopped: bool
+    before: dict[int, RunMark] | None
+
+
 def _take_sample(pid: int, options: _Options) -> _Result:
     """One dump of one process, with its CPU time, wait channels and source lines."""
+    started = _begin(pid, options)
+    return started if isinstance(started, _Result) else _end(started, options)
+
+
+def _look(pids: list[int], options: _Options, max_parallel: int) -> dict[int, _Outcome]:
+    """One dump of every pid, all started at once from this thread (at most ``max_parallel`` running)."""
+    results: dict[int, _Result] = {}
+    running: deque[_Dump] = deque()
+    waiting = deque(pids)
+    while waiting or running:
+        while waiting and len(running) < max_parallel:
+            pid = waiting.popleft()
+            started = _begin(pid, options)
+            if isinstance(started, _Result):
+                results[pid] = started
+            else:
+                running.append(started)
+        if running:
+            dump = running.popleft()
+            results[dump.pid] = _end(dump, options)
+    cpus = {m.cpu for r in results.values() for m in (r.before or {}).values() if m.cpu is not None}
+    clocks = cpu_clocks(cpus)
+    for pid, result in results.items():
+        _mark_quiet(pid, result, clocks)
+    return {pid: _outcome(results[pid]) for pid in pids}
+
+
+def _outcome(result: _Result) -> _Outcome:
+    return _Outcome([] if result.sample is None else [result.sample], result.error, result.counters_error,
+                    result.resumed, result.quiet)
+
+
+def _begin(pid: int, options: _Options) -> _Dump | _Result:
+    """Read the counters (and the scheduler marks), then start the dump."""
     if options.deadline.expired():
         return _Result(error=_timeout_error(pid, None, options.blocking))
     try:
@@ -299,36 +398,67 @@ def _take_sample(pid: int, options: _Options) -> _Result:
     except psutil.AccessDenied:
         was_stopped, counters = False, read_counters(None, pid)
 
+    before = run_marks(pid) if options.first_look else None
     taken_at = time.time()
     timeout = options.deadline.timeout(cap=DUMP_TIMEOUT_CAP)
     cmd = py_spy_command(options.exe, pid, options.blocking, options.native, options.with_locals)
     env = {**os.environ, "RUST_BACKTRACE": "0"}
     try:
-        done = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:  # run() has killed and reaped py-spy
-        return _Result(error=_timeout_error(pid, timeout, options.blocking), resumed=_resume(pid, options, was_stopped))
+        popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=env, close_fds=False)  # see SPAWN_NOTE
     except OSError as exc:
         error = ProbeError(PROBE, "missing_tool", f"cannot run py-spy: {exc}", HINT_MISSING, str(pid))
         return _Result(error=error)
-    resumed = _resume(pid, options, was_stopped)
+    return _Dump(pid, popen, timeout, time.monotonic() + timeout, taken_at, counters, was_stopped, before)
 
-    if done.returncode != 0:
-        return _Result(error=_failure(pid, done.stderr.decode(errors="replace")), resumed=resumed)
+
+def _end(dump: _Dump, options: _Options) -> _Result:
+    """Wait for the dump (killed at its timeout), then read the threads' facts and source lines."""
+    pid, popen, counters, before, taken_at = dump.pid, dump.popen, dump.counters, dump.before, dump.taken_at
     try:
-        threads = parse_dump(json.loads(done.stdout))
+        stdout, stderr = popen.communicate(timeout=max(0.0, dump.until - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.communicate()
+        return _Result(error=_timeout_error(pid, dump.timeout, options.blocking),
+                       resumed=_resume(pid, options, dump.was_stopped))
+    resumed = _resume(pid, options, dump.was_stopped)
+
+    if popen.returncode != 0:
+        return _Result(error=_failure(pid, stderr.decode(errors="replace")), resumed=resumed)
+    try:
+        threads = parse_dump(json.loads(stdout))
     except (ValueError, KeyError, TypeError) as exc:
         error = ProbeError(PROBE, "corrupt", f"unreadable py-spy output for pid {pid}: {exc}", "", str(pid))
         return _Result(error=error, resumed=resumed)
-    for thread in threads:
-        tid = tid_of(pid, thread, len(threads))
+    tids = [tid_of(pid, thread, len(threads)) for thread in threads]
+    for thread, tid in zip(threads, tids, strict=True):
         if tid is not None:
             read_thread(pid, tid, state=False).apply(thread)
+    for thread in threads:
         record_lock_files(pid, thread)
         _add_source(pid, thread, options)
     sample = StackSample(taken_at=taken_at, threads=threads, cpu_time=counters.cpu_time, io=counters.io,
                          voluntary_ctx_switches=counters.voluntary, involuntary_ctx_switches=counters.involuntary)
     counters_error = None if counters.io_error is None else _io_error(pid, counters.io_error)
-    return _Result(sample, resumed=resumed, counters_error=counters_error)
+    return _Result(sample, resumed=resumed, counters_error=counters_error, before=before, tids=tids)
+
+
+def _mark_quiet(pid: int, result: _Result, clocks: dict[int, float]) -> None:
+    """Set each thread's ``last_ran_s`` and the process's ``quiet`` from the marks read now and before its dump.
+
+    ``clocks`` were read after every ``before``. A thread that appeared or ended meanwhile counts as one that ran.
+    """
+    if not result.before or result.sample is None:
+        return
+    after = run_marks(pid) or {}
+    quiet = {tid: quiet_seconds(result.before[tid], after[tid], clocks) if tid in result.before and tid in after
+             else None for tid in set(result.before) | set(after)}
+    known = list(quiet.values())
+    result.quiet = min(known) if known and None not in known else None  # type: ignore[type-var]
+    for thread, tid in zip(result.sample.threads, result.tids, strict=True):
+        # a thread py-spy gave no kernel id (non-main, Python < 3.11) is one of them: quiet if all are
+        thread.last_ran_s = quiet.get(tid) if tid is not None else result.quiet
 
 
 def _add_source(pid: int, thread: ThreadStack, options: _Options) -> None:
@@ -396,33 +526,54 @@ def _loop_source(frame: Frame, options: _Options) -> list[str] | None:
     lines = options.sources.get(frame.filename)
     if lines is None:
         return None
-    if frame.filename not in options.loops:
-        options.loops[frame.filename] = _blocks("\n".join(lines))
-    blocks = options.loops[frame.filename]
-    if blocks is None:
+    if frame.filename not in options.trees:
+        options.trees[frame.filename] = _parse("\n".join(lines))
+    tree = options.trees[frame.filename]
+    if tree is None:
         return None
-    around = sorted((b for b in blocks if b[0] <= frame.line <= b[1]), reverse=True)
-    if not around or not around[0][2]:
+    around = _innermost_block(tree, frame.line)
+    if around is None or not around[2]:
         return []  # the innermost block around the line is a function (or nothing): no loop
-    first, last, _ = around[0]
+    first, last, _ = around
     body = [redact_text(line.rstrip()[:MAX_CODE_CHARS]) for line in lines[first - 1 : last]]
     return body if len(body) <= MAX_LOOP_LINES else [*body[: MAX_LOOP_LINES - 1], "…"]
 
 
-def _blocks(text: str) -> list[tuple[int, int, bool]] | None:
-    """Line spans of every loop (True) and function/class (False) of a module; None when it does not parse."""
+def _parse(text: str) -> ast.Module | None:
     try:
         with _AST_LOCK:
-            tree = ast.parse(text)
+            return ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, SystemError, MemoryError):
         return None
-    loops = (ast.For, ast.AsyncFor, ast.While)
-    scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
-    return [
-        (node.lineno, node.end_lineno or node.lineno, isinstance(node, loops))
-        for node in ast.walk(tree)
-        if isinstance(node, loops + scopes)
-    ]
+
+
+_LOOPS = (ast.For, ast.AsyncFor, ast.While)
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
+def _innermost_block(tree: ast.Module, line: int) -> tuple[int, int, bool] | None:
+    """(first line, last line, is a loop) of the innermost loop or function/class around ``line``.
+
+    Walks down only the nodes whose lines contain ``line`` (nodes without lines, such as
+    ``arguments``, are looked into too), not the whole module.
+    """
+    found: tuple[int, int, bool] | None = None
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        for child in ast.iter_child_nodes(node):
+            first = getattr(child, "lineno", None)
+            if first is None:
+                todo.append(child)
+                continue
+            last = getattr(child, "end_lineno", None) or first
+            if not first <= line <= last:
+                continue
+            block = (first, last, isinstance(child, _LOOPS))
+            if isinstance(child, _LOOPS + _SCOPES) and (found is None or block > found):
+                found = block  # the same order as sorting every block: the latest start innermost
+            todo.append(child)
+    return found
 
 
 def _read_source(pid: int, filename: str) -> list[str] | None:
