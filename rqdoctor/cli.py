@@ -34,6 +34,8 @@ COMMANDS = {
     "target": "Show where rqdoctor looks: the bench, its Redis, its sites and databases, and where each came from.",
     "preflight": "Check py-spy, ptrace permission, the workers' Python versions, the bench, Redis and the databases.",
     "demo": "Run shipped hang scenarios on real RQ workers against a local Redis and show the `hangs` report.",
+    "report": "Run every probe once and write a report bundle (Markdown or Jira, and its JSON) for a ticket.",
+    "explain": "Print what a finding code means, why it happens and how to fix it (works offline).",
 }
 """Subcommand -> the first line of its docstring (``rqdoctor.commands.<name>.command``; a test keeps them equal).
 

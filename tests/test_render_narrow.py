@@ -259,12 +259,13 @@ def test_one_line_cuts_only_the_free_text() -> None:
 
 def test_commands_are_never_wrapped_or_cropped() -> None:
     from rqdoctor.diagnose.findings import Finding
+    from rqdoctor.render.document import FindingItem
     from rqdoctor.render.text import finding
 
     cmd = "redis-cli -h 127.0.0.1 -p 11000 DEL rq:worker:site.example.com::scheduled_job::erpnext.accounts.x"
     f = Finding("RQD202", "warning", "Ghost", "worker w", ["e " * 50], "fix " * 40, [cmd, "KILL 83;"])
     for width in (40, 80, 200):
-        lines = render(finding(f), width).splitlines()
+        lines = render(finding(FindingItem.of(f)), width).splitlines()
         assert f"      {cmd}" in lines and "      KILL 83;" in lines
 
 

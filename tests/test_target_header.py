@@ -9,7 +9,7 @@ from rich.console import Console
 
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.model import HiddenQueue, HiddenWorker, ProbeError, QueueInfo, RedisState, Snapshot, TargetInfo
-from rqdoctor.render import header, text
+from rqdoctor.render import header, markdown, text
 from rqdoctor.render import json as json_render
 
 URL = "redis://:***@127.0.0.1:6379/11"
@@ -48,7 +48,7 @@ def codes(snap: Snapshot) -> list[str]:
 
 def rendered(snap: Snapshot) -> str:
     console = Console(record=True, width=200, file=io.StringIO(), highlight=False)
-    console.print(header.text(snap))
+    console.print(text.facts(header.fact_rows(snap)))
     return console.export_text()
 
 
@@ -119,8 +119,8 @@ def test_header_names_bench_redis_filter_and_what_was_hidden() -> None:
     assert f"redis:    {URL} (from --redis-url)" in out
     assert ("queues:   mine:* only; 3 queue(s) (3 queued, 2 started) and 4 worker(s) (2 busy) of other benches "
             "hidden; --all-queues shows them") in out
-    md = header.markdown(snap)
-    assert "- **queues:** mine:* only; 3 queue(s)" in md and "- **bench:** /srv/mine (from --bench)" in md
+    md = markdown.facts(header.fact_rows(snap))
+    assert "- **queues:** mine:\\* only; 3 queue(s)" in md and "- **bench:** /srv/mine (from --bench)" in md
     data = header.as_dict(snap)
     assert data["hidden"] == {"queues": 3, "queued": 3, "started": 2, "workers": 4, "busy_workers": 2}
     assert (data["bench_path"], data["queue_filter"], data["redis_read"]) == ("/srv/mine", "mine:", True)

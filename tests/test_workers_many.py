@@ -222,11 +222,14 @@ def test_summary_orders_groups_findings_first() -> None:
 def test_a_terminal_shows_as_many_rows_as_its_height_allows() -> None:
     from rich.console import Console
 
-    from rqdoctor.render.text import workers_view
+    from rqdoctor.render.tables import workers_blocks
+    from rqdoctor.render.text import block
 
     rows = [{**row(i), "pid": 100 + i, "current_job": None, "job_running_for_s": None, "heartbeat_age_s": 1.0,
              "horse_pid": None, "supervisor_program": None} for i in range(100)]
     console = Console(width=200, height=40, force_terminal=True, file=open("/dev/null", "w"), record=True)  # noqa: SIM115
-    console.print(workers_view(rows, None), crop=False)
+    for b in workers_blocks(rows, None, verbose=False):
+        for item in block(b):
+            console.print(item, crop=False)
     out = console.export_text()
     assert len(re.findall(r"(?m)^ w\d+ ", out)) == 40 - 15 and "… and 75 more workers (75 idle" in out

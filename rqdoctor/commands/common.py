@@ -12,13 +12,17 @@ from typing import Any
 import typer
 from rich.console import Console, RenderableType
 
+from rqdoctor import schema
 from rqdoctor.collect import CollectOptions, collect
 from rqdoctor.commands.options import Format
 from rqdoctor.config import discover
 from rqdoctor.diagnose.run import Diagnosis
 from rqdoctor.errors import RqdoctorError
-from rqdoctor.model import Snapshot
-from rqdoctor.render import header
+from rqdoctor.model import PreflightCheck, Snapshot
+from rqdoctor.render import document, header
+from rqdoctor.render import json as json_render
+from rqdoctor.render.document import Block, Check, Report, Section
+from rqdoctor.render.formats import renderer
 
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_DIAGNOSE = 0, 1, 2
 
@@ -34,21 +38,30 @@ def snapshot_for(from_file: Path | None, options: CollectOptions, redis_url: str
 
 
 def load_snapshot(path: Path) -> Snapshot:
-    """Read a snapshot saved by ``--format json`` (a whole report or a bare snapshot)."""
+    """Read a snapshot saved by ``--format json`` (a whole report or a bare snapshot; ``-``: standard input),
+    migrated when an older rqdoctor wrote it."""
+    stdin = str(path) == "-"
+    where = "stdin" if stdin else str(path)
+    if stdin and sys.stdin.isatty():
+        raise RqdoctorError("--from -: standard input is a terminal",
+                            "pipe a snapshot in: `rqdoctor hangs --from - < FILE`")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(sys.stdin.read() if stdin else path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise RqdoctorError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise RqdoctorError(f"{where}: cannot read ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RqdoctorError(f"{path}: not a JSON snapshot ({exc})") from None
+        raise RqdoctorError(f"{where}: not a JSON snapshot ({exc})") from None
     if isinstance(data, dict) and isinstance(data.get("snapshot"), dict):
         data = data["snapshot"]
     if not isinstance(data, dict):
-        raise RqdoctorError(f"{path}: not a JSON snapshot (expected an object)")
+        raise RqdoctorError(f"{where}: not a JSON snapshot (expected an object)")
     try:
-        return Snapshot.from_dict(data)
+        return Snapshot.from_dict(schema.upgrade(data))
+    except schema.NewerSchema as exc:
+        raise RqdoctorError(f"{where}: written by a newer rqdoctor: {exc}",
+                            "upgrade rqdoctor (pip install -U rqdoctor) to read it") from None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise RqdoctorError(f"{path}: not a usable snapshot ({exc})",
+        raise RqdoctorError(f"{where}: not a usable snapshot ({exc})",
                             "save one with `rqdoctor hangs --format json -o FILE`") from None
 
 
@@ -68,43 +81,69 @@ def require_redis(snapshot: Snapshot, fmt: Format) -> RqdoctorError | None:
     return failure
 
 
-def emit(fmt: Format, output: Path | None, text: Callable[[], list[RenderableType]],
-         markdown: Callable[[], str], as_json: Callable[[], dict[str, Any]],
-         fatal: RqdoctorError | None = None) -> None:
-    """Write the report in the chosen format to stdout or ``--output`` (created only once it is ready).
+def emit_report(report: Report, fmt: Format, output: Path | None, fatal: RqdoctorError | None = None) -> None:
+    """Render the report document in the chosen format to stdout or ``--output`` (created only once it is ready).
 
     ``fatal`` (from :func:`require_redis`) is raised once the report is written.
     """
-    _write(fmt, output, text, markdown, as_json)
+    render = renderer(fmt)
+    if output is None:
+        render(report, Console(highlight=False))
+    else:
+        buffer = io.StringIO()
+        render(report, Console(file=buffer, width=120, highlight=False, color_system=None, force_terminal=False))
+        _save(output, buffer.getvalue())
     if fatal is not None:
         raise fatal
 
 
-def _write(fmt: Format, output: Path | None, text: Callable[[], list[RenderableType]],
-           markdown: Callable[[], str], as_json: Callable[[], dict[str, Any]]) -> None:
+def emit(fmt: Format, output: Path | None, text: Callable[[], list[RenderableType]],
+         markdown: Callable[[], str], as_json: Callable[[], dict[str, Any]],
+         fatal: RqdoctorError | None = None) -> None:
+    """Transitional: the three-lambda output of commands not yet built as a report document (``stuck``, the kill
+    output); port them to :func:`emit_report` (see docs/design.md, "Report documents"), then remove this."""
     if fmt is Format.json:
         body = json.dumps(as_json(), indent=2, sort_keys=False, default=str) + "\n"
     elif fmt is Format.markdown:
         body = markdown()
+    elif fmt is Format.jira:
+        raise RqdoctorError("--format jira is not available for this command yet", "use --format markdown")
     else:
-        renderables = text()
-        if output is None:
-            console = Console(highlight=False)
-            for item in renderables:
-                console.print(item, crop=False)
-            return
-        console = Console(record=True, width=120, file=io.StringIO(), highlight=False)
-        for item in renderables:
+        console = Console(highlight=False) if output is None else Console(
+            file=io.StringIO(), width=120, highlight=False, color_system=None, force_terminal=False)
+        for item in text():
             console.print(item, crop=False)
-        body = console.export_text()
+        if output is None:
+            return
+        body = console.file.getvalue()  # type: ignore[attr-defined]
     if output is None:
         sys.stdout.write(body)
-        return
+    else:
+        _save(output, body)
+    if fatal is not None:
+        raise fatal
+
+
+def _save(output: Path, body: str) -> None:
     try:
         output.write_text(body, encoding="utf-8")
     except OSError as exc:
         raise RqdoctorError(f"{output}: cannot write ({exc.strerror or exc})") from None
     typer.echo(f"rqdoctor: report written to {output}", err=True)
+
+
+def snapshot_report(command: str, snapshot: Snapshot, diagnosis: Diagnosis, summary: str,
+                    sections: list[Section], **data: Any) -> Report:
+    """The report document of a diagnosing command: its target, summary line, sections, findings and errors;
+    ``data``: the command's own JSON sections (``jobs=…``), around which the JSON report is built."""
+    return document.report(command, lambda: json_render.report(command, diagnosis, **data),
+                           target=header.fact_rows(snapshot), checks=checks_of(snapshot.preflight),
+                           summary=summary, sections=sections, findings=diagnosis.findings, errors=snapshot.errors)
+
+
+def checks_of(checks: list[PreflightCheck]) -> tuple[Check, ...]:
+    """Preflight results as document checks."""
+    return tuple(Check(c.status, c.name, c.detail, tuple(c.fix)) for c in checks)
 
 
 def exit_code(diagnosis: Diagnosis, snapshot: Snapshot, essential: tuple[str, ...]) -> int:
@@ -116,24 +155,8 @@ def exit_code(diagnosis: Diagnosis, snapshot: Snapshot, essential: tuple[str, ..
     return EXIT_HEALTHY
 
 
-def report_table(command: str, snapshot: Snapshot, diagnosis: Diagnosis, rows: list[dict[str, Any]],
-                 text_table: Callable[[list[dict[str, Any]], str | None], RenderableType],
-                 md_table: Callable[[list[dict[str, Any]], str | None], str], fmt: Format,
-                 output: Path | None, fatal: RqdoctorError | None = None) -> None:
-    """Emit a one-table report (``workers``, ``queues``): target, summary, table, findings and errors."""
-    from rqdoctor.render import json as json_render
-    from rqdoctor.render import markdown as md
-    from rqdoctor.render import text
-
-    prefix = snapshot.target.queue_filter
+def table_report(command: str, snapshot: Snapshot, diagnosis: Diagnosis, rows: list[dict[str, Any]],
+                 blocks: list[Block]) -> Report:
+    """A one-table report (``workers``, ``queues``): target, summary, the view's blocks, findings and errors."""
     line = f"{len(rows)} {command} on {snapshot.target.redis_url}"
-    emit(
-        fmt, output,
-        text=lambda: [header.text(snapshot), text.summary(line, diagnosis.findings, snapshot.errors),
-                      text_table(rows, prefix), *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{header.markdown(snapshot)}\n{line}\n",
-                                    md_table(rows, prefix), md.findings(diagnosis.findings, snapshot.errors),
-                                    md.errors(snapshot.errors)]),
-        as_json=lambda: json_render.report(command, diagnosis, **{command: rows}),
-        fatal=fatal,
-    )
+    return snapshot_report(command, snapshot, diagnosis, line, [Section(None, tuple(blocks))], **{command: rows})

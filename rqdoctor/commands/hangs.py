@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from rqdoctor.collect import CollectOptions
-from rqdoctor.commands.common import emit, exit_code, require_redis, snapshot_for
+from rqdoctor.commands.common import emit_report, exit_code, require_redis, snapshot_for, snapshot_report
 from rqdoctor.commands.options import (
     AllQueues,
     Bench,
@@ -29,10 +29,7 @@ from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
 from rqdoctor.model import Snapshot
 from rqdoctor.render import hangs as hangs_render
-from rqdoctor.render import header, text
-from rqdoctor.render import json as json_render
-from rqdoctor.render import markdown as md
-from rqdoctor.render.layout import Para
+from rqdoctor.render.document import Items, Report, section, spans
 from rqdoctor.views import job_rows
 
 Samples = Annotated[int, typer.Option("--samples", min=1, max=20, help="Stack samples per process.")]
@@ -57,30 +54,19 @@ def collect_options(timeout: float, samples: int, interval: float, blocking: boo
 def render(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[dict], fmt: Format,
            output: Path | None, verbose: bool, fatal: RqdoctorError | None = None) -> None:
     """Emit the job report in the chosen format (``fatal``: see ``common.require_redis``)."""
+    emit_report(report(command, snapshot, diagnosis, jobs, verbose), fmt, output, fatal)
+
+
+def report(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[dict], verbose: bool) -> Report:
+    """The job report: the database access lines, the jobs, then findings (``verbose``: whole stacks)."""
     local = sum(1 for j in jobs if j["location"] == "local")
     line = f"{len(jobs)} running job(s), {local} on this host ({snapshot.host})"
-    emit(
-        fmt, output,
-        text=lambda: [header.text(snapshot), *text.preflight(snapshot.preflight),
-                      text.summary(line, diagnosis.findings, snapshot.errors),
-                      *(Para(a, hang=2) for a in access_lines(snapshot.database)),
-                      *hangs_render.text_jobs(jobs, diagnosis.findings, verbose),
-                      *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor {command}\n\n{header.markdown(snapshot)}\n"
-                                    f"{md.preflight(snapshot.preflight)}{line}\n",
-                                    *md_access(snapshot), md.findings(diagnosis.findings, snapshot.errors),
-                                    "## Jobs\n", hangs_render.markdown(jobs, diagnosis.findings),
-                                    md.errors(snapshot.errors)]),
-        as_json=lambda: json_render.report(command, diagnosis, preflight=[asdict(c) for c in snapshot.preflight],
-                                           jobs=jobs, database_access=access_dicts(snapshot.database)),
-        fatal=fatal,
-    )
-
-
-def md_access(snapshot: Snapshot) -> list[str]:
-    """The database access lines as a markdown list (nothing without a database probe)."""
-    lines = access_lines(snapshot.database)
-    return [*(f"- {line}" for line in lines), ""] if lines else []
+    access = access_lines(snapshot.database)
+    sections = [section(None, Items(tuple(spans(a) for a in access)) if access else None),
+                hangs_render.jobs_section(jobs, diagnosis.findings, verbose)]
+    return snapshot_report(command, snapshot, diagnosis, line, [s for s in sections if s and s.blocks],
+                           preflight=[asdict(c) for c in snapshot.preflight], jobs=jobs,
+                           database_access=access_dicts(snapshot.database))
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False,

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from rqdoctor.collect import CollectOptions
-from rqdoctor.commands.common import emit, exit_code, snapshot_for
+from rqdoctor.commands.common import emit_report, exit_code, snapshot_for, snapshot_report
 from rqdoctor.commands.options import (
     AllQueues,
     Bench,
@@ -24,11 +24,9 @@ from rqdoctor.diagnose.dbjoin import access_dicts, access_lines, blocker_dict, l
 from rqdoctor.diagnose.rules_queues import TARGET_CODES
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
-from rqdoctor.render import header, text
-from rqdoctor.render import json as json_render
-from rqdoctor.render import markdown as md
-from rqdoctor.render.fmt import duration
-from rqdoctor.render.layout import TEXT, Col, Para
+from rqdoctor.render.document import Items, Table, section, spans
+from rqdoctor.render.fmt import duration, value
+from rqdoctor.render.layout import TEXT, Col
 
 
 def lock_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
@@ -63,18 +61,18 @@ def _unseen(likely: Any) -> dict[str, Any]:
             "summary": "not visible to this account"}
 
 
-def _cells(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[r["waiting"]["session_id"], r["waiting"]["role"], r["waiting"]["job_id"] or r["waiting"]["pid"],
-             duration(r["wait_age_s"]), r["kind"], r["table"], r["blocker"]["session_id"], r["blocker"]["role"],
-             r["blocker"]["job_id"] or r["blocker"]["pid"], r["blocker"]["doing"], r["blocker"]["kill"]]
-            for r in rows]
+def _cells(rows: list[dict[str, Any]]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(value(v) for v in (
+        r["waiting"]["session_id"], r["waiting"]["role"], r["waiting"]["job_id"] or r["waiting"]["pid"],
+        duration(r["wait_age_s"]), r["kind"], r["table"], r["blocker"]["session_id"], r["blocker"]["role"],
+        r["blocker"]["job_id"] or r["blocker"]["pid"], r["blocker"]["doing"], r["blocker"]["kill"])) for r in rows)
 
 
-COLUMNS = [Col("waiter", label="waiting session"), Col("role", drop=3, label="waiter role"),
-           Col("job/pid", label="waiter job/pid"), Col("waiting"), Col("lock", drop=3), Col("table", drop=2),
-           Col("blocker", label="blocking session"), Col("role", drop=2, label="blocker role"),
-           Col("job/pid", label="blocker job/pid"), Col("blocker doing", TEXT, drop=1),
-           Col("to end it", drop=1)]
+COLUMNS = (Col("waiter", label="waiting session", code=True), Col("role", drop=3, label="waiter role"),
+           Col("job/pid", label="waiter job/pid", code=True), Col("waiting"), Col("lock", drop=3),
+           Col("table", drop=2), Col("blocker", label="blocking session", code=True),
+           Col("role", drop=2, label="blocker role"), Col("job/pid", label="blocker job/pid", code=True),
+           Col("blocker doing", TEXT, drop=1), Col("to end it", drop=1, code=True))
 """The lock table (the kill statements are also printed whole under each finding)."""
 
 
@@ -93,17 +91,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     rows = lock_rows(diagnosis)
     servers = snapshot.database.servers if snapshot.database else []
     line = f"{len(rows)} lock wait(s) on {len(servers)} database server(s)"
-    emit(
-        fmt, output,
-        text=lambda: [header.text(snapshot), text.summary(line, diagnosis.findings, snapshot.errors),
-                      *(Para(a, hang=2) for a in access_lines(snapshot.database)),
-                      text.table(COLUMNS, _cells(rows)),
-                      *text.findings(diagnosis.findings), *text.errors(snapshot.errors)],
-        markdown=lambda: "\n".join([f"# rqdoctor locks\n\n{header.markdown(snapshot)}\n{line}\n",
-                                    *(f"- {a}" for a in access_lines(snapshot.database)), "",
-                                    md.table([c.header for c in COLUMNS], _cells(rows), code_columns=(0, 2, 6, 8, 10)),
-                                    md.findings(diagnosis.findings, snapshot.errors), md.errors(snapshot.errors)]),
-        as_json=lambda: json_render.report("locks", diagnosis, locks=rows,
-                                           database_access=access_dicts(snapshot.database)),
-    )
+    access = access_lines(snapshot.database)
+    blocks = [Items(tuple(spans(a) for a in access)) if access else None, Table(COLUMNS, _cells(rows))]
+    emit_report(snapshot_report("locks", snapshot, diagnosis, line, [section(None, *blocks)], locks=rows,
+                                database_access=access_dicts(snapshot.database)), fmt, output)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("database",)))

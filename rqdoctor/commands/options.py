@@ -15,6 +15,7 @@ class Format(str, Enum):
     text = "text"
     markdown = "markdown"
     json = "json"
+    jira = "jira"
 
 
 RedisUrl = Annotated[str | None, typer.Option(
@@ -28,10 +29,13 @@ AllQueues = Annotated[bool, typer.Option("--all-queues", help="Show every queue,
 Timeout = Annotated[float, typer.Option(
     "--timeout", min=1.0, max=600.0, help="Deadline of the whole run in seconds, counted from rqdoctor's start: "
     "every connection, query and py-spy run ends by then; what could not be read in time is reported as such.")]
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+FormatOpt = Annotated[Format, typer.Option(
+    "--format", "-f", help="Output format: text (the terminal), markdown (tickets), json (scripts, --from), "
+    "jira (Jira wiki markup).")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")]
 FromFile = Annotated[Path | None, typer.Option(
-    "--from", help="Diagnose a saved snapshot (the JSON output of any command) instead of this host.")]
+    "--from", help="Diagnose a saved snapshot (the JSON output of any command; - reads standard input) instead of "
+    "this host. One of an older rqdoctor is migrated; one of a newer rqdoctor is refused.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything (all frames, all workers).")]
 DbUrl = Annotated[list[str] | None, typer.Option(
     "--db-url", help="Database to inspect (repeatable): mysql://user:pw@host:3306/ or postgresql://user@host/db. "

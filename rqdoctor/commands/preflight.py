@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import typer
-from rich.console import Console
 
-from rqdoctor.commands.common import EXIT_CANNOT_DIAGNOSE, EXIT_HEALTHY, EXIT_PROBLEMS
+from rqdoctor.commands.common import EXIT_CANNOT_DIAGNOSE, EXIT_HEALTHY, EXIT_PROBLEMS, checks_of, emit_report
 from rqdoctor.commands.options import Bench, DbUrl, Format, FormatOpt, RedisUrl, Timeout
 from rqdoctor.config import discover
 from rqdoctor.deadline import Deadline
 from rqdoctor.preflight import FAIL, WARN, Check, run_checks
-from rqdoctor.render import markdown as md
-from rqdoctor.render import text
+from rqdoctor.render.document import Checks, report, section
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, db_url: DbUrl = None, timeout: Timeout = 15.0,
@@ -23,14 +20,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, db_url: DbUrl = Non
     deadline = Deadline.for_run(timeout).for_probes()
     target = discover(redis_url=redis_url, bench=str(bench) if bench else None, db_urls=db_url)
     checks = run_checks(target, deadline)
-    if fmt is Format.json:
-        typer.echo(json.dumps({"checks": [asdict(c) for c in checks]}, indent=2))
-    elif fmt is Format.markdown:
-        typer.echo(f"# rqdoctor preflight\n\n{md.preflight(checks)}", nl=False)
-    else:
-        console = Console(highlight=False)
-        for line in text.preflight(checks):
-            console.print(line, crop=False)
+    emit_report(report("preflight", lambda: {"checks": [asdict(c) for c in checks]},
+                       sections=[section(None, Checks(checks_of(checks)))]), fmt, None)
     raise typer.Exit(exit_code(checks))
 
 

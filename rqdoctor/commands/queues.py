@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 
 from rqdoctor.collect import CollectOptions
-from rqdoctor.commands.common import exit_code, report_table, require_redis, snapshot_for
+from rqdoctor.commands.common import emit_report, exit_code, require_redis, snapshot_for, table_report
 from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
 from rqdoctor.diagnose.run import diagnose
-from rqdoctor.render import markdown, text
+from rqdoctor.render.tables import queues_blocks
 from rqdoctor.views import queue_rows
 
 
@@ -18,6 +18,7 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     snapshot = snapshot_for(from_file, CollectOptions(timeout=timeout), redis_url, bench, all_queues)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, codes={"RQD5"})
-    report_table("queues", snapshot, diagnosis, queue_rows(diagnosis), text.queues_table,
-                 markdown.queues_table, fmt, output, fatal)
+    rows = queue_rows(diagnosis)
+    blocks = queues_blocks(rows, snapshot.target.queue_filter)
+    emit_report(table_report("queues", snapshot, diagnosis, rows, blocks), fmt, output, fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))

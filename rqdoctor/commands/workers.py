@@ -5,11 +5,11 @@ from __future__ import annotations
 import typer
 
 from rqdoctor.collect import CollectOptions
-from rqdoctor.commands.common import exit_code, report_table, require_redis, snapshot_for
+from rqdoctor.commands.common import emit_report, exit_code, require_redis, snapshot_for, table_report
 from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout, Verbose
 from rqdoctor.diagnose.rules_queues import TARGET_CODES
 from rqdoctor.diagnose.run import diagnose
-from rqdoctor.render import markdown, text
+from rqdoctor.render.tables import workers_blocks
 from rqdoctor.views import worker_rows
 
 
@@ -25,7 +25,7 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     snapshot = snapshot_for(from_file, CollectOptions(timeout=timeout), redis_url, bench, all_queues)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, codes={"RQD2", *TARGET_CODES})
-    report_table("workers", snapshot, diagnosis, worker_rows(diagnosis),
-                 lambda rows, prefix: text.workers_view(rows, prefix, verbose),
-                 lambda rows, prefix: markdown.workers_view(rows, prefix, verbose), fmt, output, fatal)
+    rows = worker_rows(diagnosis)
+    blocks = workers_blocks(rows, snapshot.target.queue_filter, verbose)
+    emit_report(table_report("workers", snapshot, diagnosis, rows, blocks), fmt, output, fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SEVERITIES = ("critical", "warning", "info")
-DOCS_URL = "docs/findings.md"
 
 
 REMEDY_ACTIONS = ("stop_horse", "stop_orphan", "stop_worker", "fail_started", "prune_worker", "clear_job_hash")
@@ -104,8 +103,10 @@ class Finding:
 
     @property
     def more_info(self) -> str:
-        """Link to the catalogue section of this code."""
-        return f"{DOCS_URL}#{self.code.lower()}"
+        """Where this code is documented: ``rqdoctor explain CODE``, or its catalogue section's address."""
+        from rqdoctor.catalogue import more_info  # imported when shown: diagnosing needs no package metadata
+
+        return more_info(self.code)
 
 
 Check = Callable[[Any], Iterable[Hit]]

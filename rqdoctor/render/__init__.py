@@ -1,1 +1,2 @@
-"""Renderers: present a diagnosis as text (rich), Markdown or JSON; they never decide anything."""
+"""Renderers: a command builds one report document (``document``), and one renderer per format (``text``,
+``markdown``, ``json``, ``jira``; chosen in ``formats``) presents it; they never decide anything."""

@@ -1,32 +1,17 @@
-"""The ``hangs`` / ``stack`` report: a one-line-per-job summary, then one block (text) or ``<details>`` (Markdown)
-per job."""
+"""The ``hangs`` / ``stack`` report's jobs as a document section: a one-line-per-job table, then one block per
+job (folded in a ``<details>`` in Markdown)."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
-
-from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
-from rich.text import Text
 
 from rqdoctor.diagnose.activity import short_path
 from rqdoctor.diagnose.findings import Finding
+from rqdoctor.render.document import Block, CodeBlock, Details, Items, Section, Table, Tone, spans
 from rqdoctor.render.fmt import duration, size, value
-from rqdoctor.render.layout import GAP, Para, one_line, whole
-from rqdoctor.render.text import SEVERITY_STYLE
+from rqdoctor.render.layout import TEXT, Col
 
 TRIMMED_FRAMES = 8
-MIN_FREE = 16
-"""Room the summary keeps for "what it waits on" before it drops the site, then moves the identifiers first."""
-ORDERS = ((0, 1, 2, 3, 4), (0, 1, 3, 4), (4, 0, 3, 1))
-"""Summary columns by index in (severity, job, site, age, pid), widest layout first; the narrowest puts the
-pid first and the job id last, so that nothing needs to line up after a long id."""
-
-
-def _headline(job: dict[str, Any]) -> str:
-    return f"{job['job_id']} — {job['method'] or '?'} ({job['site'] or 'no site'})"
-
 
 def facts_lines(job: dict[str, Any]) -> list[str]:
     """The key facts of one job as short lines (shared by text and Markdown)."""
@@ -94,56 +79,32 @@ def waits_on(job: dict[str, Any]) -> str:
     return f"{kind}: {detail}" if detail else kind
 
 
-class JobSummary:
-    """One line per job (severity, job, site, age, pid, what it waits on), each whole at the console's width:
-    only the free text is cut, with an ellipsis; when narrow, the identifiers come first."""
-
-    def __init__(self, jobs: list[dict[str, Any]], findings: list[Finding]) -> None:
-        self.rows = [(severity(j, findings), j["job_id"], value(j["site"]), duration(j["running_for_s"]),
-                      value(j["pid"]), waits_on(j)) for j in jobs]
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        width = options.max_width
-        header = ("severity", "job", "site", "age", "pid")
-        pad = [max(cell_len(c) for c in col) for col in zip(header, *(r[:5] for r in self.rows), strict=True)]
-        order = next((o for o in ORDERS if sum(pad[i] + len(GAP) for i in o) + MIN_FREE <= width), ORDERS[-1])
-        aligned = sum(pad[i] + len(GAP) for i in order) <= width
-        if not aligned:
-            pad = [0] * len(pad)  # identifiers longer than the line: no alignment, nothing cut
-        head = one_line([header[i].ljust(pad[i]) for i in order], "waiting on" if aligned else "", width)
-        yield Text(head.rstrip(), style="dim", no_wrap=True, overflow="ignore")
-        for row in self.rows:
-            yield Text(one_line([row[i].ljust(pad[i]) for i in order], row[5], width).rstrip(),
-                       style=SEVERITY_STYLE.get(row[0], "green"), no_wrap=True, overflow="ignore")
+JOB_COLUMNS = (Col("severity"), Col("job", code=True), Col("method", code=True, detail=True), Col("site", drop=1),
+               Col("age"), Col("pid", code=True), Col("waiting on", TEXT), Col("findings", detail=True))
+"""The jobs table; a terminal shows it one line per job without ``detail`` columns, the site dropped first."""
 
 
-def text_jobs(jobs: list[dict[str, Any]], findings: list[Finding], verbose: bool) -> list[RenderableType]:
-    """The one-line-per-job summary, then each job's facts and stack (wrapped at spaces, identifiers whole)."""
+def jobs_section(jobs: list[dict[str, Any]], findings: list[Finding], verbose: bool,
+                 title: str = "Jobs") -> Section | None:
+    """One line per job, then a block per job with its facts and stack (trimmed on a terminal unless
+    ``verbose``); None without jobs."""
     if not jobs:
-        return []
-    out: list[RenderableType] = [Text("Jobs", style="bold underline"), JobSummary(jobs, findings)]
+        return None
+    table = Table(JOB_COLUMNS,
+                  tuple((severity(j, findings), j["job_id"], value(j["method"]), value(j["site"]),
+                         duration(j["running_for_s"]), value(j["pid"]), waits_on(j), value(j["findings"]))
+                        for j in jobs),
+                  tones=tuple(_tone(severity(j, findings)) for j in jobs), brief=True)
+    blocks: list[Block] = [table]
     for job in jobs:
-        style = SEVERITY_STYLE.get(severity(job, findings), "green")
-        out.append(Text(""))
-        out.append(whole(f"── {job['job_id']}", style=f"bold {style}"))
-        out.append(Para(f"   {job['method'] or '?'} ({job['site'] or 'no site'})", hang=5))
-        out += [Para(f"   {line}", hang=5) for line in facts_lines(job)]
-        out += [Para(Text(f"   {line}", style="dim"), hang=9) for line in stack_lines(job, verbose)]
-    return out
-
-
-def markdown(jobs: list[dict[str, Any]], findings: list[Finding]) -> str:
-    """A summary table, then a ``<details>`` block per job with its full stack."""
-    from rqdoctor.render.markdown import table
-
-    out = [table(["severity", "job", "method", "site", "running", "pid", "waiting on", "findings"],
-                 [[severity(j, findings), j["job_id"], j["method"], j["site"], duration(j["running_for_s"]), j["pid"],
-                   waits_on(j), j["findings"]] for j in jobs], code_columns=(1, 2, 5))]
-    for job in jobs:
-        out.append(f"<details><summary>{html.escape(_headline(job))}</summary>\n")
-        out += [f"- {line}" for line in facts_lines(job)]
-        stack = stack_lines(job, verbose=True)
+        stack = tuple(stack_lines(job, verbose=True))
+        body: list[Block] = [Items(tuple(spans(line) for line in facts_lines(job)))]
         if stack:
-            out += ["", "```", *stack, "```"]
-        out.append("\n</details>\n")
-    return "\n".join(out) + "\n"
+            body.append(CodeBlock(stack, None if verbose else tuple(stack_lines(job, verbose=False))))
+        blocks.append(Details(job["job_id"], f"{job['method'] or '?'} ({job['site'] or 'no site'})", tuple(body),
+                              _tone(severity(job, findings))))
+    return Section(title, tuple(blocks))
+
+
+def _tone(level: str) -> Tone:
+    return level if level in ("critical", "warning", "info") else "ok"  # type: ignore[return-value]

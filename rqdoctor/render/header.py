@@ -1,7 +1,7 @@
 """The head of every report: what was diagnosed and how it was found (bench, Redis, queue filter, what it hid).
 
-One source for the three formats: :func:`facts` builds the lines, :func:`text`, :func:`markdown`
-and :func:`as_dict` (the JSON report's ``target``) present them.
+One source for every format: :func:`facts` builds the lines, :func:`fact_rows` hands them to a report
+document, :func:`as_dict` is the JSON report's ``target``.
 """
 
 from __future__ import annotations
@@ -9,11 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.console import RenderableType
-from rich.table import Table
-from rich.text import Text
-
 from rqdoctor.model import ProbeError, RedisState, Snapshot
+from rqdoctor.render.document import Fact
 
 
 def redis_error(snapshot: Snapshot) -> ProbeError | None:
@@ -72,19 +69,9 @@ def facts(snapshot: Snapshot) -> list[tuple[str, str]]:
     return rows
 
 
-def text(snapshot: Snapshot) -> RenderableType:
-    """The target lines for the terminal."""
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(style="bold", no_wrap=True, min_width=9)
-    grid.add_column(overflow="fold")
-    for label, line in facts(snapshot):
-        grid.add_row(f"{label}:", Text(line, style="magenta" if "NOT READ" in line or "hidden;" in line else ""))
-    return grid
-
-
-def markdown(snapshot: Snapshot) -> str:
-    """The target lines as a Markdown list."""
-    return "\n".join(f"- **{label}:** {line}" for label, line in facts(snapshot)) + "\n"
+def fact_rows(snapshot: Snapshot) -> tuple[Fact, ...]:
+    """The facts as a report document's target (a line saying what was not read or was hidden stands out)."""
+    return tuple(Fact(label, (line,), alert="NOT READ" in line or "hidden;" in line) for label, line in facts(snapshot))
 
 
 def as_dict(snapshot: Snapshot) -> dict[str, Any]:

@@ -1,13 +1,18 @@
-"""The JSON report: the snapshot plus views and findings, with a schema version."""
+"""The JSON renderer: a report document's ``data`` (for the diagnosing commands: the snapshot plus views and
+findings, with a schema version; see docs/json.md)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
+
+from rich.console import Console
 
 from rqdoctor.diagnose.run import Diagnosis
 from rqdoctor.model import SCHEMA_VERSION
 from rqdoctor.render import header
+from rqdoctor.render.document import Report
 from rqdoctor.views import fold_errors
 
 
@@ -34,3 +39,13 @@ def finding_dict(finding: Any) -> dict[str, Any]:
     data = dataclasses.asdict(finding)
     data["more_info"] = finding.more_info
     return data
+
+
+def render(report: Report, console: Console) -> None:
+    """Write the report's JSON data."""
+    console.file.write(text(report))
+
+
+def text(report: Report) -> str:
+    """The report's data, indented, one trailing newline."""
+    return json.dumps(report.data(), indent=2, sort_keys=False, default=str) + "\n"

@@ -84,13 +84,17 @@ class Para:
 @dataclass(frozen=True)
 class Col:
     """A table column: ``kind`` ID is never wrapped or cut; ``drop`` > 0 may be hidden when narrow (highest
-    first); ``label`` names it in stacked blocks (default: the header); ``justify`` "right" for numbers."""
+    first); ``label`` names it in stacked blocks (default: the header); ``justify`` "right" for numbers;
+    ``code``: its cells are identifiers to copy (code spans in Markdown and Jira); ``detail``: left out of a
+    one-line-per-row summary."""
 
     header: str
     kind: str = ID
     drop: int = 0
     label: str = ""
     justify: str = "left"
+    code: bool = False
+    detail: bool = False
 
     @property
     def key(self) -> str:

@@ -1,26 +1,25 @@
-"""Terminal output with rich: summary, tables, findings, and what could not be seen."""
+"""The terminal renderer (rich): a report document as console output, identifiers never folded (``layout``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
-from rich.panel import Panel
-from rich.table import Table
+from rich.table import Table as RichTable
 from rich.text import Text
 
-from rqdoctor import views as worker_view
-from rqdoctor.diagnose.findings import Finding
-from rqdoctor.model import PreflightCheck, ProbeError, TargetInfo
-from rqdoctor.render import workers
-from rqdoctor.render.fmt import duration, short_queue, value
-from rqdoctor.render.layout import TEXT, Col, Para, Records, whole
+from rqdoctor.model import ProbeError
+from rqdoctor.render import document as doc
+from rqdoctor.render.layout import GAP, TEXT, Col, Para, Records, one_line, whole
+from rqdoctor.render.workers import row_cap
 from rqdoctor.views import fold_errors
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def summary(line: str, findings: list[Finding], errors: list[ProbeError]) -> Text:
+def summary(line: str, findings: Sequence[Any], errors: Sequence[ProbeError]) -> Text:
     """The first line of every report."""
     counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_STYLE}
     text = Text(line + " — ", style="bold")
@@ -36,7 +35,7 @@ def summary(line: str, findings: list[Finding], errors: list[ProbeError]) -> Tex
     return text
 
 
-def finding(f: Finding) -> RenderableType:
+def finding(f: doc.FindingItem) -> RenderableType:
     """One finding: code, title, subject, evidence, fix, then each command whole on its own line."""
     head = Text()
     head.append(f"{f.code} ", style=SEVERITY_STYLE.get(f.severity, ""))
@@ -44,10 +43,10 @@ def finding(f: Finding) -> RenderableType:
     head.append(f.title, style="bold")
     head.append(f"  ({f.subject})", style="dim")
     lines: list[RenderableType] = [Para(head, hang=4)]
-    lines += [Para(f"    • {e}", hang=6) for e in f.evidence]
+    lines += [Para(f"    • {doc.plain(e)}", hang=6) for e in f.evidence]
     if f.fix:
         fix = Text("    fix: ", style="green")
-        fix.append(f.fix)
+        fix.append(doc.plain(f.fix))
         lines.append(Para(fix, hang=9))
     lines += [command(c) for c in f.commands]
     return Group(*lines)
@@ -58,19 +57,19 @@ def command(text: str) -> Text:
     return Text(f"      {text}", style="bold", no_wrap=True, overflow="ignore")
 
 
-def findings(items: list[Finding]) -> list[RenderableType]:
+def findings(items: Sequence[doc.FindingItem]) -> list[RenderableType]:
     """All findings, or nothing."""
     if not items:
         return []
     return [Text("Findings", style="bold underline"), *(finding(f) for f in items)]
 
 
-def errors(items: list[ProbeError]) -> list[RenderableType]:
+def errors(items: Sequence[ProbeError]) -> list[RenderableType]:
     """What could not be seen, and why; repeats of one kind folded into one line (JSON keeps every entry)."""
     if not items:
         return []
     out: list[RenderableType] = [Text("Could not see", style="bold underline")]
-    for e in fold_errors(items):
+    for e in fold_errors(list(items)):
         line = Text(f"  {e.probe}: ", style="magenta")
         line.append(e.message)
         if e.hint:
@@ -83,7 +82,7 @@ PREFLIGHT_MARKS = {"ok": ("✓", "green"), "warning": ("!", "yellow"), "failed":
 """Mark and style per :class:`PreflightCheck` status."""
 
 
-def preflight(checks: list[PreflightCheck]) -> list[RenderableType]:
+def preflight(checks: Sequence[doc.Check]) -> list[RenderableType]:
     """Preflight lines: mark, name and detail, then each fix whole on its own line."""
     out: list[RenderableType] = []
     for c in checks:
@@ -92,96 +91,139 @@ def preflight(checks: list[PreflightCheck]) -> list[RenderableType]:
         line.append(f"{c.name}: ", style="bold")
         line.append(c.detail)
         out.append(Para(line, hang=2))
-        out += [whole(f"    fix: {fix}", style="dim") for fix in c.fix]
+        out += [whole(f"    fix: {fix}", style="dim") for fix in c.fixes]
     return out
 
 
-def table(columns: list[Col | str], rows: list[list[Any]], title: int = 0) -> RenderableType:
-    """Rows at the console's width (see :class:`Records`; a plain header is an identifier column); a dim
-    "(none)" when there are no rows."""
+TONE_STYLE: dict[str, str] = {"plain": "", "muted": "dim", "alert": "magenta", "ok": "green", **SEVERITY_STYLE}
+
+
+def render(report: doc.Report, console: Console) -> None:
+    """Print the report: target, checks, summary, sections, findings, then what could not be seen."""
+    for item in renderables(report):
+        console.print(item, crop=False)
+
+
+def renderables(report: doc.Report) -> list[RenderableType]:
+    """The report as rich renderables, in order."""
+    out: list[RenderableType] = []
+    if report.notice:
+        out.append(Para(Text(f"! {report.notice}", style="bold magenta"), hang=2))
+    if report.target:
+        out.append(facts(report.target))
+    out += preflight(report.checks)
+    if report.summary is not None:
+        out.append(summary(report.summary, report.findings, report.errors))
+    for part in report.sections:
+        if part.title:
+            out.append(Text(part.title, style="bold underline"))
+        for b in part.blocks:
+            out += block(b)
+    return out + findings(report.findings) + errors(report.errors)
+
+
+def facts(rows: Sequence[doc.Fact]) -> RenderableType:
+    """``label: value`` lines, labels aligned, values folded only when longer than the line."""
+    grid = RichTable.grid(padding=(0, 1))
+    grid.add_column(style="bold", no_wrap=True, min_width=9)
+    grid.add_column(overflow="fold")
+    for f in rows:
+        value = "".join(p if isinstance(p, str) else p.text for p in f.value)  # a value is the whole line: no marks
+        grid.add_row(f"{f.label}:", Text(value, style="magenta" if f.alert else ""))
+    return grid
+
+
+def block(b: doc.Block, depth: int = 0) -> list[RenderableType]:
+    """One block; ``depth`` 1 inside a :class:`~rqdoctor.render.document.Details`, indented under its title."""
+    pad = "   " * depth
+    match b:
+        case doc.Paragraph(line, tone):
+            return [Para(Text(doc.plain(line), style=TONE_STYLE[tone]), indent=len(pad)), Text("")]
+        case doc.Items(items, level):
+            indent = len(pad) + 2 * level
+            return [Para(doc.plain(i), indent=indent, hang=indent + 2) for i in items]
+        case doc.Facts(rows):
+            return [facts(rows)]
+        case doc.Checks(items):
+            return preflight(items)
+        case doc.Table() if b.brief:
+            return [Brief(b.columns, b.rows, b.tones)]
+        case doc.Table():
+            return [LimitedTable(b) if b.limit else table(b.columns, b.rows)]
+        case doc.CodeBlock(lines, short, _):
+            shown = lines if short is None else short
+            return [Para(Text(f"{pad}{line}", style="dim"), hang=len(pad) + 6) for line in shown]
+        case doc.Commands(lines):
+            return [command(c) for c in lines]
+        case doc.Details(title, subtitle, body, tone):
+            out: list[RenderableType] = [Text(""), whole(f"── {title}", style=f"bold {TONE_STYLE[tone]}".strip())]
+            if subtitle:
+                out.append(Para(f"   {subtitle}", hang=5))
+            for inner in body:
+                out += block(inner, depth + 1)
+            return out
+    raise AssertionError(f"no text rendering for {b!r}")
+
+
+def table(columns: Sequence[Col], rows: Sequence[Sequence[str]]) -> RenderableType:
+    """Rows at the console's width (see :class:`Records`); a dim "(none)" when there are no rows."""
     if not rows:
         return Text("  (none)", style="dim")
-    cols = [c if isinstance(c, Col) else Col(c) for c in columns]
-    return Records(cols, [[value(v) for v in row] for row in rows], title=title)
+    return Records(list(columns), [list(r) for r in rows])
 
 
-WORKER_COLUMNS = [Col("worker"), Col("host", drop=4), Col("pid", justify="right"), Col("where", drop=3),
-                  Col("state"), Col("queues", TEXT, drop=2), Col("current job"), Col("running", drop=1),
-                  Col("beat", drop=2, label="heartbeat"), Col("horse", justify="right"),
-                  Col("supervisor", drop=5), Col("findings", TEXT)]
-"""Workers' columns; when narrow, hidden from the highest ``drop`` down (supervisor first, running last)."""
+class LimitedTable:
+    """A table with a :class:`~rqdoctor.render.document.Limit`: as many rows as the terminal's height shows
+    (:func:`rqdoctor.render.workers.row_cap`), then what was left out."""
 
-
-def workers_table(rows: list[dict[str, Any]], prefix: str | None) -> RenderableType:
-    """The ``rqdoctor workers`` table."""
-    return table(
-        WORKER_COLUMNS,
-        [[r["name"], r["host"], r["pid"], r["location"], r["state"],
-          ", ".join(short_queue(q, prefix) for q in r["queues"]), r["current_job"], duration(r["job_running_for_s"]),
-          duration(r["heartbeat_age_s"]), r["horse_pid"], r["supervisor_program"], ", ".join(r["findings"])]
-         for r in rows],
-    )
-
-
-class WorkersView:
-    """The ``rqdoctor workers`` view: the summary, the rows worth showing (as many as the console shows, see
-    :func:`rqdoctor.render.workers.row_cap`), and how many more there are."""
-
-    def __init__(self, rows: list[dict[str, Any]], prefix: str | None, verbose: bool) -> None:
-        self.rows, self.prefix, self.verbose = rows, prefix, verbose
+    def __init__(self, t: doc.Table) -> None:
+        self.t = t
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        cap = workers.row_cap(self.verbose, console.height if console.is_terminal else None)
-        shown, rest = worker_view.workers_shown(self.rows, cap)
-        lines = workers.summary_lines(worker_view.worker_summary(self.rows), self.prefix, self.verbose)
-        yield from (Para(line, indent=0 if n == 0 else 2, hang=4) for n, line in enumerate(lines))
-        yield workers_table(shown, self.prefix)
-        if rest:
-            yield Para(Text(workers.more_line(rest), style="dim"), hang=2)
+        limit = self.t.limit
+        assert limit is not None
+        cap = row_cap(limit.everything, console.height if console.is_terminal else None)
+        shown = len(self.t.rows) if cap is None else max(cap, limit.least)
+        yield table(self.t.columns, self.t.rows[:shown])
+        if shown < len(self.t.rows):
+            yield Para(Text(limit.more(shown), style="dim"), hang=2)
 
 
-def workers_view(rows: list[dict[str, Any]], prefix: str | None, verbose: bool = False) -> RenderableType:
-    """The ``rqdoctor workers`` view (``verbose``: every worker)."""
-    return WorkersView(rows, prefix, verbose)
+MIN_FREE = 16
+"""Room a brief table keeps for its free text before it drops columns, then moves the identifiers first."""
 
 
-QUEUE_COLUMNS = [Col("queue"), Col("queued", justify="right"), Col("oldest", justify="right"),
-                 Col("started", justify="right"), Col("failed", drop=1, justify="right"),
-                 Col("finished", drop=3, justify="right"), Col("deferred", drop=2, justify="right"),
-                 Col("scheduled", drop=2, justify="right"), Col("workers", justify="right"), Col("findings", TEXT)]
+class Brief:
+    """One line per row, each whole at the console's width: the identifier columns, then the ``TEXT`` column cut
+    with an ellipsis. When narrow, droppable columns go first; narrower still, the last column comes first and
+    the widest last, so that nothing needs to line up after a long id; columns with ``detail`` are left out."""
 
+    def __init__(self, columns: Sequence[Col], rows: Sequence[Sequence[str]], tones: Sequence[str]) -> None:
+        keep = [i for i, c in enumerate(columns) if not c.detail and c.kind != TEXT]
+        free = next((i for i, c in enumerate(columns) if not c.detail and c.kind == TEXT), None)
+        self.header = [columns[i].header for i in keep]
+        self.free_header = columns[free].header if free is not None else ""
+        self.rows = [([row[i] for i in keep], row[free] if free is not None else "") for row in rows]
+        self.tones = list(tones) or ["plain"] * len(rows)
+        every = list(range(len(keep)))
+        self.kept = [k for k in every if not columns[keep[k]].drop]
+        self.orders = [every, self.kept] if self.kept != every else [every]
 
-def queues_table(rows: list[dict[str, Any]], prefix: str | None) -> RenderableType:
-    """The ``rqdoctor queues`` table."""
-    return table(
-        QUEUE_COLUMNS,
-        [[short_queue(r["name"], prefix), r["queued"], duration(r["oldest_queued_age_s"]), r["started"],
-          r["failed"], r["finished"], r["deferred"], r["scheduled"], r["listening_workers"], ", ".join(r["findings"])]
-         for r in rows],
-    )
+    def _narrowest(self, pad: list[int]) -> list[int]:
+        order = [self.kept[-1], *self.kept[:-1]]
+        widest = max(order[1:], key=lambda k: pad[k], default=None)
+        return order if widest is None else [k for k in order if k != widest] + [widest]
 
-
-def target(info: TargetInfo) -> RenderableType:
-    """Where rqdoctor looks and why."""
-    t = Table(show_header=False, show_edge=False, box=None)
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("redis", f"{info.redis_url}  (from {info.redis_url_source})")
-    t.add_row("bench", f"{info.bench_path}  (from {info.bench_source})" if info.bench_path
-              else info.bench_source or "none found")
-    if info.bench_id:
-        t.add_row("bench id", f"{info.bench_id}  ({info.bench_id_source})")
-    if info.queue_filter:
-        queues = f"{info.queue_filter}* only (--all-queues shows every queue)"
-    else:
-        queues = "all (--all-queues)" if info.all_queues else "all (no bench, so no bench id to filter by)"
-    t.add_row("queues", queues)
-    if info.queue_timeouts:
-        t.add_row("timeouts", ", ".join(f"{q} {s}s" for q, s in info.queue_timeouts.items()))
-    for site in info.sites:
-        where = f"socket {site.db_socket}" if site.db_socket else f"{site.db_host}:{site.db_port or 'default'}"
-        t.add_row("site", f"{site.name}: {site.db_type} {where} db {site.db_name} user {site.db_user}")
-    for url in info.db_urls:
-        t.add_row("db", url)
-    return Panel(t, title="rqdoctor target", title_align="left")
-
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        pad = [max(cell_len(c) for c in col) for col in zip(self.header, *(r for r, _ in self.rows), strict=True)]
+        orders = [*self.orders, self._narrowest(pad)]
+        order = next((o for o in orders if sum(pad[i] + len(GAP) for i in o) + MIN_FREE <= width), orders[-1])
+        aligned = sum(pad[i] + len(GAP) for i in order) <= width
+        if not aligned:
+            pad = [0] * len(pad)  # identifiers longer than the line: no alignment, nothing cut
+        head = one_line([self.header[i].ljust(pad[i]) for i in order], self.free_header if aligned else "", width)
+        yield Text(head.rstrip(), style="dim", no_wrap=True, overflow="ignore")
+        for (cells, free), tone in zip(self.rows, self.tones, strict=True):
+            yield Text(one_line([cells[i].ljust(pad[i]) for i in order], free, width).rstrip(),
+                       style=TONE_STYLE.get(tone, ""), no_wrap=True, overflow="ignore")
