@@ -198,8 +198,9 @@ def cron_scheduler(silent_s: float) -> Snapshot:
     snapshot = bench()
     assert snapshot.health is not None
     snapshot.health.cron_read = True
+    jobs = [{"func_name": "app.tasks.cleanup", "cron": "0 * * * *"}]
     snapshot.health.cron_schedulers = [CronSchedulerInfo("vm:4242:ab12", now(snapshot) - silent_s, True, "vm", 4242,
-                                                         jobs=[{"func_name": "app.tasks.cleanup", "cron": "0 * * * *"}])]
+                                                         jobs=jobs)]
     return snapshot
 
 

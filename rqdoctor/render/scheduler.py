@@ -17,6 +17,7 @@ from rqdoctor.render.document import Block, Code, Items, Table
 from rqdoctor.render.fmt import duration, value
 from rqdoctor.render.layout import TEXT, Col
 
+SWITCH = {True: "1", False: "0"}
 LOCK_WORDS = {"held": "held (the scheduler runs)", "free": "free: nobody holds it", "missing": "missing",
               "unreadable": "not read"}
 
@@ -99,7 +100,7 @@ def site_blocks(view: dict[str, Any]) -> list[Block]:
     if not view.get("read") or not view["sites"]:
         return [Items((("no site was read",),))]
     rows = tuple((s["site"], ", ".join(f"{k}={v}" for k, v in s["flags"].items()) or "-",
-                  {True: "1", False: "0"}.get(s["enable_scheduler"], "-") if s["db_read"] else "not read", duration(s["quiet_s"]),
+                  SWITCH.get(s["enable_scheduler"], "-") if s["db_read"] else "not read", duration(s["quiet_s"]),
                   value(", ".join(s["findings"]))) for s in view["sites"])
     out: list[Block] = [Table(SITE_COLUMNS, rows)]
     types = [t for t in view["job_types"] if not t["stopped"]]
