@@ -234,3 +234,40 @@ def test_failures_timeouts_sigkills_and_a_worker_without_its_connection(
     [sigkill] = of(report, "RQD614")
     assert "1 job(s) failed in the last hour" in sigkill["evidence"][0]
     assert [f["subject"] for f in of(report, "RQD611")] == ["worker ghost-of-old"]
+
+
+CRON_CONFIG = """
+from rq import cron
+cron.register(print, queue_name="default", cron="*/5 * * * *", name="every-five")
+"""
+
+
+@pytest.mark.skipif("rq30" not in selected_flavours(), reason="rq cron is rq >= 2.4; tested with rq30")
+def test_rq_cron_scheduler_read_raw_and_never_pruned(tmp_path: Path, make_bench: Any, redis_url: str,
+                                                     redis_client: redis.Redis) -> None:
+    from tests.harness.venvs import ensure_venv, venv_python
+
+    config = tmp_path / "cron_config.py"
+    config.write_text(CRON_CONFIG)
+    rq_cli = venv_python(ensure_venv("rq30")).parent / "rq"
+    proc = subprocess.Popen([str(rq_cli), "cron", "--url", redis_url, str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 60
+        while not redis_client.zcard("rq:cron_schedulers") and time.monotonic() < end:
+            time.sleep(0.2)
+        [(live, _)] = redis_client.zrange("rq:cron_schedulers", 0, -1, withscores=True)
+        # a scheduler that died 10 minutes ago without unregistering (its hash expired)
+        redis_client.zadd("rq:cron_schedulers", {"vm:4242:deadbeef": time.time() - 600})
+        report = scheduler(make_bench())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    crons = {c["name"]: c for c in report["scheduler"]["cron_schedulers"]}
+    assert crons[live]["pid"] == proc.pid and crons[live]["jobs"][0]["cron"] == "*/5 * * * *"
+    assert crons[live]["jobs"][0]["next_enqueue_time"]
+    [silent] = of(report, "RQD608")
+    assert silent["subject"] == "cron scheduler vm:4242:deadbeef"
+    assert "has expired" in silent["evidence"][1]
+    # read, never pruned (rq's CronScheduler.all() would have removed it)
+    assert redis_client.zscore("rq:cron_schedulers", "vm:4242:deadbeef") is not None
