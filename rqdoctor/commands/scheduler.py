@@ -38,7 +38,7 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     view = scheduler_view(diagnosis)
     sites = view.get("sites") or []
     summary = (f"{len(sites)} site(s), scheduler lock {view['lock']['state'] if view.get('lock') else 'not probed'}, "
-               f"{len(view.get('processes') or [])} `frappe schedule` process(es)")
+               f"{len(view.get('processes') or [])} frappe schedule process(es)")
     sections = [section("Scheduler process", *process_blocks(view)), section("Sites", *site_blocks(view)),
                 section("Scheduled Job Log", *log_blocks(view)), section("rq cron schedulers", *cron_blocks(view)),
                 section("Recent failures", *failure_blocks(view))]

@@ -245,9 +245,11 @@ def _fill(state: SiteScheduler, run: Callable[..., list[tuple]]) -> None:
 
 
 def last_line(text: str, limit: int = 300) -> str:
-    """The last non-empty line of a traceback, cut to ``limit`` characters."""
+    """The last non-empty line of a traceback, cut to ``limit`` characters, secrets masked."""
+    from rqdoctor.redact import redact_text
+
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:limit] if lines else ""
+    return redact_text(lines[-1][:limit]) if lines else ""
 
 
 def read_scheduler_sites(target: Target, deadline: Deadline, errors: list[ProbeError],

@@ -19,6 +19,7 @@ import redis
 from rqdoctor.jobids import method_of
 from rqdoctor.model import CronSchedulerInfo, FailedJob, HealthState, ProbeError, ProcessInfo, RedisState
 from rqdoctor.probes.redis_rq import _text, _ts
+from rqdoctor.redact import redact_text
 
 PROBE = "health"
 MAX_CRON = 50
@@ -114,8 +115,8 @@ def _result_error(results: list[Any]) -> str:
 
 
 def tail(text: str) -> list[str]:
-    """The last :data:`TAIL_LINES` non-empty lines, each cut to 300 characters."""
-    lines = [line.rstrip()[:300] for line in text.splitlines() if line.strip()]
+    """The last :data:`TAIL_LINES` non-empty lines, each cut to 300 characters, secrets masked."""
+    lines = [redact_text(line.rstrip()[:300]) for line in text.splitlines() if line.strip()]
     return lines[-TAIL_LINES:]
 
 

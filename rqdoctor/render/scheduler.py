@@ -84,7 +84,7 @@ def process_blocks(view: dict[str, Any]) -> list[Block]:
         holders = f" (pid {', '.join(map(str, lock['held_by']))})" if lock["held_by"] else ""
         lines.append(("lock ", Code(lock["path"]), f": {LOCK_WORDS.get(lock['state'], lock['state'])}{holders}"))
         procs = view["processes"]
-        lines.append((f"{len(procs)} `frappe schedule` process(es)" + (": " if procs else ""),
+        lines.append((f"{len(procs)} ", Code("frappe schedule"), " process(es)" + (": " if procs else ""),
                       *(Code(f"pid {p['pid']}") for p in procs)))
     return [Items(tuple(lines))]
 
