@@ -271,3 +271,39 @@ def test_rq_cron_scheduler_read_raw_and_never_pruned(tmp_path: Path, make_bench:
     assert "has expired" in silent["evidence"][1]
     # read, never pruned (rq's CronScheduler.all() would have removed it)
     assert redis_client.zscore("rq:cron_schedulers", "vm:4242:deadbeef") is not None
+
+
+def _psql(db: DBInfo, statements: str) -> None:
+    subprocess.run(["psql", "-h", db.host, "-p", str(db.port), "-U", db.user, "-d", db.database, "-v",
+                    "ON_ERROR_STOP=1", "-c", statements], check=True, capture_output=True, timeout=30)
+
+
+@pytest.mark.postgres
+def test_system_settings_and_failing_jobs_on_postgres(make_bench: Any, postgres: DBInfo) -> None:
+    bench = make_bench(sites=(SITE,), db_type="postgres")
+    site_config(bench, SITE, db_name=postgres.database, db_user=postgres.user, db_password=postgres.password,
+                db_host=postgres.host, db_port=postgres.port, db_type="postgres")
+    _psql(postgres, """
+        CREATE TABLE "tabSingles" (doctype VARCHAR(140), field VARCHAR(140), value TEXT);
+        CREATE TABLE "tabScheduled Job Type" (name VARCHAR(140) PRIMARY KEY, method VARCHAR(140),
+                                              frequency VARCHAR(140), cron_format VARCHAR(140),
+                                              last_execution TIMESTAMP(6), stopped INT);
+        CREATE TABLE "tabScheduled Job Log" (name VARCHAR(140) PRIMARY KEY, scheduled_job_type VARCHAR(140),
+                                             status VARCHAR(140), details TEXT, creation TIMESTAMP(6));
+        CREATE TABLE "tabActivity Log" (name VARCHAR(140) PRIMARY KEY, creation TIMESTAMP(6));
+        INSERT INTO "tabSingles" VALUES ('System Settings', 'enable_scheduler', '0'),
+                                        ('System Settings', 'dormant_days', '2');
+        INSERT INTO "tabActivity Log" VALUES ('a1', LOCALTIMESTAMP - INTERVAL '3 days');
+        INSERT INTO "tabScheduled Job Type" VALUES ('hourly', 'app.tasks.hourly', 'Hourly', NULL,
+                                                    LOCALTIMESTAMP - INTERVAL '10 minutes', 0);
+        INSERT INTO "tabScheduled Job Log" VALUES ('f1', 'hourly', 'Failed', E'Traceback\\nKeyError: ''item''',
+                                                   LOCALTIMESTAMP - INTERVAL '5 minutes');
+    """)
+    report = scheduler(bench)
+    assert [f["subject"] for f in of(report, "RQD603")] == [f"site {SITE}"], report["errors"]
+    [dormant] = of(report, "RQD604")
+    assert "more than dormant_days = 2" in dormant["evidence"][0]
+    [failing] = of(report, "RQD607")
+    assert failing["evidence"][1] == "its error: KeyError: 'item'"
+    [job_type] = report["scheduler"]["job_types"]
+    assert job_type["cron"] == "0 * * * *" and job_type["late_s"] == 0
