@@ -254,11 +254,14 @@ def last_line(text: str, limit: int = 300) -> str:
 
 def read_scheduler_sites(target: Target, deadline: Deadline, errors: list[ProbeError],
                          sites: dict[str, SiteScheduler]) -> None:
-    """Fill each site's :class:`SiteScheduler` from its own database account; a failure is an error entry."""
+    """Fill each site's :class:`SiteScheduler` from its own database account; a failure is an error entry (a site
+    whose database already failed in this run is not tried again)."""
     for db in target.db_targets:
         site = db.source.removeprefix("site:")
         if not db.source.startswith("site:") or db.kind not in START_ROWS or site not in sites:
             continue
+        if any(e.probe == PROBE and e.subject == f"site {site}" for e in errors):
+            continue  # its database already failed this run (that entry says why): not tried twice
         if deadline.expired():
             errors.append(ProbeError(PROBE, "timeout", f"scheduler settings of {site} not read: the deadline passed",
                                      "raise --timeout", f"site {site}"))
