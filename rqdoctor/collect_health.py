@@ -31,9 +31,10 @@ def add_health(target: Target, snapshot: Snapshot, health: HealthState, deadline
         _guard(snapshot.errors, "scheduler", lambda: _bench(target, snapshot, health, deadline))
     if snapshot.redis is not None:
         _guard(snapshot.errors, "health", lambda: _redis(target, snapshot, health, deadline))
-    from rqdoctor.probes.rq_health import oom_kills
+    from rqdoctor.probes.rq_health import oom_kills, read_kernel_oom
 
     _guard(snapshot.errors, "health", lambda: health.oom_kills.update(oom_kills(snapshot.processes)))
+    _guard(snapshot.errors, "health", lambda: read_kernel_oom(health))
 
 
 def _bench(target: Target, snapshot: Snapshot, health: HealthState, deadline: Deadline) -> None:

@@ -701,6 +701,10 @@ class HealthState:
     failed: list[FailedJob] = field(default_factory=list)
     oom_kills: dict[str, int] = field(default_factory=dict)
     """cgroup ``memory.events`` file -> its ``oom_kill`` count (only files that could be read)."""
+    kernel_log_read: bool = False
+    """Whether ``/dev/kmsg`` could be read (root, or ``kernel.dmesg_restrict = 0``)."""
+    kernel_oom: list[str] = field(default_factory=list)
+    """The kernel's ``Killed process`` / ``Out of memory`` lines of the last hour (at most 20)."""
 
 
 @dataclass

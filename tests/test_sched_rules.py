@@ -307,6 +307,17 @@ def test_rqd614_fires_sigkill_with_an_oom_kill_in_the_cgroup() -> None:
     assert finding.evidence[-1].startswith("/sys/fs/cgroup/system.slice/supervisor.service/memory.events: oom_kill 3")
 
 
+def test_rqd614_fires_sigkill_with_the_kernel_logs_oom_line() -> None:
+    snapshot = failed(1, KILLED)
+    assert snapshot.health is not None
+    snapshot.health.kernel_log_read = True
+    snapshot.health.kernel_oom = ["Out of memory: Killed process 19302 (python) total-vm:2048000kB"]
+    finding = only(snapshot, "RQD614")
+    assert finding.severity == "critical"
+    assert finding.evidence[-1] == ("the kernel log has 1 OOM line(s) from the last hour, the newest: Out of memory: "
+                                    "Killed process 19302 (python) total-vm:2048000kB")
+
+
 def test_rqd614_fires_sigkill_without_oom_evidence_as_a_warning() -> None:
     assert only(failed(1, KILLED), "RQD614").severity == "warning"
 

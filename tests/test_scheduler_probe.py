@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rqdoctor.probes.rq_health import _result_error, decompress, tail
+from rqdoctor.probes.rq_health import _result_error, decompress, kernel_oom, tail
 from rqdoctor.probes.scheduler import is_schedule_argv, probe_lock, site_flags
 
 pytestmark = pytest.mark.unit
@@ -87,3 +87,14 @@ def test_exc_info_is_decompressed_text_and_secrets_are_masked() -> None:
     entry = [(b"1-0", {b"exc_string": base64.b64encode(zlib.compress(text.encode()))})]
     assert tail(_result_error(entry)) == ["Traceback (most recent call last):", '  File "x.py"',
                                           "ValueError: password='***' rejected"]
+
+
+def test_kernel_log_oom_lines_of_the_last_hour(tmp_path: Path) -> None:
+    with open("/proc/uptime", encoding="ascii") as f:
+        uptime = float(f.read().split()[0])
+    kmsg = tmp_path / "kmsg"
+    line = "Out of memory: Killed process 4242 (python) total-vm:2048000kB"
+    kmsg.write_text(f"3,100,{int((uptime - 60) * 1e6)},-;{line}\n")
+    assert kernel_oom(3600, str(kmsg)) == [line]
+    assert kernel_oom(30, str(kmsg)) == []  # a minute old: outside a 30 s window
+    assert kernel_oom(3600, str(tmp_path / "missing")) is None  # not readable: no verdict

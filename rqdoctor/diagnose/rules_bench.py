@@ -144,12 +144,15 @@ def killed_horses(ctx: Context) -> Iterator[Hit]:
     evidence += [f"{m}: {c} job(s)" for m, c, _ in top_methods(jobs)]
     evidence += [f"{path}: oom_kill {n}: the kernel's OOM killer killed processes in the workers' cgroup"
                  for path, n in sorted(ooms.items())]
-    yield Hit("work-horses", evidence=evidence, severity="critical" if ooms else None,
+    kernel = health.kernel_oom if health else []
+    if kernel:
+        evidence.append(f"the kernel log has {len(kernel)} OOM line(s) from the last hour, the newest: {kernel[-1]}")
+    yield Hit("work-horses", evidence=evidence, severity="critical" if ooms or kernel else None,
               fix="Out of memory is the usual cause: read the kernel log (first command) for 'Killed process'. RQ "
                   "itself sends SIGKILL only to a horse past its timeout that ignored the timeout exception. Give "
                   "the host more memory, run fewer workers, or make the job use less.",
               commands=["dmesg -T | grep -i -e 'out of memory' -e 'killed process'"],
-              data={"count": len(jobs), "oom_kills": ooms})
+              data={"count": len(jobs), "oom_kills": ooms, "kernel_oom": kernel})
 
 
 @rule("RQD615", "critical", "The bench's redis_queue is unreachable")

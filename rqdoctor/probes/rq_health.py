@@ -1,4 +1,5 @@
-"""Redis-side bench health: rq's cron schedulers, the named client connections, recent failures, OOM kills.
+"""Bench health: rq's cron schedulers, the named client connections, recent failures, OOM kills (cgroup
+``memory.events`` and the kernel log).
 
 Read-only and raw (never the rq library, which prunes: ``CronScheduler.all()`` cleans ``rq:cron_schedulers``
 by default). ``exc_info`` is zlib-decompressed text (or the newest ``rq:results:<id>`` entry's base64
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -142,3 +145,48 @@ def oom_kills(processes: list[ProcessInfo], root: Path = Path("/sys/fs/cgroup"))
             except (OSError, ValueError):
                 continue
     return out
+
+
+KMSG_RECORDS = 100_000
+OOM_WORDS = ("Out of memory", "Killed process", "oom-kill")
+
+
+def kernel_oom(window_s: float = 3600, path: str = "/dev/kmsg") -> list[str] | None:
+    """The kernel log's OOM lines of the last ``window_s`` seconds (at most 20), or None when it cannot be read.
+
+    ``/dev/kmsg`` is read non-blocking from its oldest record to the end, one record per read, bounded by
+    :data:`KMSG_RECORDS`; a record's time is microseconds since boot (compared with ``/proc/uptime``).
+    """
+    try:
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    found: list[str] = []
+    try:
+        for _ in range(KMSG_RECORDS):
+            try:
+                record = os.read(fd, 8192).decode("utf-8", "replace")
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:
+                    continue  # overwritten while reading: go on with the next one
+                break  # EAGAIN: the end
+            if not record:
+                break  # end of a plain file (tests)
+            head, _, message = record.partition(";")
+            fields = head.split(",")
+            if len(fields) < 3 or not fields[2].isdigit():
+                continue
+            if uptime - int(fields[2]) / 1e6 <= window_s and any(w in message for w in OOM_WORDS):
+                found.append(redact_text(message.strip().splitlines()[0][:300]))
+    finally:
+        os.close(fd)
+    return found[-20:]
+
+
+def read_kernel_oom(health: HealthState) -> None:
+    """Fill ``health.kernel_oom`` when the kernel log can be read."""
+    lines = kernel_oom()
+    if lines is not None:
+        health.kernel_log_read, health.kernel_oom = True, lines
