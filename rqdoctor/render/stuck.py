@@ -14,7 +14,7 @@ from rqdoctor.render.document import Items, Section, spans
 def summary_line(snapshot: Snapshot, diagnosis: Diagnosis) -> str:
     """The first line: how many findings can be acted on."""
     actionable = sum(1 for f in diagnosis.findings if f.remedy is not None)
-    return f"stuck work on {snapshot.target.redis_url}: {actionable} finding(s) rqdoctor stuck --kill can act on"
+    return f"stuck work on {snapshot.target.redis_url}: {actionable} finding(s) that rqdoctor stuck --kill can act on"
 
 
 def coverage(snapshot: Snapshot, unjudged: list[str] | None = None) -> list[str]:
