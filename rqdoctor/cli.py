@@ -29,6 +29,7 @@ COMMANDS = {
     "stack": "Show one process or one job: its live stack, what it waits on, and the fix.",
     "locks": "Show who waits for whom in the databases (row and metadata locks, chains, cycles) and the fix.",
     "stuck": "Find the work that will never finish and, with --kill, end it safely and lose no job.",
+    "scheduler": "Check the scheduler: its process and lock, each site's pause keys, skipped, stuck and failing jobs.",
     "workers": "List RQ workers with their local process, state, current job, heartbeat age and horse.",
     "queues": "List RQ queues: queued count, oldest queued age, registries and listening workers.",
     "target": "Show where rqdoctor looks: the bench, its Redis, its sites and databases, and where each came from.",

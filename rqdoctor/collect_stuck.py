@@ -35,6 +35,14 @@ def collect_stuck(target: Target, timeout: float, database: bool = True, known_i
     """
     snapshot = collect(target, CollectOptions(timeout=timeout, since_process_start=not fresh))
     deadline = (Deadline(timeout) if fresh else Deadline.for_run(timeout)).for_probes()
+    add_stuck_facts(target, snapshot, deadline, database, known_ids)
+    return snapshot
+
+
+def add_stuck_facts(target: Target, snapshot: Snapshot, deadline: Deadline, database: bool = True,
+                    known_ids: Iterable[str] = ()) -> None:
+    """What only ``stuck`` reads, added to a snapshot of :func:`rqdoctor.collect.collect` (also used by
+    ``scheduler`` and ``report``): stopped processes read again, the Frappe leftovers, the job-hash scan."""
     _guard(snapshot.errors, "processes", lambda: recheck_stopped(snapshot, deadline))
     if target.bench is not None:
         from rqdoctor.probes.frappe_state import read_frappe
@@ -45,7 +53,6 @@ def collect_stuck(target: Target, timeout: float, database: bool = True, known_i
     if snapshot.redis is not None:
         ids = list(known_ids) + scheduled_ids(snapshot)
         _guard(snapshot.errors, "jobscan", lambda: _scan(target, snapshot, deadline, ids))
-    return snapshot
 
 
 def scheduled_ids(snapshot: Snapshot) -> list[str]:

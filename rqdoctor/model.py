@@ -581,6 +581,137 @@ class FrappeState:
 
 
 @dataclass
+class ConfigFlag:
+    """A scheduler key set in a bench config file (``maintenance_mode``, ``pause_scheduler``, ``disable_scheduler``)."""
+
+    key: str
+    value: str
+    """As written (JSON text: ``1``, ``true``, ``"yes"``)."""
+    source: str
+    """The file it is set in; ``sites/<site>/site_config.json`` wins over ``sites/common_site_config.json``."""
+    active: bool
+    """Whether Frappe reads it as true (a truthy JSON value)."""
+
+
+@dataclass
+class ScheduledJobTypeRow:
+    """A ``tabScheduled Job Type`` row (``scheduler`` only)."""
+
+    name: str
+    method: str
+    frequency: str
+    cron_format: str | None = None
+    last_execution: str | None = None
+    """As stored: naive, in the site's System Settings time zone."""
+    stopped: bool = False
+
+
+@dataclass
+class JobLogFailures:
+    """``Failed`` rows of ``tabScheduled Job Log`` of one scheduled job type in the last day (``scheduler`` only)."""
+
+    scheduled_job_type: str
+    failed: int
+    last_failed: str = ""
+    last_line: str = ""
+    """The last non-empty line of the newest row's ``details`` (its traceback)."""
+
+
+@dataclass
+class SiteScheduler:
+    """What one site says about its scheduler: config keys, and (when its database was read) System Settings."""
+
+    site: str
+    flags: list[ConfigFlag] = field(default_factory=list)
+    db_read: bool = False
+    """Whether the site's database was read (False: see ``snapshot.errors``; nothing below is known)."""
+    enable_scheduler: bool | None = None
+    """System Settings ``enable_scheduler`` (None: no row; Frappe's default is 0, disabled)."""
+    dormant_days: int | None = None
+    last_activity: str | None = None
+    """``creation`` of the newest Activity Log row (site time zone, naive), None when there is none."""
+    time_zone: str | None = None
+    db_now: str | None = None
+    """The database's ``NOW()`` when read (used when the site's time zone is unknown)."""
+    job_types: list[ScheduledJobTypeRow] = field(default_factory=list)
+    failures: list[JobLogFailures] = field(default_factory=list)
+
+
+@dataclass
+class SchedulerLock:
+    """``<bench>/config/scheduler_process``: Frappe's scheduler holds an flock on it while it runs (v15+)."""
+
+    path: str
+    state: str
+    """``held`` (a non-blocking flock attempt failed: someone holds it), ``free`` (the attempt succeeded and was
+    released at once: nobody holds it), ``missing`` (no such file) or ``unreadable``."""
+    detail: str = ""
+    held_by: list[FileLock] = field(default_factory=list)
+    """``/proc/locks`` holders of the file."""
+
+
+@dataclass
+class CronSchedulerInfo:
+    """An rq cron scheduler (rq >= 2.4): its ``rq:cron_schedulers`` entry and ``rq:cron_scheduler:<name>`` hash."""
+
+    name: str
+    last_heartbeat: float | None = None
+    """The ZSET score (epoch seconds of the last heartbeat)."""
+    hash_exists: bool = False
+    hostname: str | None = None
+    pid: int | None = None
+    created_at: float | None = None
+    jobs: list[dict[str, str]] = field(default_factory=list)
+    """Each cron job: ``func_name``, ``queue_name``, ``cron``, ``interval``, ``latest_enqueue_time``,
+    ``next_enqueue_time``."""
+
+
+@dataclass
+class FailedJob:
+    """A recent entry of a ``rq:failed:<queue>`` registry, with the end of its error (never unpickled)."""
+
+    job_id: str
+    queue: str
+    method: str | None = None
+    ended_at: float | None = None
+    exists: bool = True
+    error_tail: list[str] = field(default_factory=list)
+    """The last lines of ``exc_info`` (zlib-decompressed, or the newest result's ``exc_string``)."""
+
+
+@dataclass
+class HealthState:
+    """Scheduler and bench health (``scheduler`` and ``report``): the scheduler's lock and process, each site's
+    scheduler settings, rq's cron schedulers, named Redis connections, recent failures, OOM kills."""
+
+    lock: SchedulerLock | None = None
+    processes: list[ProcessInfo] = field(default_factory=list)
+    """``frappe schedule`` processes of this bench (cwd ``<bench>/sites``)."""
+    processes_read: bool = False
+    sites: list[SiteScheduler] = field(default_factory=list)
+    tick_s: int = 60
+    """``scheduler_tick_interval`` (Frappe v15 default 60 s)."""
+    all_interval_s: int = 240
+    """``scheduler_interval``: how often the ``All`` frequency runs (default 240 s)."""
+    background_workers: int | None = None
+    """``background_workers`` of common_site_config.json (None: not set; bench's default is 1)."""
+    cron_read: bool = False
+    cron_schedulers: list[CronSchedulerInfo] = field(default_factory=list)
+    client_names: list[str] | None = None
+    """Names of Redis client connections (``CLIENT LIST``); None: not read."""
+    failed_read: bool = False
+    failed_total: int = 0
+    """Entries in the shown queues' failed registries."""
+    failed: list[FailedJob] = field(default_factory=list)
+    oom_kills: dict[str, int] = field(default_factory=dict)
+    """cgroup ``memory.events`` file -> its ``oom_kill`` count (only files that could be read)."""
+    kernel_log_read: bool = False
+    """Whether ``/dev/kmsg`` could be read (root, or ``kernel.dmesg_restrict = 0``)."""
+    kernel_oom: list[str] = field(default_factory=list)
+    """The kernel's ``Killed process`` / ``Out of memory`` lines of the last hour (at most 20)."""
+
+
+@dataclass
 class PreflightCheck:
     """One ``rqdoctor preflight`` line (:mod:`rqdoctor.preflight`); in a snapshot, a local check that failed."""
 
@@ -610,6 +741,8 @@ class Snapshot:
     """The cheap local checks (py-spy, ptrace, interpreters) that fail for this run's stacks; empty: ready."""
     frappe: FrappeState | None = None
     """``stuck`` only: the bench's document locks and Scheduled Job Log rows (None: not read)."""
+    health: HealthState | None = None
+    """``scheduler`` and ``report``: scheduler and bench health (None: not read)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""

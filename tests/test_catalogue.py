@@ -225,7 +225,7 @@ def test_docs_and_registry_have_the_same_codes_titles_and_severities() -> None:
 
 def test_codes_are_stable_and_well_formed() -> None:
     for code, registered in RULES.items():
-        assert re.fullmatch(r"RQD[12345]\d\d", code)
+        assert re.fullmatch(r"RQD[123456]\d\d", code)
         assert registered.code == code
         assert registered.severity in SEVERITIES
 

@@ -3,7 +3,8 @@
 A rule states its code, severity and title once, in :func:`rule`; it yields :class:`Hit` values
 (what it found and the evidence), and the registry stamps code, severity and title on each to
 make a :class:`Finding`. Code ranges: RQD1xx running jobs, RQD2xx workers and horses, RQD4xx
-database, RQD5xx queues and Redis. Every code has a section in ``docs/findings.md`` whose heading
+database, RQD5xx queues and Redis, RQD6xx scheduler and bench. Every code has a section in ``docs/findings.md``
+whose heading
 repeats the registry's title and severity (a test keeps the two in step).
 """
 

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rqdoctor.diagnose import (  # noqa: F401  (registers rules)
+    rules_bench,
     rules_db,
     rules_jobs,
     rules_locks,
     rules_queues,
+    rules_sched,
     rules_stuck,
     rules_workers,
 )

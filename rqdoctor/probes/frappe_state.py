@@ -19,7 +19,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rqdoctor.config import DbTarget, Target
 from rqdoctor.deadline import Deadline
-from rqdoctor.model import DocLockFile, FrappeState, JobLogRow, ProbeError
+from rqdoctor.model import (
+    DocLockFile,
+    FrappeState,
+    JobLogFailures,
+    JobLogRow,
+    ProbeError,
+    ScheduledJobTypeRow,
+    SiteScheduler,
+)
 from rqdoctor.probes.procfs import locks_of
 
 PROBE = "frappe"
@@ -158,3 +166,111 @@ def _db_error(db: DbTarget, site: str, exc: BaseException) -> ProbeError:
     error = describe_error(db, exc, f"Scheduled Job Log of {site} unreadable: ")
     return ProbeError(PROBE, error.kind, error.message, error.hint or "check the site's database account",
                       f"site {site}")
+
+
+def _q(kind: str, table: str) -> str:
+    return f"`{table}`" if kind == "mariadb" else f'"{table}"'
+
+
+def scheduler_statements(kind: str) -> dict[str, str]:
+    """The read-only statements ``scheduler`` runs on each site's database (MariaDB or PostgreSQL)."""
+    text = "CHAR" if kind == "mariadb" else "TEXT"
+    day_ago = "NOW() - INTERVAL 1 DAY" if kind == "mariadb" else "LOCALTIMESTAMP - INTERVAL '1 day'"
+    return {
+        "settings": f"SELECT field, value FROM {_q(kind, 'tabSingles')} WHERE doctype = 'System Settings' "
+                    "AND field IN ('enable_scheduler', 'dormant_days', 'time_zone')",
+        "now": f"SELECT CAST({'NOW()' if kind == 'mariadb' else 'LOCALTIMESTAMP'} AS {text})",
+        "activity": f"SELECT CAST(MAX(creation) AS {text}) FROM {_q(kind, 'tabActivity Log')}",
+        "types": f"SELECT name, method, frequency, cron_format, CAST(last_execution AS {text}), stopped "
+                 f"FROM {_q(kind, 'tabScheduled Job Type')} ORDER BY name LIMIT 1000",
+        "failures": f"SELECT scheduled_job_type, COUNT(*), CAST(MAX(creation) AS {text}) "
+                    f"FROM {_q(kind, 'tabScheduled Job Log')} WHERE status = 'Failed' AND creation > {day_ago} "
+                    "GROUP BY scheduled_job_type ORDER BY COUNT(*) DESC LIMIT 20",
+        "details": f"SELECT details FROM {_q(kind, 'tabScheduled Job Log')} WHERE status = 'Failed' AND "
+                   "scheduled_job_type = %s ORDER BY creation DESC LIMIT 1",
+    }
+
+
+MAX_DETAILS = 5
+"""Scheduled job types (most failures first) whose newest failure's traceback is read."""
+
+
+def read_scheduler_site(db: DbTarget, deadline: Deadline, state: SiteScheduler) -> None:
+    """System Settings, the last activity, the Scheduled Job Types and the last day's failures of one site."""
+    sql = scheduler_statements(db.kind)
+    if db.kind == "mariadb":
+        from rqdoctor.probes.db_mariadb import connect
+
+        conn = connect(db, deadline)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"USE `{db.database}`")
+
+                def run(name: str, *args: Any) -> list[tuple]:
+                    cur.execute(sql[name], args or None)
+                    return list(cur.fetchall())
+                _fill(state, run)
+        finally:
+            conn.close()
+        return
+    from rqdoctor.probes.db_postgres import connect as pg_connect
+
+    pg = pg_connect(db, deadline, db.database)
+    try:
+        _fill(state, lambda name, *args: list(pg.execute(sql[name], args or None).fetchall()))
+    finally:
+        pg.close()
+
+
+def _fill(state: SiteScheduler, run: Callable[..., list[tuple]]) -> None:
+    settings = {str(f): v for f, v in run("settings")}
+    enable = settings.get("enable_scheduler")
+    state.enable_scheduler = None if enable is None else str(enable).strip() not in ("", "0")
+    try:
+        state.dormant_days = int(float(settings["dormant_days"])) if settings.get("dormant_days") else None
+    except (TypeError, ValueError):
+        state.dormant_days = None
+    state.time_zone = str(settings["time_zone"]) if settings.get("time_zone") else None
+    state.db_now = str(run("now")[0][0])
+    state.last_activity = _optional(lambda: run("activity")[0])
+    state.job_types = [ScheduledJobTypeRow(str(r[0]), str(r[1] or ""), str(r[2] or ""), r[3] or None,
+                                           str(r[4]) if r[4] else None, bool(r[5])) for r in run("types")]
+    for r in run("failures"):
+        failure = JobLogFailures(str(r[0]), int(r[1]), str(r[2] or ""))
+        if len(state.failures) < MAX_DETAILS:
+            details = run("details", failure.scheduled_job_type)
+            failure.last_line = last_line(str(details[0][0] or "")) if details else ""
+        state.failures.append(failure)
+    state.db_read = True
+
+
+def last_line(text: str, limit: int = 300) -> str:
+    """The last non-empty line of a traceback, cut to ``limit`` characters, secrets masked."""
+    from rqdoctor.redact import redact_text
+
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return redact_text(lines[-1][:limit]) if lines else ""
+
+
+def read_scheduler_sites(target: Target, deadline: Deadline, errors: list[ProbeError],
+                         sites: dict[str, SiteScheduler]) -> None:
+    """Fill each site's :class:`SiteScheduler` from its own database account; a failure is an error entry (a site
+    whose database already failed in this run is not tried again)."""
+    for db in target.db_targets:
+        site = db.source.removeprefix("site:")
+        if not db.source.startswith("site:") or db.kind not in START_ROWS or site not in sites:
+            continue
+        if any(e.probe == PROBE and e.subject == f"site {site}" for e in errors):
+            continue  # its database already failed this run (that entry says why): not tried twice
+        if deadline.expired():
+            errors.append(ProbeError(PROBE, "timeout", f"scheduler settings of {site} not read: the deadline passed",
+                                     "raise --timeout", f"site {site}"))
+            continue
+        try:
+            read_scheduler_site(db, deadline, sites[site])
+        except Exception as exc:  # any driver error: an entry, no verdict
+            from rqdoctor.probes.database import describe_error
+
+            error = describe_error(db, exc, f"scheduler settings of {site} unreadable: ")
+            errors.append(ProbeError(PROBE, error.kind, error.message, error.hint or "check the site's database "
+                                     "account", f"site {site}"))

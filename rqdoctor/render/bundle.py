@@ -28,6 +28,14 @@ from rqdoctor.render.document import (
 from rqdoctor.render.fmt import duration, short_queue, value
 from rqdoctor.render.hangs import jobs_section, severity
 from rqdoctor.render.layout import TEXT, Col
+from rqdoctor.render.scheduler import (
+    cron_blocks,
+    failure_blocks,
+    log_blocks,
+    process_blocks,
+    scheduler_view,
+    site_blocks,
+)
 from rqdoctor.render.tables import queues_blocks, workers_blocks
 
 NOTICE = ("This report may contain sensitive data: host and database names, job ids and arguments, SQL text, "
@@ -144,29 +152,36 @@ def lock_waits(locks: list[dict[str, Any]]) -> list[Block]:
 
 
 def scheduler(diagnosis: Diagnosis, queues: list[dict[str, Any]]) -> list[Block]:
-    """What RQ's Redis says about scheduling: suspension and the scheduled registries (the scheduler's own
-    process and lock are not probed)."""
+    """RQ's suspension and scheduled registries, then the Frappe scheduler: its lock and process, each site's
+    settings and job types (next due time, stuck job id), the Scheduled Job Log and rq's cron schedulers."""
     redis = diagnosis.context.snapshot.redis
-    if redis is None:
-        return [Items((("Redis was not read",),))]
     prefix = diagnosis.context.snapshot.target.queue_filter
-    scheduled = [(short_queue(q["name"], prefix), q["scheduled"]) for q in queues if q["scheduled"]]
-    lines = [("RQ is suspended (", Code("rq:suspended"), " is set): workers take no job")
-             if redis.suspended else ("RQ is not suspended",),
-             (f"{sum(n for _, n in scheduled)} scheduled job(s)" + (" in " if scheduled else ""),
-              *(p for name, n in scheduled for p in (Code(name), f" {n} "))),
-             ("the scheduler's process and lock are not probed by this rqdoctor",)]
-    return [Items(tuple(lines))]
+    out: list[Block] = []
+    if redis is None:
+        out.append(Items((("Redis was not read",),)))
+    else:
+        scheduled = [(short_queue(q["name"], prefix), q["scheduled"]) for q in queues if q["scheduled"]]
+        out.append(Items((("RQ is suspended (", Code("rq:suspended"), " is set): workers take no job")
+                          if redis.suspended else ("RQ is not suspended",),
+                          (f"{sum(n for _, n in scheduled)} scheduled job(s)" + (" in " if scheduled else ""),
+                           *(p for name, n in scheduled for p in (Code(name), f" {n} "))))))
+    view = scheduler_view(diagnosis)
+    return [*out, *process_blocks(view), *(site_blocks(view) if view.get("read") else ()), *log_blocks(view),
+            *cron_blocks(view)]
 
 
 def failures(diagnosis: Diagnosis, queues: list[dict[str, Any]]) -> list[Block]:
-    """Failed-registry counts per queue, and the recent failed runs per method."""
+    """Failed-registry counts per queue, the newest failures per method with their last error line, and the
+    recent failed runs per method."""
     redis = diagnosis.context.snapshot.redis
     out: list[Block] = []
     prefix = diagnosis.context.snapshot.target.queue_filter
     failed = [(short_queue(q["name"], prefix), str(q["failed"])) for q in queues if q["failed"]]
     out.append(Table((Col("queue", code=True), Col("failed")), tuple(failed)) if failed
                else Items((("no failed job in the queues' failed registries",),)))
+    view = scheduler_view(diagnosis)
+    if failed and view.get("read"):
+        out += failure_blocks(view)
     methods = [m for m in redis.history.methods if m.failed] if redis is not None else []
     if methods:
         out.append(Table((Col("method", code=True), Col("recent failed runs"), Col("recent finished runs"),
