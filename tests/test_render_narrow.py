@@ -185,6 +185,17 @@ def test_incident_pid_17432_is_never_folded(command: str, columns: int) -> None:
 
 
 @pytest.mark.parametrize("columns", WIDTHS)
+def test_stuck_keeps_ids_and_commands_whole(columns: int, tmp_path: Path) -> None:
+    from tests.test_renderers import stuck_snapshot
+
+    saved = tmp_path / "stuck.json"
+    saved.write_text(json.dumps(stuck_snapshot().to_dict()))
+    out, report = check(["stuck"], columns, saved)
+    assert [f["code"] for f in report["findings"]] == ["RQD101", "RQD304", "RQD306"]
+    assert "site1.local::scheduled_job::erpnext.tasks.daily" in out
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
 def test_hangs_opens_with_one_whole_line_per_job(columns: int, long_ids: Path) -> None:
     # GIVEN the incident's 7 jobs and the long-id bench
     for snapshot in (INCIDENT, long_ids):

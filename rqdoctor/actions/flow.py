@@ -12,24 +12,27 @@ Exit codes of ``run_kill`` (also in ``docs/actions.md``):
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from rqdoctor.actions import report as render
 from rqdoctor.actions.act import Actor
 from rqdoctor.actions.audit import default_path, open_log
 from rqdoctor.actions.identity import this_host
 from rqdoctor.actions.plan import Step, build_plan, step_key
+from rqdoctor.commands.common import emit_report
 from rqdoctor.commands.options import Format
 from rqdoctor.diagnose.findings import REMEDY_ACTIONS, Finding
 from rqdoctor.errors import RqdoctorError
 from rqdoctor.model import Snapshot
 from rqdoctor.redact import MASK, shown_url
+from rqdoctor.render import text
+from rqdoctor.render.document import Report
 
 EXIT_DONE, EXIT_PLANNED, EXIT_CANNOT_DIAGNOSE, EXIT_REFUSED, EXIT_FAILED = 0, 1, 2, 3, 4
 REDIS_TIMEOUT_S = 5.0
@@ -171,29 +174,19 @@ def _is_terminal() -> bool:
 def _show_plan(steps: list[Step], options: KillOptions) -> None:
     """The plan goes first, to stdout for a text report on stdout, else to stderr (the report stays clean)."""
     to_stderr = options.fmt is not Format.text or options.output is not None
-    for line in render.plan_lines(steps, options.grace_s, options.requeue):
-        typer.echo(line, err=to_stderr)
+    plan = Report("stuck --kill", dict, sections=(render.plan_section(steps, options.grace_s, options.requeue),))
+    text.render(plan, Console(stderr=to_stderr, highlight=False))
 
 
 def _emit(report: render.KillReport, options: KillOptions, code: int) -> int:
-    """Write the final report in the chosen format; returns ``code``."""
+    """Write the final report in the chosen format (with the plan, unless a terminal was just shown it);
+    returns ``code``, also when the report cannot be written."""
     report.exit_code = code
-    if options.fmt is Format.json:
-        body = json.dumps(render.as_json(report), indent=2, default=str) + "\n"
-    elif options.fmt is Format.markdown:
-        body = render.markdown(report)
-    else:
-        body = render.text(report)
-        if options.output is not None:  # the plan went to stderr: the file holds the whole report
-            body = "\n".join(render.plan_lines(report.steps, report.grace_s, report.requeue)) + "\n" + body
-    if options.output is None:
-        if body.strip():
-            sys.stdout.write(body)
-        return code
+    with_plan = options.fmt is not Format.text or options.output is not None
     try:
-        options.output.write_text(body, encoding="utf-8")
-    except OSError as exc:
-        _err(f"{options.output}: cannot write the report ({exc.strerror or exc})")
+        emit_report(render.document(report, with_plan), options.fmt, options.output)
+    except RqdoctorError as exc:
+        _err(exc.message)
     return code
 
 

@@ -1,4 +1,4 @@
-"""The plan and the actions taken, as text, Markdown or JSON (presentation only)."""
+"""The plan and the actions taken as a report document (JSON: :func:`as_json`; presentation only)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,19 @@ from typing import Any
 from rqdoctor.actions.act import Result
 from rqdoctor.actions.plan import Step, describe
 from rqdoctor.diagnose.findings import Finding
+from rqdoctor.render.document import (
+    Code,
+    Details,
+    Fact,
+    Facts,
+    Items,
+    Paragraph,
+    Report,
+    Section,
+    Tone,
+    section,
+    spans,
+)
 
 
 @dataclass
@@ -28,59 +41,43 @@ class KillReport:
     requeue: bool = False
 
 
-def plan_lines(steps: list[Step], grace_s: float, requeue: bool) -> list[str]:
-    """``Plan:`` then one numbered line per step, refused ones marked with why."""
-    if not steps:
-        return ["Plan: nothing to do (no finding has a remedy rqdoctor can carry out)."]
-    lines = [f"Plan ({len(steps)} step{'s' if len(steps) != 1 else ''}):"]
-    for n, step in enumerate(steps, 1):
-        mark = f"  [refused: {step.refused}]" if step.refused else ""
-        lines.append(f"  {n}. {describe(step, grace_s, requeue)} ({step.code}: {step.remedy.reason}){mark}")
-    return lines
+RESULT_TONE: dict[str, Tone] = {"done": "ok", "nothing": "muted", "refused": "warning", "failed": "critical"}
 
 
-def text(report: KillReport) -> str:
-    """The plain-text report: the actions taken, what is left, the audit log."""
-    lines = []
+def document(report: KillReport, with_plan: bool = True) -> Report:
+    """The report document: the plan (``with_plan``; a terminal was shown it before it was confirmed), the actions
+    taken, what a fresh look still finds, what the stopped jobs left behind, the audit log; JSON: :func:`as_json`."""
+    sections = [plan_section(report.steps, report.grace_s, report.requeue)] if with_plan else []
     if report.results:
-        lines.append("Actions taken:")
-        for n, res in enumerate(report.results, 1):
-            lines.append(f"  {n}. {res.result.upper()}: {describe(res.step, report.grace_s, report.requeue)}")
-            lines.append(f"     {res.detail}")
-            lines += [f"     - {line['change']}: {line['result']}" for line in res.log if line["change"] != "none"]
-    lines += _after(report)
-    return "\n".join(lines) + "\n"
-
-
-def _after(report: KillReport) -> list[str]:
-    lines = []
-    if report.rechecked:
-        if report.remaining:
-            lines.append("Still to do after a fresh look:")
-            lines += [f"  - {f.code} {f.subject}: {f.remedy.reason if f.remedy else ''}" for f in report.remaining]
-        elif report.results:
-            lines.append("A fresh look finds nothing left to do.")
+        sections.append(Section("Actions taken", tuple(_action(n, r, report) for n, r in enumerate(report.results, 1))))
+    if report.rechecked and report.remaining:
+        sections.append(Section("Still to do after a fresh look", (Items(tuple(
+            (f"{f.code} {f.subject}: {f.remedy.reason if f.remedy else ''}",) for f in report.remaining)),)))
+    elif report.rechecked and report.results:
+        sections.append(section(None, Paragraph(("A fresh look finds nothing left to do.",), "ok")))
     if report.leftovers:
-        lines.append("Left behind by the stopped jobs:")
-        lines += [f"  - {line}" for line in report.leftovers]
+        sections.append(Section("Left behind by the stopped jobs", (Items(tuple(spans(x) for x in report.leftovers)),)))
     if report.audit_path:
-        lines.append(f"Audit log: {report.audit_path}")
-    return lines
+        sections.append(section(None, Facts((Fact("audit log", (Code(report.audit_path),)),))))
+    return Report("stuck --kill", lambda: as_json(report), sections=tuple(sections))
 
 
-def markdown(report: KillReport) -> str:
-    """The report as Markdown: the plan and the actions as tables."""
-    out = ["# rqdoctor stuck --kill", "", "## Plan", ""]
-    out += [line.strip() for line in plan_lines(report.steps, report.grace_s, report.requeue)[1:]] or ["Nothing to do."]
-    if report.results:
-        out += ["", "## Actions taken", "", "| # | Result | Action | Detail |", "|---|---|---|---|"]
-        for n, res in enumerate(report.results, 1):
-            cells = [res.result, describe(res.step, report.grace_s, report.requeue), res.detail]
-            out.append(f"| {n} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    rest = _after(report)
-    if rest:
-        out += ["", "## After", "", *[f"- {line.strip(' -')}" for line in rest]]
-    return "\n".join(out) + "\n"
+def plan_section(steps: list[Step], grace_s: float, requeue: bool) -> Section:
+    """``Plan (n steps)``, one numbered line per step (what, to what, the finding and why), refused ones with why
+    not; or that there is nothing to do."""
+    if not steps:
+        return section(None, Paragraph(("Plan: nothing to do (no finding has a remedy rqdoctor can carry out).",)))
+    lines = tuple((f"{describe(s, grace_s, requeue)} ({s.code}: {s.remedy.reason})"
+                   + (f"  [refused: {s.refused}]" if s.refused else ""),) for s in steps)
+    return Section(f"Plan ({len(steps)} step{'s' if len(steps) != 1 else ''})", (Items(lines, numbered=True),))
+
+
+def _action(n: int, res: Result, report: KillReport) -> Details:
+    """Step ``n``: its result, what it was, what became of it, each signal or Redis change and its result."""
+    changes = tuple((f"{line['change']}: {line['result']}",) for line in res.log if line["change"] != "none")
+    what = f"{describe(res.step, report.grace_s, report.requeue)} ({res.step.code})"
+    return Details(f"{n}. {res.result.upper()}", what, (Items(((res.detail,), *changes)),),
+                   RESULT_TONE.get(res.result, "plain"))
 
 
 def as_json(report: KillReport) -> dict[str, Any]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console, RenderableType
+from rich.console import Console
 
 from rqdoctor.commands.options import Format
 from rqdoctor.errors import RqdoctorError
@@ -72,7 +71,8 @@ def require_redis(snapshot: Snapshot, fmt: Format) -> RqdoctorError | None:
     """For commands that need Redis: when it could not be read at all, one error line and exit 2.
 
     Text and Markdown get no report (raised here); JSON still gets its report, which records the
-    failure (``--from`` reads it back): the error is returned, for :func:`emit` to raise once it is written.
+    failure (``--from`` reads it back): the error is returned, for :func:`emit_report`
+    to raise once it is written.
     """
     from rqdoctor.render import header
 
@@ -100,33 +100,6 @@ def emit_report(report: Report, fmt: Format, output: Path | None, fatal: Rqdocto
         buffer = io.StringIO()
         render(report, Console(file=buffer, width=120, highlight=False, color_system=None, force_terminal=False))
         _save(output, buffer.getvalue())
-    if fatal is not None:
-        raise fatal
-
-
-def emit(fmt: Format, output: Path | None, text: Callable[[], list[RenderableType]],
-         markdown: Callable[[], str], as_json: Callable[[], dict[str, Any]],
-         fatal: RqdoctorError | None = None) -> None:
-    """Transitional: the three-lambda output of commands not yet built as a report document (``stuck``, the kill
-    output); port them to :func:`emit_report` (see docs/design.md, "Report documents"), then remove this."""
-    if fmt is Format.json:
-        body = json.dumps(as_json(), indent=2, sort_keys=False, default=str) + "\n"
-    elif fmt is Format.markdown:
-        body = markdown()
-    elif fmt is Format.jira:
-        raise RqdoctorError("--format jira is not available for this command yet", "use --format markdown")
-    else:
-        console = Console(highlight=False) if output is None else Console(
-            file=io.StringIO(), width=120, highlight=False, color_system=None, force_terminal=False)
-        for item in text():
-            console.print(item, crop=False)
-        if output is None:
-            return
-        body = console.file.getvalue()  # type: ignore[attr-defined]
-    if output is None:
-        sys.stdout.write(body)
-    else:
-        _save(output, body)
     if fatal is not None:
         raise fatal
 

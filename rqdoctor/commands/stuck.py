@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from rqdoctor.collect_stuck import collect_stuck
-from rqdoctor.commands.common import emit, exit_code, load_snapshot, require_redis
+from rqdoctor.commands.common import emit_report, exit_code, load_snapshot, require_redis, snapshot_report
 from rqdoctor.commands.options import (
     AllQueues,
     Bench,
@@ -24,9 +24,11 @@ from rqdoctor.commands.options import (
 from rqdoctor.config import Target, discover
 from rqdoctor.diagnose.rules_queues import TARGET_CODES
 from rqdoctor.diagnose.rules_stuck import STUCK_CODES, unjudged_locks
-from rqdoctor.diagnose.run import diagnose
+from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
+from rqdoctor.model import Snapshot
 from rqdoctor.render import stuck as stuck_render
+from rqdoctor.render.document import Report
 
 OlderThan = Annotated[str | None, typer.Option(
     "--older-than", help="Also treat running jobs older than this as stuck (e.g. 90s, 30m, 2h).")]
@@ -85,11 +87,16 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
                               redis_url=live.redis_url,
                               refresh=lambda ids: collect_stuck(live, timeout, known_ids=ids, fresh=True))
         raise typer.Exit(run_kill(snapshot, diagnosis.findings, options))
-    unjudged = unjudged_locks(diagnosis.context)
-    emit(fmt, output, text=lambda: stuck_render.as_text(snapshot, diagnosis, unjudged),
-         markdown=lambda: stuck_render.as_markdown(snapshot, diagnosis, unjudged),
-         as_json=lambda: stuck_render.as_json(snapshot, diagnosis, unjudged, older_than_s), fatal=fatal)
+    emit_report(report(snapshot, diagnosis, older_than_s), fmt, output, fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))
+
+
+def report(snapshot: Snapshot, diagnosis: Diagnosis, older_than_s: float | None) -> Report:
+    """What was covered, then the findings; JSON: the coverage lines, ``--older-than`` and the remedies."""
+    coverage = stuck_render.coverage(snapshot, unjudged_locks(diagnosis.context))
+    return snapshot_report("stuck", snapshot, diagnosis, stuck_render.summary_line(snapshot, diagnosis),
+                           [stuck_render.coverage_section(coverage)], coverage=coverage, older_than_s=older_than_s,
+                           remedies=stuck_render.remedies(diagnosis))
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -57,10 +57,12 @@ class Paragraph:
 
 @dataclass(frozen=True)
 class Items:
-    """A list of short lines; ``level`` 1 is a sub-list of the line before it."""
+    """A list of short lines; ``level`` 1 is a sub-list of the line before it; ``numbered``: numbered from 1
+    (steps the rest of the report refers to by number)."""
 
     items: tuple[Line, ...]
     level: int = 0
+    numbered: bool = False
 
 
 @dataclass(frozen=True)

@@ -74,20 +74,6 @@ def fact_rows(snapshot: Snapshot) -> tuple[Fact, ...]:
     return tuple(Fact(label, (line,), alert="NOT READ" in line or "hidden;" in line) for label, line in facts(snapshot))
 
 
-def text(snapshot: Snapshot) -> Any:
-    """Transitional, for commands not yet built as a report document (``stuck``): the facts for the terminal."""
-    from rqdoctor.render.text import facts as text_facts
-
-    return text_facts(fact_rows(snapshot))
-
-
-def markdown(snapshot: Snapshot) -> str:
-    """Transitional, as :func:`text`: the facts as a Markdown list."""
-    from rqdoctor.render.markdown import facts as md_facts
-
-    return md_facts(fact_rows(snapshot))
-
-
 def as_dict(snapshot: Snapshot) -> dict[str, Any]:
     """The JSON report's ``target``: the facts, the hidden counts (None without a filter or Redis) and the lines."""
     t = snapshot.target

@@ -83,8 +83,8 @@ def block(b: doc.Block) -> str:
     match b:
         case doc.Paragraph(line, _):
             return inline(line) + "\n"
-        case doc.Items(items, level):
-            return "".join(f"{'*' * (level + 1)} {inline(i)}\n" for i in items)
+        case doc.Items(items, level, numbered):
+            return "".join(f"{('#' if numbered else '*') * (level + 1)} {inline(i)}\n" for i in items)
         case doc.Facts(rows):
             return facts(rows)
         case doc.Checks(items):

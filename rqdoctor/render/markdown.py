@@ -92,8 +92,9 @@ def block(b: doc.Block) -> str:
     match b:
         case doc.Paragraph(line, _):
             return inline(line) + "\n"
-        case doc.Items(items, level):
-            return "".join(f"{'  ' * level}- {inline(i)}\n" for i in items)
+        case doc.Items(items, level, numbered):
+            return "".join(f"{'  ' * level}{f'{n}.' if numbered else '-'} {inline(i)}\n"
+                           for n, i in enumerate(items, 1))
         case doc.Facts(rows):
             return facts(rows)
         case doc.Checks(items):
@@ -120,14 +121,9 @@ def table(columns: Sequence[Col], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def findings(items: Sequence[doc.FindingItem], errors: Sequence[ProbeError] = ()) -> str:
-    """Findings as a list with evidence and fix, each one's commands in a block under it. A report document
-    shows them only when there are some (its summary line carries the verdict); the no-findings line is for
-    the transitional ``emit`` callers (``stuck``), which pass their ``errors``."""
-    if not items:
-        if errors:
-            return "No problems found in what could be seen; see **Could not see** below.\n"
-        return "No problems found.\n"
+def findings(items: Sequence[doc.FindingItem]) -> str:
+    """Findings as a list with evidence and fix, each one's commands in a block under it (a report shows them
+    only when there are some: its summary line carries the verdict)."""
     out = ["## Findings\n"]
     for f in items:
         out.append(f"- **{f.code}** ({f.severity}) {escape(f.title)}: {code(f.subject)}")

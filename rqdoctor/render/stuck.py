@@ -1,24 +1,20 @@
-"""The ``stuck`` report in text, Markdown and JSON: what was covered, then the findings (renderers only print)."""
+"""The ``stuck`` report's own parts: its summary line, what was covered (a section, and the JSON ``coverage``)
+and the remedies (JSON)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
 
-from rich.console import RenderableType
-
 from rqdoctor.diagnose.run import Diagnosis
 from rqdoctor.model import Snapshot
-from rqdoctor.render import header, text
-from rqdoctor.render import json as json_render
-from rqdoctor.render import markdown as md
-from rqdoctor.render.layout import Para
+from rqdoctor.render.document import Items, Section, spans
 
 
 def summary_line(snapshot: Snapshot, diagnosis: Diagnosis) -> str:
     """The first line: how many findings can be acted on."""
     actionable = sum(1 for f in diagnosis.findings if f.remedy is not None)
-    return f"stuck work on {snapshot.target.redis_url}: {actionable} finding(s) `rqdoctor stuck --kill` can act on"
+    return f"stuck work on {snapshot.target.redis_url}: {actionable} finding(s) that rqdoctor stuck --kill can act on"
 
 
 def coverage(snapshot: Snapshot, unjudged: list[str] | None = None) -> list[str]:
@@ -47,21 +43,11 @@ def coverage(snapshot: Snapshot, unjudged: list[str] | None = None) -> list[str]
     return lines
 
 
-def as_text(snapshot: Snapshot, diagnosis: Diagnosis, unjudged: list[str]) -> list[RenderableType]:
-    return [header.text(snapshot), text.summary(summary_line(snapshot, diagnosis), diagnosis.findings,
-                                                snapshot.errors),
-            *(Para(f"  {line}", hang=4) for line in coverage(snapshot, unjudged)),
-            *text.findings(diagnosis.findings), *text.errors(snapshot.errors)]
+def remedies(diagnosis: Diagnosis) -> list[dict[str, Any]]:
+    """The JSON report's ``remedies``: what ``stuck --kill`` may do about each finding, as data."""
+    return [{"code": f.code, "subject": f.subject, **asdict(f.remedy)} for f in diagnosis.findings if f.remedy]
 
 
-def as_markdown(snapshot: Snapshot, diagnosis: Diagnosis, unjudged: list[str]) -> str:
-    return "\n".join([f"# rqdoctor stuck\n\n{header.markdown(snapshot)}\n{summary_line(snapshot, diagnosis)}\n",
-                      *(f"- {line}" for line in coverage(snapshot, unjudged)), "",
-                      md.findings(diagnosis.findings, snapshot.errors), md.errors(snapshot.errors)])
-
-
-def as_json(snapshot: Snapshot, diagnosis: Diagnosis, unjudged: list[str],
-            older_than_s: float | None) -> dict[str, Any]:
-    remedies = [{"code": f.code, "subject": f.subject, **asdict(f.remedy)} for f in diagnosis.findings if f.remedy]
-    return json_render.report("stuck", diagnosis, coverage=coverage(snapshot, unjudged), older_than_s=older_than_s,
-                              remedies=remedies)
+def coverage_section(lines: list[str]) -> Section:
+    """The coverage lines, untitled, right under the summary."""
+    return Section(None, (Items(tuple(spans(line) for line in lines)),))

@@ -139,9 +139,11 @@ def block(b: doc.Block, depth: int = 0) -> list[RenderableType]:
     match b:
         case doc.Paragraph(line, tone):
             return [Para(Text(doc.plain(line), style=TONE_STYLE[tone]), indent=len(pad)), Text("")]
-        case doc.Items(items, level):
+        case doc.Items(items, level, numbered):
             indent = len(pad) + 2 * level
-            return [Para(doc.plain(i), indent=indent, hang=indent + 2) for i in items]
+            marks = [f"{n}. " if numbered else "" for n in range(1, len(items) + 1)]
+            return [Para(mark + doc.plain(i), indent=indent, hang=indent + (len(mark) or 2))
+                    for mark, i in zip(marks, items, strict=True)]
         case doc.Facts(rows):
             return [facts(rows)]
         case doc.Checks(items):
