@@ -22,6 +22,7 @@ from rqdoctor.model import PreflightCheck as Check
 from rqdoctor.model import ProcessStacks
 from rqdoctor.probes.processes import is_worker_argv
 from rqdoctor.probes.stacks import HINT_MISSING, find_py_spy
+from rqdoctor.rqkeys import Keys
 
 OK, WARN, FAIL = "ok", "warning", "failed"
 CAP_SYS_PTRACE = 19
@@ -240,7 +241,7 @@ def _redis_check(target: Target, deadline: Deadline, url: str) -> Check:
         return Check("redis", FAIL, f"{url}: {exc.message}", [exc.hint] if exc.hint else [])
     try:
         version = client.info("server").get("redis_version", "?")
-        workers = client.scard("rq:workers")
+        workers = client.scard(Keys(target.key_prefix).workers)
     finally:
         client.close()
     return Check("redis", OK, f"{url}: Redis {version}, {workers} RQ worker(s)")

@@ -25,7 +25,7 @@ EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_DIAGNOSE = 0, 1, 2
 
 
 def snapshot_for(from_file: Path | None, options: CollectOptions, redis_url: str | None, bench: Path | None,
-                 all_queues: bool, db_urls: list[str] | None = None) -> Snapshot:
+                 all_queues: bool, db_urls: list[str] | None = None, key_prefix: str | None = None) -> Snapshot:
     """A saved snapshot (``--from``), or a fresh one gathered from this host."""
     if from_file is not None:
         return load_snapshot(from_file)
@@ -33,7 +33,7 @@ def snapshot_for(from_file: Path | None, options: CollectOptions, redis_url: str
     from rqdoctor.config import discover
 
     target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
-                      db_urls=db_urls)
+                      db_urls=db_urls, key_prefix=key_prefix)
     return collect(target, options)
 
 

@@ -25,6 +25,9 @@ Bench = Annotated[Path | None, typer.Option(
     "--bench", help="Bench root (holds sites/common_site_config.json). Default: env FRAPPE_BENCH_ROOT, the "
     "current directory or a parent, else (only when no Redis URL is given) the bench of running Frappe workers; "
     "several such benches: rqdoctor lists them and asks for --bench.")]
+KeyPrefix = Annotated[str | None, typer.Option(
+    "--key-prefix", help="RQ's key prefix (RQ_KEY_PREFIX of rq 3.0: keys named <prefix>:worker:…). Default: env "
+    "RQ_KEY_PREFIX, else the running workers' RQ_KEY_PREFIX (their /proc/<pid>/environ: root or their user), else rq.")]
 AllQueues = Annotated[bool, typer.Option("--all-queues", help="Show every queue, not only this bench's.")]
 Timeout = Annotated[float, typer.Option(
     "--timeout", min=1.0, max=600.0, help="Deadline of the whole run in seconds, counted from rqdoctor's start: "

@@ -12,6 +12,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from rqdoctor.model import ProcessInfo, TargetInfo
+from rqdoctor.rqkeys import Keys
 
 
 def started(create_time: float | None) -> str:
@@ -27,6 +28,11 @@ def process_ref(p: ProcessInfo, limit: int = 120) -> str:
     if len(command) > limit:
         command = command[: limit - 1] + "…"
     return f"pid {p.pid} (started {started(p.create_time)}, runs: {command})"
+
+
+def rq_key(target: TargetInfo, *parts: str) -> str:
+    """An RQ key name under the diagnosed Redis's key prefix (``rq_key(t, "job:", id)`` is ``rq:job:<id>``)."""
+    return Keys(target.key_prefix).s(*parts)
 
 
 def redis_cli(target: TargetInfo, *args: str) -> str:
