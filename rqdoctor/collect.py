@@ -89,7 +89,7 @@ def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
         try:
             _settle_prefix(client, target, snapshot)
             state = read_rq_state(client, target.queue_filter, errors, Keys(target.key_prefix))
-            if not state.workers and target.key_prefix_source != "--key-prefix":
+            if not state.workers:
                 state.other_prefixes = other_prefixes(client, target.key_prefix)
             return state, errors
         finally:

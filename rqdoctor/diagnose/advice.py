@@ -12,7 +12,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from rqdoctor.model import ProcessInfo, TargetInfo
-from rqdoctor.rqkeys import Keys
+from rqdoctor.rqkeys import DEFAULT_PREFIX, Keys
 
 
 def started(create_time: float | None) -> str:
@@ -60,6 +60,8 @@ def redis_cli(target: TargetInfo, *args: str) -> str:
 def rqdoctor_cli(target: TargetInfo, *args: str) -> str:
     """``rqdoctor`` pointed at the same target: ``--bench`` when one was diagnosed, else ``--redis-url``."""
     where = ["--bench", target.bench_path] if target.bench_path else ["--redis-url", target.redis_url]
+    if target.key_prefix != DEFAULT_PREFIX and "--key-prefix" not in args:
+        where += ["--key-prefix", target.key_prefix]
     return " ".join(shlex.quote(a) for a in ["rqdoctor", *args, *where])
 
 

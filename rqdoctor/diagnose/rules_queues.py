@@ -114,7 +114,7 @@ def queue_backlog(ctx: Context) -> Iterator[Hit]:
         )
 
 
-TARGET_CODES = {"RQD505", "RQD506"}
+TARGET_CODES = {"RQD505", "RQD506", "RQD507"}
 """Findings about the target itself (the queue filter matched nothing): every command that reads Redis runs them."""
 
 
@@ -212,4 +212,25 @@ def bench_id_matches_nothing(ctx: Context) -> Iterator[Hit]:
         fix=MISMATCH_FIX, commands=[redis_cli(target, "SMEMBERS", rq_key(target, "queues"))],
         data={"bench_id": target.bench_id, "bench_id_source": target.bench_id_source,
               "queue_filter": target.queue_filter, "prefixes": hidden},
+    )
+
+
+@rule("RQD507", "warning", "No RQ worker under the key prefix read, but workers sets of another prefix exist")
+def other_key_prefix(ctx: Context) -> Iterator[Hit]:
+    redis = ctx.snapshot.redis
+    if redis is None or redis.workers or not redis.other_prefixes:
+        return
+    target = ctx.snapshot.target
+    workers = rq_key(target, "workers")
+    yield Hit(
+        f"key prefix {target.key_prefix}",
+        evidence=[f"no worker registered in {workers} (key prefix {target.key_prefix}: "
+                  f"{target.key_prefix_source or 'default'})",
+                  "this Redis has the workers set(s) " + ", ".join(f"{p}:workers" for p in redis.other_prefixes)
+                  + ": rq 3.0 workers started with RQ_KEY_PREFIX name every key under their prefix"],
+        fix="Read the keys of that prefix: pass --key-prefix (the workers' RQ_KEY_PREFIX). rqdoctor learns it from "
+            "the workers' /proc/<pid>/environ only when it runs as root or as their user.",
+        commands=[rqdoctor_cli(target, "hangs", "--key-prefix", redis.other_prefixes[0]),
+                  redis_cli(target, "SMEMBERS", f"{redis.other_prefixes[0]}:workers")],
+        data={"key_prefix": target.key_prefix, "other_prefixes": list(redis.other_prefixes)},
     )
