@@ -105,17 +105,24 @@ def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
 
 
 def _settle_prefix(client: redis.Redis, target: Target, snapshot: Snapshot) -> None:
-    """With several discovered key prefixes, keep the one this Redis has workers under (recorded in the snapshot)."""
-    from rqdoctor.probes.prefix_probe import choose_prefix
+    """A discovered key prefix settled on this Redis (recorded in the snapshot): of several candidates the one it has
+    workers under; with none, the prefix whose workers set lists a local worker known only by its title."""
+    from rqdoctor.probes.prefix_probe import choose_prefix, other_prefixes, prefix_listing
 
-    if len(target.key_prefix_candidates) < 2:
-        return
+    if not target.key_prefix_candidates:
+        return  # --key-prefix or env RQ_KEY_PREFIX: final
     chosen = choose_prefix(client, target.key_prefix_candidates)
     if chosen is not None and chosen != target.key_prefix:
         target.key_prefix_source += f"; this Redis has workers under {chosen!r}, none under {target.key_prefix!r}"
         target.key_prefix = chosen
     elif chosen is not None:
         target.key_prefix_source += "; confirmed by this Redis"
+    elif target.key_prefix_titled:
+        listing = prefix_listing(client, other_prefixes(client, target.key_prefix), target.key_prefix_titled)
+        if listing is not None:
+            target.key_prefix = listing[0]
+            target.key_prefix_source = (f"{listing[0]}:workers of this Redis lists local worker {listing[1]} (known "
+                                        f"by its process title; its environment is overwritten by that title)")
     snapshot.target.key_prefix, snapshot.target.key_prefix_source = target.key_prefix, target.key_prefix_source
 
 

@@ -136,6 +136,8 @@ class Target:
     key_prefix_source: str = "default"
     key_prefix_candidates: list[str] = field(default_factory=list)
     """Prefixes the Redis probe still chooses from (the one whose ``<p>:workers`` exists); empty: final."""
+    key_prefix_titled: list[str] = field(default_factory=list)
+    """Names of local workers known from their titles only (their environment blanked by setproctitle)."""
 
     @property
     def queue_filter(self) -> str | None:
@@ -196,8 +198,9 @@ def discover(
     check_redis_url(url, url_source)
     target = Target(redis_url=url, redis_url_source=url_source, bench=bench_path, bench_source=bench_source,
                     all_queues=all_queues, env=env)
-    target.key_prefix, target.key_prefix_source, target.key_prefix_candidates = find_prefix(
-        key_prefix, env, scan_processes)
+    choice = find_prefix(key_prefix, env, scan_processes)
+    target.key_prefix, target.key_prefix_source = choice.prefix, choice.source
+    target.key_prefix_candidates, target.key_prefix_titled = choice.candidates, choice.titled
     if bench_path is not None:
         _apply_bench(target, bench_path, common)
     site_accounts = [s.db_target(env) for s in target.sites]

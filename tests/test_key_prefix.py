@@ -11,7 +11,7 @@ from rqdoctor.config import discover
 from rqdoctor.diagnose.advice import rq_key, rqdoctor_cli
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.errors import ConfigError
-from rqdoctor.keyprefix import find_prefix
+from rqdoctor.keyprefix import PrefixChoice, find_prefix
 from rqdoctor.model import QueueInfo, RedisState, Snapshot, TargetInfo, WorkerInfo
 from rqdoctor.render import header
 from rqdoctor.rqkeys import Keys
@@ -41,23 +41,29 @@ def test_keys_follow_the_prefix_as_rq_30_names_them() -> None:
 
 
 def test_flag_then_environment_then_workers_environment() -> None:
-    assert find_prefix("myapp", {"RQ_KEY_PREFIX": "other"}, True) == ("myapp", "--key-prefix", [])
-    assert find_prefix(None, {"RQ_KEY_PREFIX": "other"}, True) == ("other", "env RQ_KEY_PREFIX", [])
-    prefix, source, candidates = find_prefix(None, {}, False)
-    assert (prefix, candidates) == ("rq", ["rq"]) and source.startswith("default")
+    assert find_prefix("myapp", {"RQ_KEY_PREFIX": "other"}, True) == PrefixChoice("myapp", "--key-prefix")
+    assert find_prefix(None, {"RQ_KEY_PREFIX": "other"}, True) == PrefixChoice("other", "env RQ_KEY_PREFIX")
+    choice = find_prefix(None, {}, False)
+    assert (choice.prefix, choice.candidates) == ("rq", ["rq"]) and choice.source.startswith("default")
 
 
 def test_a_set_prefix_of_running_workers_comes_first_and_rq_stays_a_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("rqdoctor.keyprefix.workers_prefixes", lambda: ({"rq": [10], "myapp": [20, 21]}, []))
-    prefix, source, candidates = find_prefix(None, {}, True)
-    assert prefix == "myapp" and candidates == ["myapp", "rq"]
-    assert source == "RQ_KEY_PREFIX of running workers (pid 20, 21)"
+    monkeypatch.setattr("rqdoctor.keyprefix.workers_prefixes", lambda: ({"rq": [10], "myapp": [20, 21]}, [], []))
+    choice = find_prefix(None, {}, True)
+    assert choice.prefix == "myapp" and choice.candidates == ["myapp", "rq"]
+    assert choice.source == "RQ_KEY_PREFIX of running workers (pid 20, 21)"
 
 
 def test_unreadable_worker_environment_is_said_in_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("rqdoctor.keyprefix.workers_prefixes", lambda: ({}, [30]))
-    prefix, source, _ = find_prefix(None, {}, True)
-    assert prefix == "rq" and "pid 30 is not readable" in source and "--key-prefix" in source
+    monkeypatch.setattr("rqdoctor.keyprefix.workers_prefixes", lambda: ({}, [30], []))
+    choice = find_prefix(None, {}, True)
+    assert choice.prefix == "rq" and "pid 30 is not readable" in choice.source and "--key-prefix" in choice.source
+
+
+def test_workers_known_by_title_only_are_kept_for_the_redis_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rqdoctor.keyprefix.workers_prefixes", lambda: ({}, [], ["w1"]))
+    choice = find_prefix(None, {}, True)
+    assert (choice.prefix, choice.titled) == ("rq", ["w1"]) and "process titles" in choice.source
 
 
 @pytest.mark.parametrize("bad", ["my app", "a/b", "ü"])

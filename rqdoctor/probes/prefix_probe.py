@@ -36,3 +36,15 @@ def other_prefixes(client: redis.Redis, prefix: str) -> list[str]:
         if not cursor or len(found) >= MAX_OTHERS:
             break
     return sorted(found)[:MAX_OTHERS]
+
+
+def prefix_listing(client: redis.Redis, prefixes: list[str], names: list[str]) -> tuple[str, str] | None:
+    """The first prefix whose ``<p>:workers`` lists ``<p>:worker:<name>`` for one of ``names``, and that name."""
+    pairs = [(p, n) for p in prefixes for n in names]
+    if not pairs:
+        return None
+    with client.pipeline(transaction=False) as pipe:
+        for prefix, name in pairs:
+            pipe.sismember(Keys(prefix).workers, Keys(prefix).b("worker:", name))
+        hits = pipe.execute(raise_on_error=False)
+    return next((pair for pair, hit in zip(pairs, hits, strict=True) if hit is True or hit == 1), None)
