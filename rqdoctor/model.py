@@ -448,6 +448,9 @@ class StackSample:
     """Voluntary context switches of the main thread (``/proc/PID/status``: the thread group leader only);
     every blocking call that waits (sleep, socket read, lock) adds one."""
     involuntary_ctx_switches: int | None = None
+    source: str = "py-spy"
+    """``py-spy``, or ``faulthandler``: the process's own dump on SIGUSR1 (ASCII, at most 100 frames, no locals),
+    read where py-spy could not attach."""
 
 
 @dataclass
