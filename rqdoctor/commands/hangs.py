@@ -14,6 +14,7 @@ from rqdoctor.commands.options import (
     AllQueues,
     Bench,
     DbUrl,
+    FailOn,
     Format,
     FormatOpt,
     FromFile,
@@ -75,7 +76,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
             from_file: FromFile = None, verbose: Verbose = False, samples: Samples = 5, interval: Interval = 0.25,
             blocking: Blocking = False, native: Native = False, with_locals: Locals = False,
             min_age: MinAge = DEFAULT_MIN_AGE_S, db_url: DbUrl = None, no_db: NoDb = False,
-            no_root_db: NoRootDb = False, key_prefix: KeyPrefix = None) -> None:
+            no_root_db: NoRootDb = False, key_prefix: KeyPrefix = None,
+            fail_on: FailOn = None) -> None:
     """Show every running job: its process, live stack, what it waits on, for how long, and the fix."""
     options = collect_options(timeout, samples, interval, blocking, native, with_locals, not no_db)
     options.root_db = not no_root_db
@@ -83,4 +85,4 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, min_age_s=min_age)
     render("hangs", snapshot, diagnosis, job_rows(diagnosis), fmt, output, verbose, fatal)
-    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))
+    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",), fail_on=fail_on.value if fail_on else None))

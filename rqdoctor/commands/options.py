@@ -18,6 +18,17 @@ class Format(str, Enum):
     jira = "jira"
 
 
+class Severity(str, Enum):
+    """Finding severities, most severe first."""
+
+    critical = "critical"
+    warning = "warning"
+    info = "info"
+
+
+FailOn = Annotated[Severity | None, typer.Option(
+    "--fail-on", help="Probe mode: exit 1 only when a finding of this severity or worse exists (critical: only "
+    "critical ones; info: any finding); 2 still means rqdoctor could not diagnose. Default: warning or worse.")]
 RedisUrl = Annotated[str | None, typer.Option(
     "--redis-url", help="RQ's Redis, e.g. redis://:pw@host:6379/0, rediss://…, unix:///path?db=0. "
     "Default: env RQDOCTOR_REDIS_URL, FRAPPE_REDIS_QUEUE, RQ_REDIS_URL, REDIS_URL, the bench's redis_queue.")]

@@ -8,6 +8,7 @@ from rqdoctor.commands.common import emit_report, exit_code, require_redis, snap
 from rqdoctor.commands.options import (
     AllQueues,
     Bench,
+    FailOn,
     Format,
     FormatOpt,
     FromFile,
@@ -21,7 +22,7 @@ from rqdoctor.commands.options import (
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, timeout: Timeout = 10.0,
             fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None,
-            verbose: Verbose = False, key_prefix: KeyPrefix = None) -> None:
+            verbose: Verbose = False, key_prefix: KeyPrefix = None, fail_on: FailOn = None) -> None:
     """List RQ workers with their local process, state, current job, heartbeat age and horse.
 
     Text and Markdown open with counts by state, where, queue and host, then list the workers worth showing
@@ -41,4 +42,4 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     rows = worker_rows(diagnosis)
     blocks = workers_blocks(rows, snapshot.target.queue_filter, verbose)
     emit_report(table_report("workers", snapshot, diagnosis, rows, blocks), fmt, output, fatal)
-    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))
+    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",), fail_on=fail_on.value if fail_on else None))
