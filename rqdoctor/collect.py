@@ -90,7 +90,12 @@ def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
             _settle_prefix(client, target, snapshot)
             state = read_rq_state(client, target.queue_filter, errors, Keys(target.key_prefix))
             if not state.workers:
-                state.other_prefixes = other_prefixes(client, target.key_prefix)
+                others = other_prefixes(client, target.key_prefix)
+                if others and _prefix_of_titled(client, target, snapshot, others):
+                    errors.clear()
+                    state = read_rq_state(client, target.queue_filter, errors, Keys(target.key_prefix))
+                    others = [] if state.workers else other_prefixes(client, target.key_prefix)
+                state.other_prefixes = others
             return state, errors
         finally:
             client.close()
@@ -105,25 +110,35 @@ def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
 
 
 def _settle_prefix(client: redis.Redis, target: Target, snapshot: Snapshot) -> None:
-    """A discovered key prefix settled on this Redis (recorded in the snapshot): of several candidates the one it has
-    workers under; with none, the prefix whose workers set lists a local worker known only by its title."""
-    from rqdoctor.probes.prefix_probe import choose_prefix, other_prefixes, prefix_listing
+    """Of several discovered key prefixes, the one this Redis has workers under (recorded in the snapshot)."""
+    from rqdoctor.probes.prefix_probe import choose_prefix
 
-    if not target.key_prefix_candidates:
-        return  # --key-prefix or env RQ_KEY_PREFIX: final
+    if len(target.key_prefix_candidates) < 2:
+        return  # final (--key-prefix, env RQ_KEY_PREFIX) or nothing to choose from
     chosen = choose_prefix(client, target.key_prefix_candidates)
     if chosen is not None and chosen != target.key_prefix:
         target.key_prefix_source += f"; this Redis has workers under {chosen!r}, none under {target.key_prefix!r}"
         target.key_prefix = chosen
     elif chosen is not None:
         target.key_prefix_source += "; confirmed by this Redis"
-    elif target.key_prefix_titled:
-        listing = prefix_listing(client, other_prefixes(client, target.key_prefix), target.key_prefix_titled)
-        if listing is not None:
-            target.key_prefix = listing[0]
-            target.key_prefix_source = (f"{listing[0]}:workers of this Redis lists local worker {listing[1]} (known "
-                                        f"by its process title; its environment is overwritten by that title)")
     snapshot.target.key_prefix, snapshot.target.key_prefix_source = target.key_prefix, target.key_prefix_source
+
+
+def _prefix_of_titled(client: redis.Redis, target: Target, snapshot: Snapshot, others: list[str]) -> bool:
+    """With no worker under a discovered prefix: adopt the other prefix whose workers set lists a local worker
+    known only by its title (setproctitle blanked its environment). True when adopted."""
+    from rqdoctor.probes.prefix_probe import prefix_listing
+
+    if not target.key_prefix_candidates or not target.key_prefix_titled:
+        return False
+    listing = prefix_listing(client, others, target.key_prefix_titled)
+    if listing is None:
+        return False
+    target.key_prefix = listing[0]
+    target.key_prefix_source = (f"{listing[0]}:workers of this Redis lists local worker {listing[1]} (known by "
+                                "its process title; the title overwrote its environment)")
+    snapshot.target.key_prefix, snapshot.target.key_prefix_source = target.key_prefix, target.key_prefix_source
+    return True
 
 
 def _processes(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> None:
