@@ -6,6 +6,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rqdoctor import __version__, progress
 from rqdoctor.config import Target
@@ -14,6 +15,9 @@ from rqdoctor.diagnose.link import link
 from rqdoctor.errors import ProbeFailure, RqdoctorError
 from rqdoctor.model import DatabaseState, ProbeError, ProcessInfo, RedisState, Snapshot
 from rqdoctor.redact import redact_text, redact_url
+
+if TYPE_CHECKING:
+    import redis
 
 
 @dataclass
@@ -75,13 +79,24 @@ def collect(target: Target, options: CollectOptions) -> Snapshot:
 
 def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
     """Read Redis in a daemon thread; a server that has not answered completely by the deadline is abandoned."""
+    from rqdoctor.probes.prefix_probe import other_prefixes
     from rqdoctor.probes.redis_rq import connect, read_rq_state
+    from rqdoctor.rqkeys import Keys
 
     def read() -> tuple[RedisState, list[ProbeError]]:
         errors: list[ProbeError] = []
         client = connect(target.redis_url, deadline.timeout())
         try:
-            return read_rq_state(client, target.queue_filter, errors), errors
+            _settle_prefix(client, target, snapshot)
+            state = read_rq_state(client, target.queue_filter, errors, Keys(target.key_prefix))
+            if not state.workers:
+                others = other_prefixes(client, target.key_prefix)
+                if others and _prefix_of_titled(client, target, snapshot, others):
+                    errors.clear()
+                    state = read_rq_state(client, target.queue_filter, errors, Keys(target.key_prefix))
+                    others = [] if state.workers else other_prefixes(client, target.key_prefix)
+                state.other_prefixes = others
+            return state, errors
         finally:
             client.close()
 
@@ -92,6 +107,38 @@ def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
                            f"{deadline.seconds:g} s deadline", "the server accepts connections but answers too "
                            "slowly or not at all: is it overloaded or hung? Raise --timeout to wait longer") from None
     snapshot.errors.extend(errors)
+
+
+def _settle_prefix(client: redis.Redis, target: Target, snapshot: Snapshot) -> None:
+    """Of several discovered key prefixes, the one this Redis has workers under (recorded in the snapshot)."""
+    from rqdoctor.probes.prefix_probe import choose_prefix
+
+    if len(target.key_prefix_candidates) < 2:
+        return  # final (--key-prefix, env RQ_KEY_PREFIX) or nothing to choose from
+    chosen = choose_prefix(client, target.key_prefix_candidates)
+    if chosen is not None and chosen != target.key_prefix:
+        target.key_prefix_source += f"; this Redis has workers under {chosen!r}, none under {target.key_prefix!r}"
+        target.key_prefix = chosen
+    elif chosen is not None:
+        target.key_prefix_source += "; confirmed by this Redis"
+    snapshot.target.key_prefix, snapshot.target.key_prefix_source = target.key_prefix, target.key_prefix_source
+
+
+def _prefix_of_titled(client: redis.Redis, target: Target, snapshot: Snapshot, others: list[str]) -> bool:
+    """With no worker under a discovered prefix: adopt the other prefix whose workers set lists a local worker
+    known only by its title (setproctitle blanked its environment). True when adopted."""
+    from rqdoctor.probes.prefix_probe import prefix_listing
+
+    if not target.key_prefix_candidates or not target.key_prefix_titled:
+        return False
+    listing = prefix_listing(client, others, target.key_prefix_titled)
+    if listing is None:
+        return False
+    target.key_prefix = listing[0]
+    target.key_prefix_source = (f"{listing[0]}:workers of this Redis lists local worker {listing[1]} (known by "
+                                "its process title; the title overwrote its environment)")
+    snapshot.target.key_prefix, snapshot.target.key_prefix_source = target.key_prefix, target.key_prefix_source
+    return True
 
 
 def _processes(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> None:

@@ -56,13 +56,14 @@ def _bench(target: Target, snapshot: Snapshot, health: HealthState, deadline: De
 def _redis(target: Target, snapshot: Snapshot, health: HealthState, deadline: Deadline) -> None:
     from rqdoctor.probes.redis_rq import connect
     from rqdoctor.probes.rq_health import read_redis_health
+    from rqdoctor.rqkeys import Keys
 
     def read() -> list[ProbeError]:
         errors: list[ProbeError] = []
         client = connect(target.redis_url, deadline.timeout())
         try:
             assert snapshot.redis is not None
-            read_redis_health(client, snapshot.redis, health, errors)
+            read_redis_health(client, snapshot.redis, health, errors, Keys(target.key_prefix))
             return errors
         finally:
             client.close()
@@ -76,9 +77,9 @@ def _redis(target: Target, snapshot: Snapshot, health: HealthState, deadline: De
 
 
 def add_report_health(snapshot: Snapshot, redis_url: str | None, bench: str | None, all_queues: bool,
-                      timeout: float) -> None:
+                      timeout: float, key_prefix: str | None = None) -> None:
     """``report``: add to its snapshot what ``stuck`` and ``scheduler`` read, under the run's deadline."""
-    target = discover(redis_url=redis_url, bench=bench, all_queues=all_queues)
+    target = discover(redis_url=redis_url, bench=bench, all_queues=all_queues, key_prefix=key_prefix)
     deadline = Deadline.for_run(timeout).for_probes()
     add_stuck_facts(target, snapshot, deadline)
     snapshot.health = health = HealthState()

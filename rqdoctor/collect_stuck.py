@@ -83,13 +83,15 @@ def recheck_stopped(snapshot: Snapshot, deadline: Deadline) -> None:
 def _scan(target: Target, snapshot: Snapshot, deadline: Deadline, ids: list[str]) -> None:
     from rqdoctor.probes.job_scan import scan_jobs
     from rqdoctor.probes.redis_rq import connect
+    from rqdoctor.rqkeys import Keys
 
     def read() -> tuple[JobScan, list[ProbeError]]:
         errors: list[ProbeError] = []
         client = connect(target.redis_url, deadline.timeout())
         try:
             assert snapshot.redis is not None
-            return scan_jobs(client, snapshot.redis, target.queue_filter, deadline, errors, ids), errors
+            return scan_jobs(client, snapshot.redis, target.queue_filter, deadline, errors, ids,
+                             keys=Keys(target.key_prefix)), errors
         finally:
             client.close()
 

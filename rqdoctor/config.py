@@ -14,8 +14,10 @@ import psutil
 
 from rqdoctor.endpoints import redis_address
 from rqdoctor.errors import ConfigError
+from rqdoctor.keyprefix import find_prefix
 from rqdoctor.model import KnownEndpoint, SiteInfo, TargetInfo
 from rqdoctor.redact import password_needs_encoding, redact_reason, redact_url, shown_url
+from rqdoctor.rqkeys import DEFAULT_PREFIX
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 REDIS_ENV_VARS = ("RQDOCTOR_REDIS_URL", "FRAPPE_REDIS_QUEUE", "RQ_REDIS_URL", "REDIS_URL")
@@ -130,6 +132,12 @@ class Target:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     redis_roles: dict[str, str] = field(default_factory=dict, repr=False)
     """common_site_config.json ``redis_queue``/``redis_cache``/``redis_socketio`` -> URL (may hold passwords)."""
+    key_prefix: str = DEFAULT_PREFIX
+    key_prefix_source: str = "default"
+    key_prefix_candidates: list[str] = field(default_factory=list)
+    """Prefixes the Redis probe still chooses from (the one whose ``<p>:workers`` exists); empty: final."""
+    key_prefix_titled: list[str] = field(default_factory=list)
+    """Names of local workers known from their titles only (their environment blanked by setproctitle)."""
 
     @property
     def queue_filter(self) -> str | None:
@@ -153,6 +161,8 @@ class Target:
             sites=[s.info(self.env) for s in self.sites],
             db_urls=[d.redacted() for d in self.db_targets if d.admin],
             endpoints=self.endpoints(),
+            key_prefix=self.key_prefix,
+            key_prefix_source=self.key_prefix_source,
         )
 
     def endpoints(self) -> list[KnownEndpoint]:
@@ -169,12 +179,14 @@ def discover(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     scan_processes: bool = True,
+    key_prefix: str | None = None,
 ) -> Target:
     """Find the bench, its Redis and its databases.
 
     Running workers are consulted for the bench only when nothing else names one and the Redis
     is not chosen either (by ``--redis-url`` or the environment): a bench found that way brings
     its own Redis, so adopting it for another Redis would filter that Redis by a foreign bench id.
+    The key prefix comes from ``key_prefix``, env ``RQ_KEY_PREFIX``, else the running workers' environment.
     """
     env = os.environ if env is None else env
     redis_chosen = "--redis-url" if redis_url else next((f"env {n}" for n in REDIS_ENV_VARS if env.get(n)), "")
@@ -186,6 +198,9 @@ def discover(
     check_redis_url(url, url_source)
     target = Target(redis_url=url, redis_url_source=url_source, bench=bench_path, bench_source=bench_source,
                     all_queues=all_queues, env=env)
+    choice = find_prefix(key_prefix, env, scan_processes)
+    target.key_prefix, target.key_prefix_source = choice.prefix, choice.source
+    target.key_prefix_candidates, target.key_prefix_titled = choice.candidates, choice.titled
     if bench_path is not None:
         _apply_bench(target, bench_path, common)
     site_accounts = [s.db_target(env) for s in target.sites]

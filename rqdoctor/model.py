@@ -82,6 +82,10 @@ class TargetInfo:
     """The Redis servers common_site_config.json names (``redis_queue``/``redis_cache``/``redis_socketio``)."""
     all_queues: bool = False
     """``--all-queues`` was given (the filter is off on purpose, not for want of a bench)."""
+    key_prefix: str = "rq"
+    """RQ's key prefix (``RQ_KEY_PREFIX``, rq 3.0): every key read or written starts with ``<key_prefix>:``."""
+    key_prefix_source: str = ""
+    """How it was chosen (``--key-prefix``, the workers' environment, default…)."""
 
 
 @dataclass
@@ -284,6 +288,8 @@ class RedisState:
     """The probe recorded what the filter hid (False in snapshots of older rqdoctor versions: unknown)."""
     job_scan: JobScan | None = None
     """``stuck`` only: the job hashes that say queued/started, and where each was found (None: not scanned)."""
+    other_prefixes: list[str] = field(default_factory=list)
+    """With no worker under the key prefix read: other prefixes whose ``<p>:workers`` set exists (bounded SCAN)."""
 
 
 @dataclass
@@ -442,6 +448,9 @@ class StackSample:
     """Voluntary context switches of the main thread (``/proc/PID/status``: the thread group leader only);
     every blocking call that waits (sleep, socket read, lock) adds one."""
     involuntary_ctx_switches: int | None = None
+    source: str = "py-spy"
+    """``py-spy``, or ``faulthandler``: the process's own dump on SIGUSR1 (ASCII, at most 100 frames, no locals),
+    read where py-spy could not attach."""
 
 
 @dataclass

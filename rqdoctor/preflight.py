@@ -22,6 +22,7 @@ from rqdoctor.model import PreflightCheck as Check
 from rqdoctor.model import ProcessStacks
 from rqdoctor.probes.processes import is_worker_argv
 from rqdoctor.probes.stacks import HINT_MISSING, find_py_spy
+from rqdoctor.rqkeys import Keys
 
 OK, WARN, FAIL = "ok", "warning", "failed"
 CAP_SYS_PTRACE = 19
@@ -110,12 +111,21 @@ def check_py_spy(deadline: Deadline) -> Check:
     if version is None:
         return Check("py-spy", FAIL, f"{exe} does not run (`py-spy --version` failed)",
                      ["pip install --force-reinstall py-spy"])
-    return Check("py-spy", OK, f"py-spy {'.'.join(map(str, version))} at {exe}")
+    readable = newest_readable(version)
+    reads = f"reads CPython up to {readable[0]}.{readable[1]}" if readable else "too old to read any CPython known here"
+    return Check("py-spy", OK if readable else FAIL, f"py-spy {'.'.join(map(str, version))} at {exe}: {reads}",
+                 [] if readable else ["pip install -U 'py-spy>=0.4.2'"])
 
 
 def newest_readable(version: tuple[int, ...]) -> tuple[int, int] | None:
     """The newest CPython minor this py-spy version reads (None: older than every known line)."""
     return next((python for release, python in PY_SPY_READS if version >= release), None)
+
+
+def release_reading(python: tuple[int, ...]) -> str | None:
+    """The oldest py-spy release that reads CPython ``python`` (None: no known release does)."""
+    releases = [release for release, newest in PY_SPY_READS if python[:2] <= newest]
+    return ".".join(map(str, min(releases))) if releases else None
 
 
 def check_interpreters(version: tuple[int, ...] | None) -> list[Check]:
@@ -143,9 +153,10 @@ def interpreter_checks(found: dict[str, list[int]], version: tuple[int, ...] | N
         if python == "unknown" or readable is None:
             checks.append(Check("interpreters", WARN, what + "; cannot tell whether py-spy reads it"))
         elif tuple(int(p) for p in python.split(".")) > readable:
-            need = "0.4.2" if python == "3.14" else "a newer release"
+            need = release_reading(tuple(int(p) for p in python.split(".")))
+            fix = f"pip install -U 'py-spy>={need}'" if need else "pip install -U py-spy (no known release reads it)"
             checks.append(Check("interpreters", FAIL, f"{what}; py-spy {'.'.join(map(str, version or ()))} reads "
-                                f"up to {readable[0]}.{readable[1]}", [f"pip install -U 'py-spy>={need}'"]))
+                                f"up to {readable[0]}.{readable[1]}", [fix]))
         else:
             checks.append(Check("interpreters", OK, what + "; readable"))
     return checks
@@ -240,7 +251,7 @@ def _redis_check(target: Target, deadline: Deadline, url: str) -> Check:
         return Check("redis", FAIL, f"{url}: {exc.message}", [exc.hint] if exc.hint else [])
     try:
         version = client.info("server").get("redis_version", "?")
-        workers = client.scard("rq:workers")
+        workers = client.scard(Keys(target.key_prefix).workers)
     finally:
         client.close()
     return Check("redis", OK, f"{url}: Redis {version}, {workers} RQ worker(s)")

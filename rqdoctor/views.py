@@ -138,10 +138,12 @@ def threads_of(diagnosis: Diagnosis, pid: int | None) -> list[dict[str, Any]]:
     stacks = next((s for s in diagnosis.context.snapshot.stacks if s.pid == pid), None)
     if stacks is None or not stacks.samples:
         return []
+    sample = stacks.samples[-1]
+    source = {} if sample.source == "py-spy" else {"source": sample.source}
     return [{"thread_id": t.thread_id, "name": t.name, "active": t.active, "owns_gil": t.owns_gil,
              "frames": [{"name": f.name, "filename": f.filename, "line": f.line,
-                         **({"locals": f.locals} if f.locals else {})} for f in t.frames]}
-            for t in stacks.samples[-1].threads]
+                         **({"locals": f.locals} if f.locals else {})} for f in t.frames], **source}
+            for t in sample.threads]
 
 
 def activity_dict(activity: Activity | None) -> dict[str, Any] | None:

@@ -18,7 +18,8 @@ from tests.harness.workers import Workers, enqueue, wait_for_job_started
 pytestmark = [pytest.mark.integration]
 
 READ_COMMANDS = {"time", "info", "smembers", "exists", "type", "hgetall", "ttl", "llen", "lindex", "zcard",
-                 "zrange", "zrevrangebyscore", "hmget", "hget", "ping", "select", "client", "echo"}
+                 "zrange", "zrevrangebyscore", "hmget", "hget", "ping", "select", "client", "echo",
+                 "scard", "scan", "sismember"}  # the key-prefix checks (rqdoctor.probes.prefix_probe)
 
 
 def rqdoctor(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -102,9 +103,10 @@ def test_workers_and_queues_only_read(busy_bench: tuple[Bench, str, str], redis_
         # WHEN
         run = rqdoctor(command, "--bench", str(bench.root), "--format", "json")
         events = monitor.stop()
-        # THEN rqdoctor's connection (the one that asks TIME first; rq workers never do) only read
+        # THEN rqdoctor's connection (the one that asks TIME, or SCARD of the key-prefix check, first; rq workers
+        # never do) only read
         assert run.returncode == 0, run.stderr
-        ours = [cmds for cmds in commands_by_client(events).values() if _first_real(cmds).startswith("TIME")]
+        ours = [cmds for cmds in commands_by_client(events).values() if _first_real(cmds).startswith(("TIME", "SCARD"))]
         assert len(ours) == 1, f"cannot tell rqdoctor's connection apart: {commands_by_client(events)}"
         issued = json.loads(run.stdout)["snapshot"]["redis"]["commands"]
         assert len(ours[0]) >= issued > 0

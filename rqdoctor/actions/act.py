@@ -24,6 +24,7 @@ from rqdoctor.actions.identity import Verdict, verify_target, wait_gone
 from rqdoctor.actions.plan import Step
 from rqdoctor.actions.signals import STOP_COMMAND_WAIT_S, Sent, escalate
 from rqdoctor.diagnose.findings import Remedy
+from rqdoctor.rqkeys import Keys
 
 OUTCOME_WAIT_S = 10.0
 """How long a live worker gets to record its dead horse's job as failed or stopped."""
@@ -74,6 +75,8 @@ class Actor:
     versions: dict[str, str]
     """Worker name -> rq version (from the snapshot), to pick the stop command."""
     user: str = ""
+    keys: Keys = field(default_factory=Keys)
+    """RQ's key names under the snapshot's key prefix."""
 
     def run(self, step: Step) -> Result:
         """Carry out ``step`` (refused ones are only audited)."""
@@ -113,11 +116,11 @@ class Actor:
     def _verify(self, remedy: Remedy) -> Verdict:
         """Process identity and the job's state in Redis, read now."""
         try:
-            pids = redis_moves.worker_pids(self.client, self.host)
+            pids = redis_moves.worker_pids(self.client, self.host, k=self.keys)
             verdict = verify_target(remedy, self.host, pids, self.kill_worker)
             if not verdict.ok or not remedy.job_id:
                 return verdict
-            state = redis_moves.job_state(self.client, remedy)
+            state = redis_moves.job_state(self.client, remedy, k=self.keys)
         except redis.RedisError as exc:
             return Verdict(False, f"Redis cannot be read ({type(exc).__name__}): cannot re-verify the job")
         if state.status != "started":
@@ -133,7 +136,7 @@ class Actor:
     def _await_outcome(self, remedy: Remedy) -> redis_moves.JobState:
         end = time.monotonic() + OUTCOME_WAIT_S
         while True:
-            state = redis_moves.job_state(self.client, remedy)
+            state = redis_moves.job_state(self.client, remedy, k=self.keys)
             if state.status in ENDED_OK or time.monotonic() >= end:
                 return state
             time.sleep(POLL_S)
@@ -152,7 +155,7 @@ class Actor:
         if frozen:
             self._log(result, "none (RQ's stop command skipped)", "skipped", frozen)
         else:
-            receivers = redis_moves.publish_stop(self.client, r, self.versions.get(r.worker or ""))
+            receivers = redis_moves.publish_stop(self.client, r, self.versions.get(r.worker or ""), k=self.keys)
             self._log(result, f"PUBLISH rq:pubsub:{r.worker} stop command", "sent" if receivers else "unheard",
                       f"{receivers} subscriber(s) received it")
         if not (receivers and wait_gone(r.pid, r.create_time, STOP_COMMAND_WAIT_S)):
@@ -165,7 +168,7 @@ class Actor:
     def _after_gone(self, result: Result, verdict: Verdict) -> None:
         """The process or job ended before anything was sent: say how the job ended."""
         r = result.step.remedy
-        state = redis_moves.job_state(self.client, r) if r.job_id else None
+        state = redis_moves.job_state(self.client, r, k=self.keys) if r.job_id else None
         if state is None or state.status in ENDED_OK:
             ended = f"job {state.status}, " if state else ""
             self._finish(result, "nothing", f"already ended: {ended}{verdict.reason}")
@@ -216,7 +219,7 @@ class Actor:
                          else f"nothing sent: {first.reason}")
             self._log(result, "none (verification)", outcome, result.detail)
             return
-        state = redis_moves.job_state(self.client, r)
+        state = redis_moves.job_state(self.client, r, k=self.keys)
         if state.status in ENDED_OK:
             self._finish(result, "done", f"the process is gone; job {r.job_id} ended {state.status}")
             self._log(result, "none (verification)", "done", result.detail)
@@ -225,8 +228,9 @@ class Actor:
 
     def _fail_started(self, result: Result) -> None:
         r = result.step.remedy
-        state = redis_moves.job_state(self.client, r)
-        alive = redis_moves.worker_alive(self.client, r.worker, self.host) if state.current and r.worker else ""
+        state = redis_moves.job_state(self.client, r, k=self.keys)
+        alive = (redis_moves.worker_alive(self.client, r.worker, self.host, k=self.keys)
+                 if state.current and r.worker else "")
         if alive:
             self._refuse(result, f"worker {r.worker} names job {r.job_id} as its current job and {alive}")
             return
@@ -235,23 +239,24 @@ class Actor:
     def _move(self, result: Result, reason: str) -> None:
         r = result.step.remedy
         if r.job_id and not (r.queue and r.member):
-            found = redis_moves.find_started(self.client, r.job_id)
+            found = redis_moves.find_started(self.client, r.job_id, k=self.keys)
             if found:
                 r.queue, r.member = found
                 r.execution_id = r.member[len(r.job_id) + 1:] or None
         if not (r.job_id and r.queue and r.member):
+            status = redis_moves.job_state(self.client, r, k=self.keys).status if r.job_id else ""
             self._refuse(result, f"job {r.job_id} has no started-registry entry to move (status "
-                         f"{redis_moves.job_state(self.client, r).status or 'gone'})" if r.job_id else "no job id")
+                         f"{status or 'gone'})" if r.job_id else "no job id")
             return
-        outcome = redis_moves.move_started(self.client, r, reason, self.requeue, self.user)
+        outcome = redis_moves.move_started(self.client, r, reason, self.requeue, self.user, k=self.keys)
         self._apply(result, outcome)
 
     def _clear_job_hash(self, result: Result) -> None:
         r = result.step.remedy
-        self._apply(result, redis_moves.fail_zombie(self.client, r, r.reason, self.user))
+        self._apply(result, redis_moves.fail_zombie(self.client, r, r.reason, self.user, k=self.keys))
 
     def _prune_worker(self, result: Result) -> None:
-        self._apply(result, redis_moves.prune_worker(self.client, result.step.remedy, self.host))
+        self._apply(result, redis_moves.prune_worker(self.client, result.step.remedy, self.host, k=self.keys))
 
     def _apply(self, result: Result, outcome: redis_moves.Outcome) -> None:
         self._log(result, "; ".join(outcome.changes) or "none", outcome.result, outcome.detail)

@@ -33,6 +33,7 @@ from rqdoctor.model import Snapshot
 from rqdoctor.redact import MASK, shown_url
 from rqdoctor.render import text
 from rqdoctor.render.document import Report
+from rqdoctor.rqkeys import Keys
 
 EXIT_DONE, EXIT_PLANNED, EXIT_CANNOT_DIAGNOSE, EXIT_REFUSED, EXIT_FAILED = 0, 1, 2, 3, 4
 REDIS_TIMEOUT_S = 5.0
@@ -112,7 +113,8 @@ def _act(snapshot: Snapshot, steps: list[Step], options: KillOptions, host: str,
         return EXIT_FAILED
     report.audit_path = str(audit.path)
     versions = {w.name: w.version or "" for w in snapshot.redis.workers} if snapshot.redis else {}
-    actor = Actor(client, audit, host, options.kill_worker, options.requeue, options.grace_s, versions, audit.user)
+    actor = Actor(client, audit, host, options.kill_worker, options.requeue, options.grace_s, versions, audit.user,
+                  Keys(snapshot.target.key_prefix))
     try:
         report.results = [actor.run(step) for step in steps]
     finally:

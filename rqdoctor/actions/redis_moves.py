@@ -14,6 +14,8 @@ sources: ``FailedJobRegistry.add``, ``Job._handle_failure``, ``Result.save``, ``
 - requeued (``--requeue``): ``status=queued``, ``enqueued_at`` now, RPUSH onto ``rq:queue:<q>`` and the
   queue key into ``rq:queues``.
 
+Every key is named under the run's key prefix (``rq`` above; ``RQ_KEY_PREFIX`` of rq 3.0): see :mod:`rqdoctor.rqkeys`.
+
 The keys read in the transaction are WATCHed: if anyone (a worker, rq's own cleanup) touches them
 between the check and the write, nothing is written and the move is retried from the start.
 """
@@ -33,8 +35,9 @@ import psutil
 import redis
 
 from rqdoctor.diagnose.findings import Remedy
+from rqdoctor.rqkeys import Keys
 
-PREFIX = b"rq:"
+DEFAULT_KEYS = Keys()
 DEFAULT_FAILURE_TTL = 31536000
 """rq's ``DEFAULT_FAILURE_TTL``: one year."""
 ENDED = {b"finished", b"failed", b"stopped", b"canceled"}
@@ -86,11 +89,12 @@ def exc_text(reason: str, now: float, user: str) -> str:
     return (f"Moved to FailedJobRegistry by rqdoctor (stuck --kill, user {user}) at {_s(_iso(now))}: {reason}\n")
 
 
-def _fail_writes(pipe: Any, job_id: bytes, queue: bytes, ttl_raw: bytes | None, text: str, now: float) -> list[str]:
+def _fail_writes(k: Keys, pipe: Any, job_id: bytes, queue: bytes, ttl_raw: bytes | None, text: str,
+                 now: float) -> list[str]:
     ttl = int(ttl_raw) if ttl_raw and ttl_raw.lstrip(b"-").isdigit() else DEFAULT_FAILURE_TTL
     score = ttl if ttl < 0 else now + ttl
-    job_key, results_key = PREFIX + b"job:" + job_id, PREFIX + b"results:" + job_id
-    failed_key = PREFIX + b"failed:" + queue
+    job_key, results_key = k.base + b"job:" + job_id, k.base + b"results:" + job_id
+    failed_key = k.base + b"failed:" + queue
     pipe.hset(job_key, mapping={b"status": b"failed", b"ended_at": _iso(now),
                                 b"exc_info": zlib.compress(text.encode("utf-8"))})
     pipe.zadd(failed_key, {job_id: score})
@@ -103,30 +107,30 @@ def _fail_writes(pipe: Any, job_id: bytes, queue: bytes, ttl_raw: bytes | None, 
             f"XADD {_s(results_key)} (failed result)"]
 
 
-def _requeue_writes(pipe: Any, job_id: bytes, queue: bytes, now: float) -> list[str]:
-    job_key, queue_key = PREFIX + b"job:" + job_id, PREFIX + b"queue:" + queue
+def _requeue_writes(k: Keys, pipe: Any, job_id: bytes, queue: bytes, now: float) -> list[str]:
+    job_key, queue_key = k.base + b"job:" + job_id, k.base + b"queue:" + queue
     pipe.hset(job_key, mapping={b"status": b"queued", b"enqueued_at": _iso(now)})
     pipe.rpush(queue_key, job_id)
-    pipe.sadd(PREFIX + b"queues", queue_key)
+    pipe.sadd(k.base + b"queues", queue_key)
     return [f"HSET {_s(job_key)} status=queued enqueued_at", f"RPUSH {_s(queue_key)}"]
 
 
-def _execution_writes(pipe: Any, job_id: bytes, execution_id: str | None, worker: str | None) -> list[str]:
+def _execution_writes(k: Keys, pipe: Any, job_id: bytes, execution_id: str | None, worker: str | None) -> list[str]:
     if not execution_id:
         return []
     exec_id = _b(execution_id)
     composite = job_id + b":" + exec_id
-    pipe.delete(PREFIX + b"execution:" + composite)
-    pipe.zrem(PREFIX + b"executions:" + job_id, exec_id)
-    changes = [f"DEL rq:execution:{_s(composite)}", f"ZREM rq:executions:{_s(job_id)}"]
+    pipe.delete(k.base + b"execution:" + composite)
+    pipe.zrem(k.base + b"executions:" + job_id, exec_id)
+    changes = [f"DEL {k.prefix}:execution:{_s(composite)}", f"ZREM {k.prefix}:executions:{_s(job_id)}"]
     if worker:
-        pipe.srem(PREFIX + b"worker:" + _b(worker) + b":executions", composite)
-        changes.append(f"SREM rq:worker:{worker}:executions")
+        pipe.srem(k.base + b"worker:" + _b(worker) + b":executions", composite)
+        changes.append(f"SREM {k.prefix}:worker:{worker}:executions")
     return changes
 
 
 def move_started(client: redis.Redis, remedy: Remedy, reason: str, requeue: bool, user: str,
-                 now: Callable[[], float] = time.time) -> Outcome:
+                 now: Callable[[], float] = time.time, k: Keys = DEFAULT_KEYS) -> Outcome:
     """Move a started entry no process runs any more to failed (or its queue), atomically.
 
     A job that already ended (finished, failed, stopped, canceled) only loses its stale entry; a
@@ -134,44 +138,44 @@ def move_started(client: redis.Redis, remedy: Remedy, reason: str, requeue: bool
     """
     assert remedy.job_id and remedy.queue and remedy.member
     job_id, queue, member = _b(remedy.job_id), _b(remedy.queue), _b(remedy.member)
-    wip, job_key = PREFIX + b"wip:" + queue, PREFIX + b"job:" + job_id
+    wip, job_key = k.base + b"wip:" + queue, k.base + b"job:" + job_id
 
     def body(pipe: Any) -> Outcome:
         if pipe.zscore(wip, member) is None:
-            return Outcome("nothing", f"{remedy.member} is no longer in rq:wip:{remedy.queue}")
+            return Outcome("nothing", f"{remedy.member} is no longer in {k.prefix}:wip:{remedy.queue}")
         exists = pipe.exists(job_key)
         status, ttl_raw = pipe.hmget(job_key, "status", "failure_ttl")
         pipe.multi()
         pipe.zrem(wip, member)
-        changes = [f"ZREM rq:wip:{remedy.queue} {remedy.member}"]
-        changes += _execution_writes(pipe, job_id, remedy.execution_id, remedy.worker)
+        changes = [f"ZREM {k.prefix}:wip:{remedy.queue} {remedy.member}"]
+        changes += _execution_writes(k, pipe, job_id, remedy.execution_id, remedy.worker)
         if not exists:
             return Outcome("done", "removed a started entry whose job hash is gone", changes)
         if status in ENDED:
             return Outcome("done", f"removed the stale started entry of a job already {_s(status)}", changes)
         if requeue:
-            changes += _requeue_writes(pipe, job_id, queue, now())
+            changes += _requeue_writes(k, pipe, job_id, queue, now())
             return Outcome("done", f"requeued onto {remedy.queue}", changes)
-        changes += _fail_writes(pipe, job_id, queue, ttl_raw, exc_text(reason, now(), user), now())
-        return Outcome("done", f"moved to rq:failed:{remedy.queue}", changes)
+        changes += _fail_writes(k, pipe, job_id, queue, ttl_raw, exc_text(reason, now(), user), now())
+        return Outcome("done", f"moved to {k.prefix}:failed:{remedy.queue}", changes)
 
     return _transaction(client, [wip, job_key], body)
 
 
 def fail_zombie(client: redis.Redis, remedy: Remedy, reason: str, user: str,
-                now: Callable[[], float] = time.time) -> Outcome:
+                now: Callable[[], float] = time.time, k: Keys = DEFAULT_KEYS) -> Outcome:
     """Mark a zombie job hash failed: it says queued/started but is in no queue, registry or worker.
 
     Its queue list is WATCHed, so a worker cannot pick it up between the check and the write.
     """
     assert remedy.job_id
     job_id = _b(remedy.job_id)
-    job_key = PREFIX + b"job:" + job_id
+    job_key = k.base + b"job:" + job_id
     origin = _b(remedy.queue) if remedy.queue else client.hget(job_key, "origin")
     if not origin:
         return Outcome("refused", "the job hash names no queue (origin)")
-    queue_key = PREFIX + b"queue:" + origin
-    runner = _runner(client, remedy.job_id)
+    queue_key = k.base + b"queue:" + origin
+    runner = _runner(client, remedy.job_id, k)
     if runner:
         return Outcome("refused", f"worker {runner} runs it")
 
@@ -179,22 +183,22 @@ def fail_zombie(client: redis.Redis, remedy: Remedy, reason: str, user: str,
         status, ttl_raw = pipe.hmget(job_key, "status", "failure_ttl")
         if status not in RUNNABLE:
             return Outcome("nothing", f"its status is now {_s(status) or 'gone'}")
-        where = _where_listed(pipe, job_id, origin)
+        where = _where_listed(k, pipe, job_id, origin)
         if where:
             return Outcome("refused", f"it is in {where}: not a zombie")
         pipe.multi()
-        changes = _fail_writes(pipe, job_id, origin, ttl_raw, exc_text(reason, now(), user), now())
-        return Outcome("done", f"marked failed (was {_s(status)}), in rq:failed:{_s(origin)}", changes)
+        changes = _fail_writes(k, pipe, job_id, origin, ttl_raw, exc_text(reason, now(), user), now())
+        return Outcome("done", f"marked failed (was {_s(status)}), in {k.prefix}:failed:{_s(origin)}", changes)
 
-    return _transaction(client, [job_key, queue_key, PREFIX + b"wip:" + origin], body)
+    return _transaction(client, [job_key, queue_key, k.base + b"wip:" + origin], body)
 
 
-def _where_listed(pipe: Any, job_id: bytes, queue: bytes) -> str:
+def _where_listed(k: Keys, pipe: Any, job_id: bytes, queue: bytes) -> str:
     """The queue list or registry of ``queue`` that holds ``job_id`` (any member format), else ``''``."""
-    for key in (PREFIX + b"queue:" + queue, PREFIX + b"queue:" + queue + b":intermediate"):
+    for key in (k.base + b"queue:" + queue, k.base + b"queue:" + queue + b":intermediate"):
         if job_id in pipe.lrange(key, 0, -1):
             return _s(key)
-    wip = PREFIX + b"wip:" + queue
+    wip = k.base + b"wip:" + queue
     if pipe.zscore(wip, job_id) is not None:
         return _s(wip)
     for member, _ in pipe.zscan_iter(wip, match=_glob_escape(job_id) + b":*", count=1000):
@@ -203,12 +207,12 @@ def _where_listed(pipe: Any, job_id: bytes, queue: bytes) -> str:
     return ""
 
 
-def find_started(client: redis.Redis, job_id: str) -> tuple[str, str] | None:
+def find_started(client: redis.Redis, job_id: str, k: Keys = DEFAULT_KEYS) -> tuple[str, str] | None:
     """The queue (the job's ``origin``) and started-registry member of ``job_id``, when it is in that registry."""
-    origin = client.hget(PREFIX + b"job:" + _b(job_id), "origin")
+    origin = client.hget(k.base + b"job:" + _b(job_id), "origin")
     if not origin:
         return None
-    wip, raw = PREFIX + b"wip:" + origin, _b(job_id)
+    wip, raw = k.base + b"wip:" + origin, _b(job_id)
     if client.zscore(wip, raw) is not None:
         return _s(origin), job_id
     for member, _ in client.zscan_iter(wip, match=_glob_escape(raw) + b":*", count=1000):
@@ -227,9 +231,9 @@ def _glob_escape(value: bytes) -> bytes:
     return bytes(out)
 
 
-def _runner(client: redis.Redis, job_id: str) -> str | None:
+def _runner(client: redis.Redis, job_id: str, k: Keys) -> str | None:
     """The registered worker whose ``current_job`` or rq 3.0 executions name ``job_id``, if any."""
-    keys = list(client.smembers(PREFIX + b"workers"))
+    keys = list(client.smembers(k.base + b"workers"))
     if not keys:
         return None
     with client.pipeline(transaction=False) as pipe:
@@ -241,7 +245,7 @@ def _runner(client: redis.Redis, job_id: str) -> str | None:
     for i, key in enumerate(keys):
         current, executions = replies[2 * i], replies[2 * i + 1]
         if current == wanted or any(m.startswith(wanted + b":") for m in executions or ()):
-            return _s(key).removeprefix("rq:worker:")
+            return _s(key).removeprefix(k.s("worker:"))
     return None
 
 
@@ -254,7 +258,7 @@ def _text(value: Any) -> str:
     return _s(value) if isinstance(value, bytes) else str(value)
 
 
-def prune_worker(client: redis.Redis, remedy: Remedy, host: str) -> Outcome:
+def prune_worker(client: redis.Redis, remedy: Remedy, host: str, k: Keys = DEFAULT_KEYS) -> Outcome:
     """Remove a ghost worker hash and its set memberships, once no process and no connection is its own."""
     assert remedy.worker
     name = remedy.worker
@@ -263,7 +267,7 @@ def prune_worker(client: redis.Redis, remedy: Remedy, host: str) -> Outcome:
             return Outcome("refused", f"a Redis client named {name} is connected: the worker is alive")
     except redis.ResponseError as exc:
         return Outcome("refused", f"CLIENT LIST is not allowed ({exc}): cannot confirm no connection is the worker's")
-    key = PREFIX + b"worker:" + _b(name)
+    key = k.base + b"worker:" + _b(name)
 
     def body(pipe: Any) -> Outcome:
         fields = pipe.hgetall(key)
@@ -273,20 +277,20 @@ def prune_worker(client: redis.Redis, remedy: Remedy, host: str) -> Outcome:
         queues = [q for q in _s(fields.get(b"queues")).split(",") if q]
         pipe.multi()
         pipe.delete(key, key + b":executions")
-        pipe.srem(PREFIX + b"workers", key)
+        pipe.srem(k.base + b"workers", key)
         for queue in queues:
-            pipe.srem(PREFIX + b"workers:" + _b(queue), key)
-        changes = [f"DEL rq:worker:{name} (and :executions)", "SREM rq:workers"]
-        changes += [f"SREM rq:workers:{q}" for q in queues]
+            pipe.srem(k.base + b"workers:" + _b(queue), key)
+        changes = [f"DEL {k.prefix}:worker:{name} (and :executions)", f"SREM {k.prefix}:workers"]
+        changes += [f"SREM {k.prefix}:workers:{q}" for q in queues]
         return Outcome("done", "removed the ghost worker hash" if fields else "removed a stale worker-set member",
                        changes)
 
     return _transaction(client, [key], body)
 
 
-def worker_alive(client: redis.Redis, worker: str, host: str) -> str:
+def worker_alive(client: redis.Redis, worker: str, host: str, k: Keys = DEFAULT_KEYS) -> str:
     """Why worker ``worker``'s process may still be alive (``''``: its hash names no live process)."""
-    return _worker_process_alive(client.hgetall(PREFIX + b"worker:" + _b(worker)), host)
+    return _worker_process_alive(client.hgetall(k.base + b"worker:" + _b(worker)), host)
 
 
 def _worker_process_alive(fields: dict[bytes, bytes], host: str) -> str:
@@ -319,7 +323,7 @@ def _birth(raw: bytes | None) -> float | None:
         return None
 
 
-def publish_stop(client: redis.Redis, remedy: Remedy, version: str | None) -> int:
+def publish_stop(client: redis.Redis, remedy: Remedy, version: str | None, k: Keys = DEFAULT_KEYS) -> int:
     """RQ's stop command on the worker's channel; returns how many subscribers received it (0: nobody listens).
 
     rq 3.0 stops one execution (``stop-execution``) when the execution id is known; older versions and
@@ -329,7 +333,7 @@ def publish_stop(client: redis.Redis, remedy: Remedy, version: str | None) -> in
     payload: dict[str, str] = {"command": "stop-job", "job_id": remedy.job_id}
     if remedy.execution_id and (version or "").split(".")[0].isdigit() and int((version or "0").split(".")[0]) >= 3:
         payload = {"command": "stop-execution", "job_id": remedy.job_id, "execution_id": remedy.execution_id}
-    return int(client.publish(PREFIX + b"pubsub:" + _b(remedy.worker), json.dumps(payload)))
+    return int(client.publish(k.base + b"pubsub:" + _b(remedy.worker), json.dumps(payload)))
 
 
 @dataclass
@@ -344,16 +348,16 @@ class JobState:
     worker_pid: int | None
 
 
-def job_state(client: redis.Redis, remedy: Remedy) -> JobState:
+def job_state(client: redis.Redis, remedy: Remedy, k: Keys = DEFAULT_KEYS) -> JobState:
     """Status, failed/started registry membership and whether its worker still runs it (one round trip)."""
     assert remedy.job_id
     job_id = _b(remedy.job_id)
     queue = _b(remedy.queue or "")
     with client.pipeline(transaction=False) as pipe:
-        pipe.hget(PREFIX + b"job:" + job_id, "status")
-        pipe.zscore(PREFIX + b"failed:" + queue, job_id)
-        pipe.zscore(PREFIX + b"wip:" + queue, _b(remedy.member or remedy.job_id))
-        worker = PREFIX + b"worker:" + _b(remedy.worker or "")
+        pipe.hget(k.base + b"job:" + job_id, "status")
+        pipe.zscore(k.base + b"failed:" + queue, job_id)
+        pipe.zscore(k.base + b"wip:" + queue, _b(remedy.member or remedy.job_id))
+        worker = k.base + b"worker:" + _b(remedy.worker or "")
         pipe.hmget(worker, "current_job", "pid")
         pipe.smembers(worker + b":executions")
         status, failed, started, (current, pid), executions = pipe.execute()
@@ -362,9 +366,9 @@ def job_state(client: redis.Redis, remedy: Remedy) -> JobState:
                     int(pid) if pid and pid.isdigit() else None)
 
 
-def worker_pids(client: redis.Redis, host: str) -> set[int]:
+def worker_pids(client: redis.Redis, host: str, k: Keys = DEFAULT_KEYS) -> set[int]:
     """Pids of the registered workers on ``host`` (read now, for the never-signal-a-worker check)."""
-    keys = list(client.smembers(PREFIX + b"workers"))
+    keys = list(client.smembers(k.base + b"workers"))
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hmget(key, "pid", "hostname")

@@ -24,7 +24,7 @@ EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_DIAGNOSE = 0, 1, 2
 
 
 def snapshot_for(from_file: Path | None, options: CollectOptions, redis_url: str | None, bench: Path | None,
-                 all_queues: bool, db_urls: list[str] | None = None) -> Snapshot:
+                 all_queues: bool, db_urls: list[str] | None = None, key_prefix: str | None = None) -> Snapshot:
     """A saved snapshot (``--from``), or a fresh one gathered from this host."""
     if from_file is not None:
         return load_snapshot(from_file)
@@ -32,7 +32,7 @@ def snapshot_for(from_file: Path | None, options: CollectOptions, redis_url: str
     from rqdoctor.config import discover
 
     target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
-                      db_urls=db_urls)
+                      db_urls=db_urls, key_prefix=key_prefix)
     return collect(target, options)
 
 
@@ -133,9 +133,16 @@ def checks_of(checks: list[PreflightCheck]) -> tuple[Check, ...]:
     return tuple(Check(c.status, c.name, c.detail, tuple(c.fix)) for c in checks)
 
 
-def exit_code(diagnosis: Diagnosis, snapshot: Snapshot, essential: tuple[str, ...]) -> int:
-    """1 when problems were found, else 2 when an essential probe failed, else 0."""
-    if diagnosis.problems():
+SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def exit_code(diagnosis: Diagnosis, snapshot: Snapshot, essential: tuple[str, ...], fail_on: str | None = None) -> int:
+    """1 when problems were found (with ``fail_on``: a finding of that severity or worse), else 2 when an essential
+    probe failed, else 0."""
+    if fail_on is not None:
+        if any(SEVERITY_RANK.get(f.severity, 9) <= SEVERITY_RANK[fail_on] for f in diagnosis.findings):
+            return EXIT_PROBLEMS
+    elif diagnosis.problems():
         return EXIT_PROBLEMS
     if any(e.probe in essential and e.kind not in ("corrupt", "limited", "vanished") for e in snapshot.errors):
         return EXIT_CANNOT_DIAGNOSE

@@ -14,9 +14,11 @@ from rqdoctor.commands.options import (
     AllQueues,
     Bench,
     DbUrl,
+    FailOn,
     Format,
     FormatOpt,
     FromFile,
+    KeyPrefix,
     NoRootDb,
     Output,
     RedisUrl,
@@ -74,12 +76,13 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
             from_file: FromFile = None, verbose: Verbose = False, samples: Samples = 5, interval: Interval = 0.25,
             blocking: Blocking = False, native: Native = False, with_locals: Locals = False,
             min_age: MinAge = DEFAULT_MIN_AGE_S, db_url: DbUrl = None, no_db: NoDb = False,
-            no_root_db: NoRootDb = False) -> None:
+            no_root_db: NoRootDb = False, key_prefix: KeyPrefix = None,
+            fail_on: FailOn = None) -> None:
     """Show every running job: its process, live stack, what it waits on, for how long, and the fix."""
     options = collect_options(timeout, samples, interval, blocking, native, with_locals, not no_db)
     options.root_db = not no_root_db
-    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url)
+    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, min_age_s=min_age)
     render("hangs", snapshot, diagnosis, job_rows(diagnosis), fmt, output, verbose, fatal)
-    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",)))
+    raise typer.Exit(exit_code(diagnosis, snapshot, essential=("redis",), fail_on=fail_on.value if fail_on else None))

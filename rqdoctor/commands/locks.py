@@ -15,6 +15,7 @@ from rqdoctor.commands.options import (
     Format,
     FormatOpt,
     FromFile,
+    KeyPrefix,
     NoRootDb,
     Output,
     RedisUrl,
@@ -79,11 +80,11 @@ COLUMNS = (Col("waiter", label="waiting session", code=True), Col("role", drop=3
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, timeout: Timeout = 10.0,
             fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None,
-            db_url: DbUrl = None, no_root_db: NoRootDb = False) -> None:
+            db_url: DbUrl = None, no_root_db: NoRootDb = False, key_prefix: KeyPrefix = None) -> None:
     """Show who waits for whom in the databases (row and metadata locks, chains, cycles) and the fix."""
     options = CollectOptions(timeout=timeout, database=True, root_db=not no_root_db, stacks=True, samples=3,
                              interval=0.2)
-    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url)
+    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix)
     tried = any(e.probe == "database" for e in snapshot.errors)
     if (snapshot.database is None or not snapshot.database.servers) and not tried:
         raise RqdoctorError("no database to inspect",

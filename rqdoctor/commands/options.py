@@ -18,6 +18,17 @@ class Format(str, Enum):
     jira = "jira"
 
 
+class Severity(str, Enum):
+    """Finding severities, most severe first."""
+
+    critical = "critical"
+    warning = "warning"
+    info = "info"
+
+
+FailOn = Annotated[Severity | None, typer.Option(
+    "--fail-on", help="Probe mode: exit 1 only when a finding of this severity or worse exists (critical: only "
+    "critical ones; info: any finding); 2 still means rqdoctor could not diagnose. Default: warning or worse.")]
 RedisUrl = Annotated[str | None, typer.Option(
     "--redis-url", help="RQ's Redis, e.g. redis://:pw@host:6379/0, rediss://…, unix:///path?db=0. "
     "Default: env RQDOCTOR_REDIS_URL, FRAPPE_REDIS_QUEUE, RQ_REDIS_URL, REDIS_URL, the bench's redis_queue.")]
@@ -25,6 +36,9 @@ Bench = Annotated[Path | None, typer.Option(
     "--bench", help="Bench root (holds sites/common_site_config.json). Default: env FRAPPE_BENCH_ROOT, the "
     "current directory or a parent, else (only when no Redis URL is given) the bench of running Frappe workers; "
     "several such benches: rqdoctor lists them and asks for --bench.")]
+KeyPrefix = Annotated[str | None, typer.Option(
+    "--key-prefix", help="RQ's key prefix (RQ_KEY_PREFIX of rq 3.0: keys named <prefix>:worker:…). Default: env "
+    "RQ_KEY_PREFIX, else the running workers' RQ_KEY_PREFIX (their /proc/<pid>/environ: root or their user), else rq.")]
 AllQueues = Annotated[bool, typer.Option("--all-queues", help="Show every queue, not only this bench's.")]
 Timeout = Annotated[float, typer.Option(
     "--timeout", min=1.0, max=600.0, help="Deadline of the whole run in seconds, counted from rqdoctor's start: "

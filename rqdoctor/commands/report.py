@@ -16,7 +16,7 @@ from rqdoctor.bundle import HostMasker, bundle_paths, scrub, write_private
 from rqdoctor.commands.common import exit_code, require_redis, snapshot_for
 from rqdoctor.commands.hangs import Interval, MinAge, NoDb, Samples, collect_options
 from rqdoctor.commands.locks import lock_rows
-from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FromFile, NoRootDb, RedisUrl, Timeout
+from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FromFile, KeyPrefix, NoRootDb, RedisUrl, Timeout
 from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S
 from rqdoctor.diagnose.dbjoin import access_dicts
 from rqdoctor.diagnose.run import diagnose
@@ -44,18 +44,18 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
             timeout: Timeout = 20.0, fmt: BundleFormat = Format.markdown, output: BundleOutput = None,
             from_file: FromFile = None, redact_hosts: RedactHosts = False, samples: Samples = 5,
             interval: Interval = 0.25, min_age: MinAge = DEFAULT_MIN_AGE_S, db_url: DbUrl = None,
-            no_db: NoDb = False, no_root_db: NoRootDb = False) -> None:
+            no_db: NoDb = False, no_root_db: NoRootDb = False, key_prefix: KeyPrefix = None) -> None:
     """Run every probe once and write a report bundle (Markdown or Jira, and its JSON) for a ticket."""
     if fmt not in SUFFIX:
         raise RqdoctorError(f"rqdoctor report writes markdown or jira, not {fmt.value}",
                             "its JSON is always written beside the report")
     options = collect_options(timeout, samples, interval, False, False, False, not no_db)
     options.root_db = not no_root_db
-    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url)
+    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix)
     if from_file is None:
         from rqdoctor.collect_health import add_report_health
 
-        add_report_health(snapshot, redis_url, str(bench) if bench else None, all_queues, timeout)
+        add_report_health(snapshot, redis_url, str(bench) if bench else None, all_queues, timeout, key_prefix)
     fatal = require_redis(snapshot, Format.json)  # the bundle records the failure, then exit 2
     diagnosis = diagnose(snapshot, min_age_s=min_age)
     views = {"jobs": job_rows(diagnosis), "workers": worker_rows(diagnosis), "queues": queue_rows(diagnosis),

@@ -5,7 +5,17 @@ from __future__ import annotations
 import typer
 
 from rqdoctor.commands.common import emit_report, exit_code, load_snapshot, snapshot_report
-from rqdoctor.commands.options import AllQueues, Bench, Format, FormatOpt, FromFile, Output, RedisUrl, Timeout
+from rqdoctor.commands.options import (
+    AllQueues,
+    Bench,
+    Format,
+    FormatOpt,
+    FromFile,
+    KeyPrefix,
+    Output,
+    RedisUrl,
+    Timeout,
+)
 from rqdoctor.config import discover
 from rqdoctor.diagnose.rules_sched import SCHED_CODES
 from rqdoctor.diagnose.run import diagnose
@@ -21,7 +31,8 @@ from rqdoctor.render.scheduler import (
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, timeout: Timeout = 15.0,
-            fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None) -> None:
+            fmt: FormatOpt = Format.text, output: Output = None, from_file: FromFile = None,
+            key_prefix: KeyPrefix = None) -> None:
     """Check the scheduler: its process and lock, each site's pause keys, skipped, stuck and failing jobs.
 
     Read-only: the lock on config/scheduler_process is only tried (non-blocking) and released at once. Redis is
@@ -32,7 +43,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     else:
         from rqdoctor.collect_health import collect_health
 
-        target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues)
+        target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
+                          key_prefix=key_prefix)
         snapshot = collect_health(target, timeout)
     diagnosis = diagnose(snapshot, codes=set(SCHED_CODES))
     view = scheduler_view(diagnosis)

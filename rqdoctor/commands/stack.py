@@ -15,6 +15,7 @@ from rqdoctor.commands.options import (
     Format,
     FormatOpt,
     FromFile,
+    KeyPrefix,
     NoRootDb,
     Output,
     RedisUrl,
@@ -80,14 +81,14 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
             from_file: FromFile = None, samples: Samples = 5, interval: Interval = 0.25, blocking: Blocking = False,
             native: Native = False, with_locals: Locals = False, min_age: MinAge = DEFAULT_MIN_AGE_S,
             db_url: DbUrl = None, no_db: NoDb = False,
-            no_root_db: NoRootDb = False) -> None:
+            no_root_db: NoRootDb = False, key_prefix: KeyPrefix = None) -> None:
     """Show one process or one job: its live stack, what it waits on, and the fix."""
     options = collect_options(timeout, samples, interval, blocking, native, with_locals, not no_db)
     options.root_db = not no_root_db
     pid = int(subject) if subject.isdigit() else None
     if pid is not None:
         options.stack_pids = [pid]
-    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url)
+    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, min_age_s=min_age)
     rows = [r for r in job_rows(diagnosis) if r["job_id"] == subject or (pid is not None and r["pid"] == pid)]

@@ -16,6 +16,7 @@ from rqdoctor.commands.options import (
     Format,
     FormatOpt,
     FromFile,
+    KeyPrefix,
     Output,
     RedisUrl,
     Timeout,
@@ -54,7 +55,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
             from_file: FromFile = None, verbose: Verbose = False, older_than: OlderThan = None,
             kill: Kill = False, dry_run: DryRun = False,
             yes: Yes = False, kill_worker: KillWorker = False, requeue: Requeue = False,
-            prune_ghosts: PruneGhosts = False, audit_log: AuditLog = None, grace: Grace = 10.0) -> None:
+            prune_ghosts: PruneGhosts = False, audit_log: AuditLog = None, grace: Grace = 10.0,
+            key_prefix: KeyPrefix = None) -> None:
     """Find the work that will never finish and, with --kill, end it safely and lose no job.
 
     Read-only without --kill: started entries no process runs, jobs past their timeout (and why RQ's hard kill
@@ -74,7 +76,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     if from_file is not None:
         snapshot = load_snapshot(from_file)
     else:
-        target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues)
+        target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
+                          key_prefix=key_prefix)
         snapshot = collect_stuck(target, timeout)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, codes=set(STUCK_CODES | TARGET_CODES), older_than_s=older_than_s)

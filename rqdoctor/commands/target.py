@@ -5,17 +5,17 @@ from __future__ import annotations
 import dataclasses
 
 from rqdoctor.commands.common import emit_report
-from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FormatOpt, RedisUrl
+from rqdoctor.commands.options import AllQueues, Bench, DbUrl, Format, FormatOpt, KeyPrefix, RedisUrl
 from rqdoctor.config import discover
 from rqdoctor.model import TargetInfo
 from rqdoctor.render.document import Code, Fact, Facts, Report, report, section
 
 
 def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False, db_url: DbUrl = None,
-            fmt: FormatOpt = Format.text) -> None:
+            fmt: FormatOpt = Format.text, key_prefix: KeyPrefix = None) -> None:
     """Show where rqdoctor looks: the bench, its Redis, its sites and databases, and where each came from."""
     target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
-                      db_urls=db_url)
+                      db_urls=db_url, key_prefix=key_prefix)
     emit_report(target_report(target.info()), fmt, None)
 
 
@@ -24,6 +24,7 @@ def target_report(info: TargetInfo) -> Report:
     rows = [Fact("redis", (Code(info.redis_url), f"  (from {info.redis_url_source})")),
             Fact("bench", (Code(info.bench_path), f"  (from {info.bench_source})") if info.bench_path
                  else (info.bench_source or "none found",))]
+    rows.append(Fact("key prefix", (Code(info.key_prefix), f"  ({info.key_prefix_source or 'default'})")))
     if info.bench_id:
         rows.append(Fact("bench id", (Code(info.bench_id), f"  ({info.bench_id_source})")))
     if info.queue_filter:

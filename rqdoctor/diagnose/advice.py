@@ -12,6 +12,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from rqdoctor.model import ProcessInfo, TargetInfo
+from rqdoctor.rqkeys import DEFAULT_PREFIX, Keys
 
 
 def started(create_time: float | None) -> str:
@@ -27,6 +28,11 @@ def process_ref(p: ProcessInfo, limit: int = 120) -> str:
     if len(command) > limit:
         command = command[: limit - 1] + "…"
     return f"pid {p.pid} (started {started(p.create_time)}, runs: {command})"
+
+
+def rq_key(target: TargetInfo, *parts: str) -> str:
+    """An RQ key name under the diagnosed Redis's key prefix (``rq_key(t, "job:", id)`` is ``rq:job:<id>``)."""
+    return Keys(target.key_prefix).s(*parts)
 
 
 def redis_cli(target: TargetInfo, *args: str) -> str:
@@ -54,6 +60,8 @@ def redis_cli(target: TargetInfo, *args: str) -> str:
 def rqdoctor_cli(target: TargetInfo, *args: str) -> str:
     """``rqdoctor`` pointed at the same target: ``--bench`` when one was diagnosed, else ``--redis-url``."""
     where = ["--bench", target.bench_path] if target.bench_path else ["--redis-url", target.redis_url]
+    if target.key_prefix != DEFAULT_PREFIX and "--key-prefix" not in args:
+        where += ["--key-prefix", target.key_prefix]
     return " ".join(shlex.quote(a) for a in ["rqdoctor", *args, *where])
 
 

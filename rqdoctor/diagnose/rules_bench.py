@@ -42,7 +42,8 @@ def foreign_workers(ctx: Context) -> Iterator[Hit]:
             fix="Two benches on one Redis share a bench id, so each one's workers run the other's jobs (against "
                 "the wrong sites and code). Give each bench its own bench_id in sites/common_site_config.json "
                 "(or its own Redis), then restart both benches' workers.",
-            commands=[redis_cli(ctx.snapshot.target, "SMEMBERS", "rq:workers")], data={"cwd": p.cwd})
+            commands=[redis_cli(ctx.snapshot.target, "SMEMBERS", f"{ctx.snapshot.target.key_prefix}:workers")],
+            data={"cwd": p.cwd})
 
 
 @rule("RQD610", "warning", "Fewer workers running than background_workers")

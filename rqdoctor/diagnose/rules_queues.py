@@ -6,7 +6,7 @@ import shlex
 from collections.abc import Iterator
 
 from rqdoctor.diagnose import remedies
-from rqdoctor.diagnose.advice import redis_cli, rqdoctor_cli
+from rqdoctor.diagnose.advice import redis_cli, rq_key, rqdoctor_cli
 from rqdoctor.diagnose.cleanup import next_cleanup
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
@@ -52,12 +52,13 @@ def queue_without_listener(ctx: Context) -> Iterator[Hit]:
 def rq_suspended(ctx: Context) -> Iterator[Hit]:
     if ctx.snapshot.redis is None or not ctx.snapshot.redis.suspended:
         return
+    key = rq_key(ctx.snapshot.target, "suspended")
     yield Hit(
-        "redis rq:suspended",
-        evidence=["the key rq:suspended exists (set by `rq suspend`)"],
-        fix="Resume by deleting rq:suspended (what `rq resume` does), unless someone suspended RQ on purpose "
+        f"redis {key}",
+        evidence=[f"the key {key} exists (set by `rq suspend`)"],
+        fix=f"Resume by deleting {key} (what `rq resume` does), unless someone suspended RQ on purpose "
             "for maintenance.",
-        commands=[redis_cli(ctx.snapshot.target, "DEL", "rq:suspended")],
+        commands=[redis_cli(ctx.snapshot.target, "DEL", key)],
     )
 
 
@@ -113,7 +114,7 @@ def queue_backlog(ctx: Context) -> Iterator[Hit]:
         )
 
 
-TARGET_CODES = {"RQD505", "RQD506"}
+TARGET_CODES = {"RQD505", "RQD506", "RQD507"}
 """Findings about the target itself (the queue filter matched nothing): every command that reads Redis runs them."""
 
 
@@ -163,8 +164,8 @@ def _prefix_line(prefix: str, c: dict[str, int]) -> str:
 def _target_evidence(target: TargetInfo) -> list[str]:
     bench = f"bench {target.bench_path} ({target.bench_source})" if target.bench_path else "no bench"
     return [f"{bench}, bench id {target.bench_id} ({target.bench_id_source})",
-            f"no queue named {target.queue_filter}* in {target.redis_url}: neither in rq:queues nor among "
-            "the queues any worker listens on"]
+            f"no queue named {target.queue_filter}* in {target.redis_url}: neither in {rq_key(target, 'queues')} "
+            "nor among the queues any worker listens on"]
 
 
 MISMATCH_FIX = (
@@ -184,7 +185,7 @@ def bench_id_mismatch(ctx: Context) -> Iterator[Hit]:
     if not busy:
         return
     ranked = sorted(busy.items(), key=lambda pc: (-(pc[1]["queued"] + pc[1]["started"] + pc[1]["busy"]), pc[0]))
-    commands = [redis_cli(target, "SMEMBERS", "rq:queues")]
+    commands = [redis_cli(target, "SMEMBERS", rq_key(target, "queues"))]
     if len(ranked) == 1:
         commands.append(f"bench set-config -g bench_id {shlex.quote(ranked[0][0])}")
     yield Hit(
@@ -208,7 +209,28 @@ def bench_id_matches_nothing(ctx: Context) -> Iterator[Hit]:
         f"bench id {target.bench_id}",
         evidence=[*_target_evidence(target), "queues of other prefixes, none with queued or started jobs:",
                   *(_prefix_line(p, c) for p, c in sorted(hidden.items())[:5])],
-        fix=MISMATCH_FIX, commands=[redis_cli(target, "SMEMBERS", "rq:queues")],
+        fix=MISMATCH_FIX, commands=[redis_cli(target, "SMEMBERS", rq_key(target, "queues"))],
         data={"bench_id": target.bench_id, "bench_id_source": target.bench_id_source,
               "queue_filter": target.queue_filter, "prefixes": hidden},
+    )
+
+
+@rule("RQD507", "warning", "No RQ worker under the key prefix read, but workers sets of another prefix exist")
+def other_key_prefix(ctx: Context) -> Iterator[Hit]:
+    redis = ctx.snapshot.redis
+    if redis is None or redis.workers or not redis.other_prefixes:
+        return
+    target = ctx.snapshot.target
+    workers = rq_key(target, "workers")
+    yield Hit(
+        f"key prefix {target.key_prefix}",
+        evidence=[f"no worker registered in {workers} (key prefix {target.key_prefix}: "
+                  f"{target.key_prefix_source or 'default'})",
+                  "this Redis has the workers set(s) " + ", ".join(f"{p}:workers" for p in redis.other_prefixes)
+                  + ": rq 3.0 workers started with RQ_KEY_PREFIX name every key under their prefix"],
+        fix="Read the keys of that prefix: pass --key-prefix (the workers' RQ_KEY_PREFIX). rqdoctor learns it from "
+            "the workers' /proc/<pid>/environ only when it runs as root or as their user.",
+        commands=[rqdoctor_cli(target, "hangs", "--key-prefix", redis.other_prefixes[0]),
+                  redis_cli(target, "SMEMBERS", f"{redis.other_prefixes[0]}:workers")],
+        data={"key_prefix": target.key_prefix, "other_prefixes": list(redis.other_prefixes)},
     )

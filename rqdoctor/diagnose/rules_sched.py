@@ -168,7 +168,8 @@ def skipped_job(ctx: Context) -> Iterator[Hit]:
                                 f"because it was found in queue for {site.site}\")")
                 fix = ("Its job id is stuck: see RQD304 (zombie hash) or RQD501 (a queue nobody listens to) for it; "
                        "once it is gone the scheduler enqueues the type again.")
-                commands = [redis_cli(ctx.snapshot.target, "HGET", f"rq:job:{stuck.job_id}", "status")]
+                key = f"{ctx.snapshot.target.key_prefix}:job:{stuck.job_id}"
+                commands = [redis_cli(ctx.snapshot.target, "HGET", key, "status")]
             yield Hit(f"scheduled job {site.site}/{row.name}", evidence=evidence, fix=fix, commands=commands,
                       job_id=stuck.job_id if stuck else None,
                       data={"site": site.site, "method": row.method, "cron": when.cron,
@@ -211,5 +212,6 @@ def stale_cron_scheduler(ctx: Context) -> Iterator[Hit]:
         yield Hit(f"cron scheduler {cron.name}", evidence=evidence,
                   fix="The `rq cron` process died or hangs: no cron job it owns is enqueued. Restart it; rq drops "
                       "the stale entry itself on the next `CronScheduler.all()`.",
-                  commands=[redis_cli(ctx.snapshot.target, "ZRANGE", "rq:cron_schedulers", "0", "-1", "WITHSCORES")],
+                  commands=[redis_cli(ctx.snapshot.target, "ZRANGE", f"{ctx.snapshot.target.key_prefix}:cron_schedulers",
+                                      "0", "-1", "WITHSCORES")],
                   data={"name": cron.name, "silent_s": round(silent)})

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from rqdoctor.diagnose import remedies
-from rqdoctor.diagnose.advice import bench_cli, process_ref, redis_cli
+from rqdoctor.diagnose.advice import bench_cli, process_ref, redis_cli, rq_key
 from rqdoctor.diagnose.cleanup import expired_while_running
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, Remedy, rule
@@ -163,9 +163,11 @@ def zombie_job_hash(ctx: Context) -> Iterator[Hit]:
 def zombie_hit(ctx: Context, job: JobHash, since: float | None) -> Hit:
     """The RQD304 hit of one zombie hash (also used for a killed job's leftovers)."""
     origin = job.origin or "?"
-    evidence = [f"rq:job:{job.job_id} says {job.status} since {utc(zombie_since(job))}"
+    key = rq_key(ctx.snapshot.target, "job:", job.job_id)
+    evidence = [f"{key} says {job.status} since {utc(zombie_since(job))}"
                 + (f" ({since:.0f} s ago)" if since is not None else "") + f", queue {origin}",
-                f"it is in no place a job waits or runs: not in rq:queue:{origin} nor its intermediate list, not in "
+                f"it is in no place a job waits or runs: not in {rq_key(ctx.snapshot.target, 'queue:', origin)} nor"
+                " its intermediate list, not in "
                 "the started, scheduled or deferred registry, no worker's current job, no process's title"]
     scheduled = scheduled_method(job.job_id)
     fix = ("No worker will ever take it and no cleanup moves it (cleanups read registries, not hashes). Mark it "
@@ -180,7 +182,7 @@ def zombie_hit(ctx: Context, job: JobHash, since: float | None) -> Hit:
     remedy = remedies.clear_job_hash(job.job_id, job.origin, f"job hash says {job.status} but is held nowhere")
     fix += " " + remedies.describe(remedy)
     return Hit(f"job {job.job_id}", evidence=evidence, fix=fix, job_id=job.job_id, worker=job.worker_name,
-               commands=[redis_cli(ctx.snapshot.target, "HSET", f"rq:job:{job.job_id}", "status", "failed")],
+               commands=[redis_cli(ctx.snapshot.target, "HSET", key, "status", "failed")],
                remedy=remedy, severity="critical" if scheduled else None,
                data={"status": job.status, "origin": job.origin, "since": zombie_since(job),
                      "scheduled_method": scheduled[1] if scheduled else None})

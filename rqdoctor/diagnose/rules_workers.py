@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rqdoctor.diagnose import remedies
-from rqdoctor.diagnose.advice import process_ref, redis_cli, supervisor_restart_workers
+from rqdoctor.diagnose.advice import process_ref, redis_cli, rq_key, supervisor_restart_workers
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
 from rqdoctor.diagnose.link import JobLink
@@ -77,7 +77,7 @@ def ghost_worker(ctx: Context) -> Iterator[Hit]:
                 "new worker with that name would otherwise fail with 'There exists an active worker named … "
                 "already'.",
             commands=[redis_cli(ctx.snapshot.target, "DEL", w.key),
-                      redis_cli(ctx.snapshot.target, "SREM", "rq:workers", w.key)],
+                      redis_cli(ctx.snapshot.target, "SREM", rq_key(ctx.snapshot.target, "workers"), w.key)],
             remedy=remedies.prune_worker(w, "ghost worker hash: no pid, no birth, no TTL"),
         )
 
@@ -107,9 +107,10 @@ def stale_worker_member(ctx: Context) -> Iterator[Hit]:
     for w in ctx.redis_workers():
         if w.ttl != -2 and w.key_type != "none":
             continue
+        workers = rq_key(ctx.snapshot.target, "workers")
         yield Hit(
             f"worker {w.name}",
-            evidence=[f"rq:workers lists {w.key} but the key does not exist"], worker=w.name,
+            evidence=[f"{workers} lists {w.key} but the key does not exist"], worker=w.name,
             fix="Harmless: RQ's worker-registry cleanup removes it, or remove it now.",
-            commands=[redis_cli(ctx.snapshot.target, "SREM", "rq:workers", w.key)],
+            commands=[redis_cli(ctx.snapshot.target, "SREM", workers, w.key)],
         )

@@ -17,8 +17,9 @@ import redis
 from rqdoctor.deadline import Deadline
 from rqdoctor.jobids import method_of, site_of, split_member
 from rqdoctor.model import JobHash, JobScan, ProbeError, RedisState
-from rqdoctor.probes.redis_rq import JOB_PREFIX, QUEUE_PREFIX, REGISTRIES, _failures, _text, _ts, _where
+from rqdoctor.probes.redis_rq import _failures, _text, _ts, _where
 from rqdoctor.redact import redact_text
+from rqdoctor.rqkeys import Keys
 
 PROBE = "jobscan"
 SCAN_COUNT = 1000
@@ -32,14 +33,15 @@ _SUFFIXES = (b":dependents", b":dependencies")
 
 
 def scan_jobs(client: redis.Redis, state: RedisState, queue_filter: str | None, deadline: Deadline,
-              errors: list[ProbeError], known_ids: Iterable[str] = (), limit: int = SCAN_LIMIT) -> JobScan:
+              errors: list[ProbeError], known_ids: Iterable[str] = (), limit: int = SCAN_LIMIT,
+              keys: Keys | None = None) -> JobScan:
     """Scan job hashes and check where each queued/started one is held (see the module docstring)."""
     with _failures(_where(client)):
-        return _scan(client, state, queue_filter, deadline, errors, known_ids, limit)
+        return _scan(client, state, queue_filter, deadline, errors, known_ids, limit, keys or Keys())
 
 
 def _scan(client: redis.Redis, state: RedisState, queue_filter: str | None, deadline: Deadline,
-          errors: list[ProbeError], known_ids: Iterable[str], limit: int) -> JobScan:
+          errors: list[ProbeError], known_ids: Iterable[str], limit: int, k: Keys) -> JobScan:
     scan = JobScan(limit=limit)
     found: dict[bytes, JobHash] = {}
     cursor = 0
@@ -47,20 +49,20 @@ def _scan(client: redis.Redis, state: RedisState, queue_filter: str | None, dead
         if deadline.expired():
             scan.stopped_by = "deadline"
             break
-        cursor, keys = client.scan(cursor=cursor, match=JOB_PREFIX + b"*", count=SCAN_COUNT)
-        keys = [k for k in keys if not k.endswith(_SUFFIXES) and not k.startswith(JOB_PREFIX + b":")]
+        cursor, keys = client.scan(cursor=cursor, match=k.job_prefix + b"*", count=SCAN_COUNT)
+        keys = [key for key in keys if not key.endswith(_SUFFIXES) and not key.startswith(k.job_prefix + b":")]
         scan.keys_seen += len(keys)
-        _read(client, keys, found, queue_filter, direct=False)
+        _read(client, k, keys, found, queue_filter, direct=False)
         if cursor == 0:
             scan.complete = True
             break
         if scan.keys_seen >= limit:
             scan.stopped_by = "limit"
             break
-    direct = [JOB_PREFIX + i.encode() for i in dict.fromkeys(known_ids)]
-    _read(client, [k for k in direct if k not in found], found, queue_filter, direct=True)
+    direct = [k.job_prefix + i.encode() for i in dict.fromkeys(known_ids)]
+    _read(client, k, [key for key in direct if key not in found], found, queue_filter, direct=True)
     if not deadline.expired():
-        _check(client, state, found)
+        _check(client, k, state, found)
     else:
         errors.append(ProbeError(PROBE, "timeout", "job hashes found but not checked against their queues "
                                  "within the deadline: no zombie verdict", "raise --timeout"))
@@ -72,7 +74,7 @@ def _scan(client: redis.Redis, state: RedisState, queue_filter: str | None, dead
     return scan
 
 
-def _read(client: redis.Redis, keys: list[bytes], found: dict[bytes, JobHash], queue_filter: str | None,
+def _read(client: redis.Redis, k: Keys, keys: list[bytes], found: dict[bytes, JobHash], queue_filter: str | None,
           direct: bool) -> None:
     if not keys:
         return
@@ -87,7 +89,7 @@ def _read(client: redis.Redis, keys: list[bytes], found: dict[bytes, JobHash], q
         status, origin = fields.get("status"), fields.get("origin") or None
         if status not in LIVE or (queue_filter and not (origin or "").startswith(queue_filter)):
             continue
-        job_id = _text(key[len(JOB_PREFIX):])
+        job_id = _text(key[len(k.job_prefix):])
         description = fields.get("description")
         found[key] = JobHash(
             job_id=job_id, status=status, origin=origin, description=redact_text(description) if description else None,
@@ -96,7 +98,7 @@ def _read(client: redis.Redis, keys: list[bytes], found: dict[bytes, JobHash], q
             site=site_of(job_id, description), method=method_of(description, job_id), direct=direct)
 
 
-def _check(client: redis.Redis, state: RedisState, found: dict[bytes, JobHash]) -> None:
+def _check(client: redis.Redis, k: Keys, state: RedisState, found: dict[bytes, JobHash]) -> None:
     """Where each candidate is held: queue lists, registries, workers; its status read again.
 
     Each origin's lists are read once (LRANGE, up to :data:`LIST_LIMIT` ids; a longer list leaves its
@@ -104,7 +106,7 @@ def _check(client: redis.Redis, state: RedisState, found: dict[bytes, JobHash]) 
     """
     running = {j: w.name for w in state.workers for j in _worker_jobs(w.current_job, w.executions)}
     origins = sorted({j.origin for j in found.values() if j.origin})
-    keys = {o: (QUEUE_PREFIX + o.encode(), QUEUE_PREFIX + o.encode() + b":intermediate") for o in origins}
+    keys = {o: (k.queue_prefix + o.encode(), k.queue_prefix + o.encode() + b":intermediate") for o in origins}
     with client.pipeline(transaction=False) as pipe:
         for origin in origins:
             pipe.llen(keys[origin][0])
@@ -114,18 +116,18 @@ def _check(client: redis.Redis, state: RedisState, found: dict[bytes, JobHash]) 
                 if all(isinstance(x, int) and x <= LIST_LIMIT for x in lengths[2 * n: 2 * n + 2])}
     with client.pipeline(transaction=False) as pipe:
         for origin in origins:
-            pipe.zrange(REGISTRIES["started"] + origin.encode(), 0, -1)
+            pipe.zrange(k.registries["started"] + origin.encode(), 0, -1)
             for key in keys[origin]:
                 if origin in readable:
                     pipe.lrange(key, 0, LIST_LIMIT)
                 else:
                     pipe.echo(b"")  # keeps the reply slots in step
         for key, job in found.items():
-            raw = key[len(JOB_PREFIX):]
+            raw = key[len(k.job_prefix):]
             q = (job.origin or "").encode()
             pipe.hget(key, "status")
-            pipe.zscore(REGISTRIES["scheduled"] + q, raw)
-            pipe.zscore(REGISTRIES["deferred"] + q, raw)
+            pipe.zscore(k.registries["scheduled"] + q, raw)
+            pipe.zscore(k.registries["deferred"] + q, raw)
         replies = pipe.execute(raise_on_error=False)
     places: dict[str, dict[str, set[str]]] = {}
     for n, origin in enumerate(origins):

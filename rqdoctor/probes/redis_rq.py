@@ -40,23 +40,8 @@ from rqdoctor.errors import ConfigError, ProbeFailure
 from rqdoctor.jobids import method_of, site_of, split_member
 from rqdoctor.model import HiddenQueue, HiddenWorker, JobInfo, ProbeError, QueueInfo, RedisState, RunHistory, WorkerInfo
 from rqdoctor.redact import redact_reason, redact_text, shown_url
+from rqdoctor.rqkeys import Keys
 
-WORKERS_KEY = b"rq:workers"
-QUEUES_KEY = b"rq:queues"
-SUSPENDED_KEY = b"rq:suspended"
-WORKER_PREFIX = b"rq:worker:"
-QUEUE_PREFIX = b"rq:queue:"
-JOB_PREFIX = b"rq:job:"
-EXECUTION_PREFIX = b"rq:execution:"
-CLEAN_LOCK_PREFIX = b"rq:clean_registries:"
-REGISTRIES = {
-    "started": b"rq:wip:",
-    "failed": b"rq:failed:",
-    "finished": b"rq:finished:",
-    "deferred": b"rq:deferred:",
-    "scheduled": b"rq:scheduled:",
-    "canceled": b"rq:canceled:",
-}
 JOB_FIELDS = ("status", "origin", "description", "timeout", "created_at", "enqueued_at", "started_at",
               "last_heartbeat", "worker_name")
 """Plain-text fields of ``rq:job:<id>`` (never ``data``, ``meta`` or ``exc_info``)."""
@@ -112,16 +97,18 @@ def _quiet_options() -> dict[str, Any]:
     return {}  # redis-py 4.x sends neither
 
 
-def read_rq_state(client: redis.Redis, queue_filter: str | None, errors: list[ProbeError]) -> RedisState:
+def read_rq_state(client: redis.Redis, queue_filter: str | None, errors: list[ProbeError],
+                  keys: Keys | None = None) -> RedisState:
     """Read workers, queues and started jobs without changing anything.
 
     ``queue_filter`` keeps only queues whose name starts with it, and only workers that listen
     on at least one such queue or run one of the jobs shown, plus workers with no known queues
     at all (ghost hashes, stale ``rq:workers`` members, corrupt keys), which cannot be told
-    apart from this bench's own. ``None`` keeps everything. Odd or corrupt keys become :class:`ProbeError` entries in
-    ``errors``; a lost connection raises :class:`ProbeFailure`.
+    apart from this bench's own. ``None`` keeps everything. ``keys`` names the keys (default: prefix ``rq``).
+    Odd or corrupt keys become :class:`ProbeError` entries in ``errors``; a lost connection raises
+    :class:`ProbeFailure`.
     """
-    reader = _Reader(client, queue_filter, errors)
+    reader = _Reader(client, queue_filter, errors, keys or Keys())
     reader.first_round()
     while reader.next_round():
         pass
@@ -143,8 +130,9 @@ class _Round:
 class _Reader:
     """One read of RQ's keys: what is known so far and what the next round must fetch."""
 
-    def __init__(self, client: redis.Redis, queue_filter: str | None, errors: list[ProbeError]) -> None:
+    def __init__(self, client: redis.Redis, queue_filter: str | None, errors: list[ProbeError], keys: Keys) -> None:
         self.client = client
+        self.k = keys
         self.queue_filter = queue_filter
         self.errors = errors
         self.where = _where(client)
@@ -194,41 +182,45 @@ class _Reader:
 
     def first_round(self) -> None:
         rnd = _Round()
-        slots = (rnd.add("time"), rnd.add("info", "server"), rnd.add("smembers", WORKERS_KEY),
-                 rnd.add("smembers", QUEUES_KEY), rnd.add("exists", SUSPENDED_KEY))
+        slots = (rnd.add("time"), rnd.add("info", "server"), rnd.add("smembers", self.k.workers),
+                 rnd.add("smembers", self.k.queues), rnd.add("exists", self.k.suspended))
         self.run(rnd)
         now, info, workers, queues, suspended = (
             self.reply(rnd, slots[0], b"TIME", None),
             self.reply(rnd, slots[1], b"INFO server", {}),
-            self.reply(rnd, slots[2], WORKERS_KEY, set()),
-            self.reply(rnd, slots[3], QUEUES_KEY, set()),
-            self.reply(rnd, slots[4], SUSPENDED_KEY, 0),
+            self.reply(rnd, slots[2], self.k.workers, set()),
+            self.reply(rnd, slots[3], self.k.queues, set()),
+            self.reply(rnd, slots[4], self.k.suspended, 0),
         )
         self.state.server_time = now[0] + now[1] / 1e6 if now else time.time()
         version = info.get("redis_version")
         self.state.redis_version = None if version is None else str(version)
         self.state.suspended = bool(suspended)
         self.todo_workers = dict.fromkeys(sorted(workers), True)
+        prefix = self.k.queue_prefix
         for member in sorted(queues):
-            if not member.startswith(QUEUE_PREFIX):
-                self.errors.append(_corrupt(QUEUES_KEY, f"member {_text(member)!r} is not an rq:queue: key"))
-            elif self.wanted(_text(member[len(QUEUE_PREFIX):])):
-                self.todo_queues[member[len(QUEUE_PREFIX):]] = True
+            name = member[len(prefix):]
+            if not member.startswith(prefix):
+                self.errors.append(_corrupt(self.k.queues, f"member {_text(member)!r} is not a {_text(prefix)} key"))
+            elif self.wanted(_text(name)):
+                self.todo_queues[name] = True
             else:
-                self.hidden[_text(member[len(QUEUE_PREFIX):])] = HiddenQueue(_text(member[len(QUEUE_PREFIX):]))
-                self.todo_hidden.append(member[len(QUEUE_PREFIX):])
+                self.hidden[_text(name)] = HiddenQueue(_text(name))
+                self.todo_hidden.append(name)
 
     def next_round(self) -> bool:
         """Fetch everything the last round revealed; False when nothing was left to fetch."""
         rnd = _Round()
-        queues = [(name, registered, _add_queue(rnd, name)) for name, registered in self.todo_queues.items()]
+        queues = [(name, registered, _add_queue(rnd, self.k, name))
+                  for name, registered in self.todo_queues.items()]
         workers = [(key, in_set, _add_worker(rnd, key)) for key, in_set in self.todo_workers.items()]
-        jobs = [(key, _add_job(rnd, *key)) for key in self.todo_jobs]
-        oldest = [(name, job_id, rnd.add("hmget", JOB_PREFIX + job_id, ["enqueued_at"]))
+        jobs = [(key, _add_job(rnd, self.k, *key)) for key in self.todo_jobs]
+        oldest = [(name, job_id, rnd.add("hmget", self.k.job_prefix + job_id, ["enqueued_at"]))
                   for name, job_id in self.todo_oldest.items()]
-        ranges = _add_history_ranges(rnd, list(self.todo_queues), self.state.server_time)
+        ranges = _add_history_ranges(rnd, self.k, list(self.todo_queues), self.state.server_time)
         runs = self.add_history_jobs(rnd)
-        hidden = [(name, rnd.add("llen", QUEUE_PREFIX + name), rnd.add("zcard", REGISTRIES["started"] + name))
+        wip = self.k.registries["started"]
+        hidden = [(name, rnd.add("llen", self.k.queue_prefix + name), rnd.add("zcard", wip + name))
                   for name in self.todo_hidden]
         self.todo_queues, self.todo_workers, self.todo_jobs, self.todo_oldest = {}, {}, [], {}
         self.todo_hidden = []
@@ -241,21 +233,21 @@ class _Reader:
         for key, slots in jobs:
             self.read_job(rnd, key, slots)
         for name, job_id, slot in oldest:
-            values = self.reply(rnd, slot, JOB_PREFIX + job_id, [None])
+            values = self.reply(rnd, slot, self.k.job_prefix + job_id, [None])
             self.queues[name].oldest_enqueued_at = _ts(_text(values[0]))
         self.read_history_ranges(rnd, ranges)
         _read_history_jobs(rnd, runs, self.state.history)
         for name, queued, started in hidden:
             queue = self.hidden[_text(name)]
-            queue.queued = _int(self.reply(rnd, queued, QUEUE_PREFIX + name, None))
-            queue.started = _int(self.reply(rnd, started, REGISTRIES["started"] + name, None))
+            queue.queued = _int(self.reply(rnd, queued, self.k.queue_prefix + name, None))
+            queue.started = _int(self.reply(rnd, started, self.k.registries["started"] + name, None))
         return True
 
     def add_history_jobs(self, rnd: _Round) -> list[tuple[str, bytes, int]]:
         """HMGETs of the recent runs found so far, once a started job makes them worth reading."""
         if not self.jobs or not self.todo_history:
             return []
-        runs = [(registry, job_id, rnd.add("hmget", JOB_PREFIX + job_id, list(HISTORY_FIELDS)))
+        runs = [(registry, job_id, rnd.add("hmget", self.k.job_prefix + job_id, list(HISTORY_FIELDS)))
                 for registry, job_id in self.todo_history]
         self.todo_history = {}
         self.state.history.per_registry = HISTORY_PER_REGISTRY
@@ -270,25 +262,25 @@ class _Reader:
                     self.todo_history[(registry, _split_raw(member)[0])] = None
 
     def read_queue(self, rnd: _Round, name: bytes, registered: bool, slots: dict[str, int]) -> None:
-        key = QUEUE_PREFIX + name
+        key = self.k.queue_prefix + name
         queue = QueueInfo(name=_text(name), registered=registered)
         queue.queued = _int(self.reply(rnd, slots["queued"], key, 0)) or 0
         queue.intermediate = _int(self.reply(rnd, slots["intermediate"], key + b":intermediate", 0)) or 0
-        for registry, prefix in REGISTRIES.items():
+        for registry, prefix in self.k.registries.items():
             setattr(queue, registry, _int(self.reply(rnd, slots[registry], prefix + name, 0)) or 0)
-        lock_ttl = _int(self.reply(rnd, slots["clean_lock"], CLEAN_LOCK_PREFIX + name, None))
+        lock_ttl = _int(self.reply(rnd, slots["clean_lock"], self.k.clean_lock_prefix + name, None))
         queue.clean_lock_ttl = lock_ttl if lock_ttl is not None and lock_ttl >= 0 else None
         oldest = self.reply(rnd, slots["oldest"], key, None)
         if oldest is not None:
             queue.oldest_queued_job = _text(oldest)
             self.todo_oldest[name] = oldest
         self.queues[name] = queue
-        for member, score in self.reply(rnd, slots["wip"], REGISTRIES["started"] + name, []):
+        for member, score in self.reply(rnd, slots["wip"], self.k.registries["started"] + name, []):
             job_id, execution_id = _split_raw(member)
             self.add_job(job_id, execution_id, queue.name, score)
 
     def read_worker(self, rnd: _Round, key: bytes, in_set: bool, slots: tuple[int, ...]) -> None:
-        name = key[len(WORKER_PREFIX):] if key.startswith(WORKER_PREFIX) else key
+        name = key[len(self.k.worker_prefix):] if key.startswith(self.k.worker_prefix) else key
         worker = WorkerInfo(name=_text(name), key=_text(key), in_worker_set=in_set)
         worker.key_type = _text(rnd.replies[slots[0]]) if isinstance(rnd.replies[slots[0]], bytes) else "unknown"
         worker.ttl = _int(self.reply(rnd, slots[2], key, None))
@@ -318,7 +310,7 @@ class _Reader:
 
     def read_job(self, rnd: _Round, key: _JobKey, slots: tuple[int, int | None]) -> None:
         job = self.jobs[key]
-        values = self.reply(rnd, slots[0], JOB_PREFIX + key[0], None)
+        values = self.reply(rnd, slots[0], self.k.job_prefix + key[0], None)
         fields = {name: _text(v) for name, v in zip(JOB_FIELDS, values or (), strict=False) if v is not None}
         job.exists = bool(fields)
         description = fields.get("description")
@@ -333,9 +325,9 @@ class _Reader:
         job.site = site_of(job.job_id, description)
         job.method = method_of(description, job.job_id)
         if slots[1] is not None:
-            execution = self.reply(rnd, slots[1], _execution_key(*key), [None, None])
+            execution = self.reply(rnd, slots[1], _execution_key(self.k, *key), [None, None])
             job.execution_created_at, job.execution_last_heartbeat = (_ts(_text(v)) for v in execution)
-        worker_key = WORKER_PREFIX + job.worker_name.encode() if job.worker_name else None
+        worker_key = self.k.worker_prefix + job.worker_name.encode() if job.worker_name else None
         if worker_key and worker_key not in self.workers and worker_key not in self.todo_workers:
             self.todo_workers[worker_key] = False
 
@@ -379,20 +371,20 @@ class _Reader:
         return state
 
 
-def _add_queue(rnd: _Round, name: bytes) -> dict[str, int]:
-    key = QUEUE_PREFIX + name
+def _add_queue(rnd: _Round, k: Keys, name: bytes) -> dict[str, int]:
+    key = k.queue_prefix + name
     slots = {"queued": rnd.add("llen", key), "oldest": rnd.add("lindex", key, 0),
              "intermediate": rnd.add("llen", key + b":intermediate")}
-    for registry, prefix in REGISTRIES.items():
+    for registry, prefix in k.registries.items():
         slots[registry] = rnd.add("zcard", prefix + name)
-    slots["wip"] = rnd.add("zrange", REGISTRIES["started"] + name, 0, -1, withscores=True)
-    slots["clean_lock"] = rnd.add("ttl", CLEAN_LOCK_PREFIX + name)
+    slots["wip"] = rnd.add("zrange", k.registries["started"] + name, 0, -1, withscores=True)
+    slots["clean_lock"] = rnd.add("ttl", k.clean_lock_prefix + name)
     return slots
 
 
-def _add_history_ranges(rnd: _Round, names: list[bytes], now: float) -> list[tuple[str, int]]:
+def _add_history_ranges(rnd: _Round, k: Keys, names: list[bytes], now: float) -> list[tuple[str, int]]:
     """The newest live (score >= now: not yet expired) entries of each queue's finished and failed registry."""
-    return [(registry, rnd.add("zrevrangebyscore", REGISTRIES[registry] + name, "+inf", now,
+    return [(registry, rnd.add("zrevrangebyscore", k.registries[registry] + name, "+inf", now,
                                start=0, num=HISTORY_PER_REGISTRY))
             for name in names for registry in HISTORY_REGISTRIES]
 
@@ -417,15 +409,15 @@ def _add_worker(rnd: _Round, key: bytes) -> tuple[int, ...]:
             rnd.add("smembers", key + b":executions"))
 
 
-def _add_job(rnd: _Round, job_id: bytes, execution_id: str | None) -> tuple[int, int | None]:
-    fields = rnd.add("hmget", JOB_PREFIX + job_id, list(JOB_FIELDS))
+def _add_job(rnd: _Round, k: Keys, job_id: bytes, execution_id: str | None) -> tuple[int, int | None]:
+    fields = rnd.add("hmget", k.job_prefix + job_id, list(JOB_FIELDS))
     if execution_id is None:
         return fields, None
-    return fields, rnd.add("hmget", _execution_key(job_id, execution_id), ["created_at", "last_heartbeat"])
+    return fields, rnd.add("hmget", _execution_key(k, job_id, execution_id), ["created_at", "last_heartbeat"])
 
 
-def _execution_key(job_id: bytes, execution_id: str | None) -> bytes:
-    return EXECUTION_PREFIX + job_id + b":" + (execution_id or "").encode()
+def _execution_key(k: Keys, job_id: bytes, execution_id: str | None) -> bytes:
+    return k.execution_prefix + job_id + b":" + (execution_id or "").encode()
 
 
 def _fill_worker(worker: WorkerInfo, raw: dict[bytes, bytes]) -> None:

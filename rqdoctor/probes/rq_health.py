@@ -23,6 +23,7 @@ from rqdoctor.jobids import method_of
 from rqdoctor.model import CronSchedulerInfo, FailedJob, HealthState, ProbeError, ProcessInfo, RedisState
 from rqdoctor.probes.redis_rq import _text, _ts
 from rqdoctor.redact import redact_text
+from rqdoctor.rqkeys import Keys
 
 PROBE = "health"
 MAX_CRON = 50
@@ -33,11 +34,12 @@ TAIL_LINES = 3
 CRON_JOB_FIELDS = ("func_name", "queue_name", "cron", "interval", "latest_enqueue_time", "next_enqueue_time")
 
 
-def read_redis_health(client: redis.Redis, state: RedisState, health: HealthState, errors: list[ProbeError]) -> None:
+def read_redis_health(client: redis.Redis, state: RedisState, health: HealthState, errors: list[ProbeError],
+                      keys: Keys | None = None) -> None:
     """Fill ``health`` with the cron schedulers, client names and recent failures (each part on its own)."""
     for part in (_cron, _clients, _failed):
         try:
-            part(client, state, health)
+            part(client, state, health, keys or Keys())
         except redis.ResponseError as exc:
             errors.append(ProbeError(PROBE, "permission" if "NOPERM" in str(exc) else "error",
                                      f"{part.__name__.strip('_')}: Redis refused a read ({exc})", ""))
@@ -45,11 +47,11 @@ def read_redis_health(client: redis.Redis, state: RedisState, health: HealthStat
             errors.append(ProbeError(PROBE, "error", f"{part.__name__.strip('_')}: {exc}", ""))
 
 
-def _cron(client: redis.Redis, state: RedisState, health: HealthState) -> None:
-    entries = client.zrange("rq:cron_schedulers", 0, MAX_CRON - 1, withscores=True)
+def _cron(client: redis.Redis, state: RedisState, health: HealthState, keys: Keys) -> None:
+    entries = client.zrange(keys.b("cron_schedulers"), 0, MAX_CRON - 1, withscores=True)
     pipe = client.pipeline(transaction=False)
     for name, _ in entries:
-        pipe.hgetall(b"rq:cron_scheduler:" + name)
+        pipe.hgetall(keys.b("cron_scheduler:", name))
     for (name, score), raw in zip(entries, pipe.execute() if entries else [], strict=True):
         info = CronSchedulerInfo(_text(name), last_heartbeat=float(score), hash_exists=bool(raw))
         fields = {_text(k): _text(v) for k, v in (raw or {}).items()}
@@ -66,22 +68,22 @@ def _cron(client: redis.Redis, state: RedisState, health: HealthState) -> None:
     health.cron_read = True
 
 
-def _clients(client: redis.Redis, state: RedisState, health: HealthState) -> None:
+def _clients(client: redis.Redis, state: RedisState, health: HealthState, keys: Keys) -> None:
     health.client_names = sorted({_text(c.get("name")) for c in client.client_list() if c.get("name")})
 
 
-def _failed(client: redis.Redis, state: RedisState, health: HealthState) -> None:
+def _failed(client: redis.Redis, state: RedisState, health: HealthState, keys: Keys) -> None:
     queues = [q for q in state.queues if q.failed]
     health.failed_total = sum(q.failed for q in state.queues)
     pipe = client.pipeline(transaction=False)
     for q in queues:
-        pipe.zrevrange(f"rq:failed:{q.name}", 0, PER_QUEUE - 1)
+        pipe.zrevrange(keys.b("failed:", q.name), 0, PER_QUEUE - 1)
     ids = [(q.name, job_id) for q, members in zip(queues, pipe.execute() if queues else [], strict=True)
            for job_id in members][:MAX_FAILED]
     pipe = client.pipeline(transaction=False)
     for _, job_id in ids:
-        pipe.hmget(b"rq:job:" + job_id, "description", "ended_at", "exc_info")
-        pipe.xrevrange(b"rq:results:" + job_id, count=1)
+        pipe.hmget(keys.b("job:", job_id), "description", "ended_at", "exc_info")
+        pipe.xrevrange(keys.b("results:", job_id), count=1)
     replies = pipe.execute() if ids else []
     for n, (queue, job_id) in enumerate(ids):
         (description, ended, exc_info), results = replies[2 * n], replies[2 * n + 1]

@@ -208,6 +208,7 @@ def probe_stacks(
     with_locals: bool = False,
     max_parallel: int | None = None,
     adaptive: bool = False,
+    faulthandler: bool = True,
 ) -> tuple[list[ProcessStacks], list[ProbeError]]:
     """Sample every pid ``samples`` times, ``interval`` seconds apart, all pids at once.
 
@@ -216,7 +217,9 @@ def probe_stacks(
     ``max_parallel`` bounds the py-spy processes at once (default: :data:`~.record.MAX_RECORDERS`
     recorders, or :data:`DUMP_PARALLEL` dumps). ``adaptive`` (non-blocking, no locals): first one
     dump of every pid at once, and only the processes in which some thread ran are recorded for the
-    window (see :func:`_first_look`).
+    window (see :func:`_first_look`). ``faulthandler``: where py-spy is not allowed to attach, a process that
+    catches SIGUSR1 and writes stderr to a readable file is asked for its own dump
+    (:mod:`.faulthandler_dump`), one at a time.
     """
     mode = dump_mode(blocking, native)
     results = {pid: ProcessStacks(pid=pid, mode=mode) for pid in dict.fromkeys(pids)}
@@ -234,6 +237,8 @@ def probe_stacks(
         outcomes = _first_look(list(results), options, samples, interval, max_parallel or MAX_RECORDERS)
     else:
         outcomes = _record(list(results), options, samples, interval, max_parallel or MAX_RECORDERS)
+    if faulthandler:
+        _own_dumps(outcomes, options)
     errors = []
     for pid, stacks in results.items():
         outcome = outcomes[pid]
@@ -244,6 +249,25 @@ def probe_stacks(
         elif stacks.samples and outcome.counters_error is not None:
             errors.append(outcome.counters_error)
     return list(results.values()), errors
+
+
+def _own_dumps(outcomes: dict[int, _Outcome], options: _Options) -> None:
+    """Replace py-spy's permission failures by the process's own faulthandler dump where it has one."""
+    from rqdoctor.probes import faulthandler_dump
+
+    for pid, outcome in outcomes.items():
+        error = outcome.error
+        if outcome.samples or error is None or error.kind != "permission" or options.deadline.expired():
+            continue
+        if faulthandler_dump.why_not(pid) is not None:
+            continue  # no SIGUSR1 handler or no readable stderr file: never signalled, py-spy's error stands
+        sample, failed = faulthandler_dump.dump(pid, options.deadline)
+        if sample is None:
+            outcome.error = replace(error, message=f"{error.message}; {failed.message if failed else ''}")
+            continue
+        for thread in sample.threads:
+            _add_source(pid, thread, options)
+        outcomes[pid] = _Outcome([sample], None)
 
 
 def _first_look(pids: list[int], options: _Options, samples: int, interval: float,

@@ -161,7 +161,8 @@ def scheduler(diagnosis: Diagnosis, queues: list[dict[str, Any]]) -> list[Block]
         out.append(Items((("Redis was not read",),)))
     else:
         scheduled = [(short_queue(q["name"], prefix), q["scheduled"]) for q in queues if q["scheduled"]]
-        out.append(Items((("RQ is suspended (", Code("rq:suspended"), " is set): workers take no job")
+        suspended_key = f"{diagnosis.context.snapshot.target.key_prefix}:suspended"
+        out.append(Items((("RQ is suspended (", Code(suspended_key), " is set): workers take no job")
                           if redis.suspended else ("RQ is not suspended",),
                           (f"{sum(n for _, n in scheduled)} scheduled job(s)" + (" in " if scheduled else ""),
                            *(p for name, n in scheduled for p in (Code(name), f" {n} "))))))

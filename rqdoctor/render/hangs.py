@@ -55,6 +55,8 @@ def stack_lines(job: dict[str, Any], verbose: bool) -> list[str]:
     for thread in threads:
         frames = thread["frames"] if verbose else thread["frames"][:TRIMMED_FRAMES]
         state = "active" if thread["active"] else "idle"
+        if thread.get("source") == "faulthandler":
+            state = "from the process's own dump, ASCII, at most 100 frames"
         lines.append(f"Thread {thread['thread_id']:#x} \"{thread['name']}\" ({state})")
         lines += [f"    {f['name']}  {short_path(f['filename'])}:{f['line']}" for f in frames]
         if len(frames) < len(thread["frames"]):

@@ -57,6 +57,12 @@ def facts(snapshot: Snapshot) -> list[tuple[str, str]]:
     if error is not None:
         redis += f"; NOT READ: {error.message}; RQ jobs and workers could not be joined"
     rows.append(("redis", redis))
+    others = snapshot.redis.other_prefixes if snapshot.redis is not None else []
+    if t.key_prefix != "rq" or others:
+        line = f"{t.key_prefix} ({t.key_prefix_source or '?'})"
+        if others:
+            line += f"; no worker under it, but this Redis has workers sets of: {', '.join(others)} (try --key-prefix)"
+        rows.append(("key prefix", line))
     if t.queue_filter:
         queues = f"{t.queue_filter}* only"
         if snapshot.redis is not None and snapshot.redis.hidden_counted:
@@ -71,7 +77,8 @@ def facts(snapshot: Snapshot) -> list[tuple[str, str]]:
 
 def fact_rows(snapshot: Snapshot) -> tuple[Fact, ...]:
     """The facts as a report document's target (a line saying what was not read or was hidden stands out)."""
-    return tuple(Fact(label, (line,), alert="NOT READ" in line or "hidden;" in line) for label, line in facts(snapshot))
+    return tuple(Fact(label, (line,), alert="NOT READ" in line or "hidden;" in line or "no worker under it" in line)
+                 for label, line in facts(snapshot))
 
 
 def as_dict(snapshot: Snapshot) -> dict[str, Any]:
@@ -83,5 +90,5 @@ def as_dict(snapshot: Snapshot) -> dict[str, Any]:
         "bench_path": t.bench_path, "bench_source": t.bench_source, "bench_id": t.bench_id,
         "bench_id_source": t.bench_id_source, "redis_url": t.redis_url, "redis_url_source": t.redis_url_source,
         "redis_read": snapshot.redis is not None, "queue_filter": t.queue_filter, "all_queues": t.all_queues,
-        "hidden": counts, "lines": [f"{label}: {line}" for label, line in facts(snapshot)],
+        "hidden": counts, "key_prefix": t.key_prefix, "lines": [f"{label}: {line}" for label, line in facts(snapshot)],
     }

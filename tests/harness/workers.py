@@ -136,10 +136,12 @@ def start_frappe_worker(
     pool_size: int | None = None,
     simple: bool = False,
     burst: bool = False,
+    env: dict[str, str] | None = None,
 ) -> WorkerProcess:
     """Start ``python -m frappe.utils.bench_helper frappe worker --queue …`` (cwd ``sites``).
 
-    ``queues`` are Frappe queue types (None = all); ``pool_size`` runs ``worker-pool``.
+    ``queues`` are Frappe queue types (None = all); ``pool_size`` runs ``worker-pool``; ``env`` is added to
+    the worker's environment (e.g. ``RQ_KEY_PREFIX``).
     """
     python = bench.attach_env(ensure_venv(flavour))
     argv = [str(python), "-m", "frappe.utils.bench_helper", "frappe"]
@@ -151,7 +153,7 @@ def start_frappe_worker(
     if burst:
         argv.append("--burst")
     log = bench.logs_path / "worker.log"
-    popen = _spawn(argv, bench.sites_path, _env(bench, simple), log)
+    popen = _spawn(argv, bench.sites_path, {**_env(bench, simple), **(env or {})}, log)
     return WorkerProcess(popen, argv, bench.sites_path, flavour, log, simple=simple)
 
 
