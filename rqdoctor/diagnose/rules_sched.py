@@ -212,6 +212,6 @@ def stale_cron_scheduler(ctx: Context) -> Iterator[Hit]:
         yield Hit(f"cron scheduler {cron.name}", evidence=evidence,
                   fix="The `rq cron` process died or hangs: no cron job it owns is enqueued. Restart it; rq drops "
                       "the stale entry itself on the next `CronScheduler.all()`.",
-                  commands=[redis_cli(ctx.snapshot.target, "ZRANGE", f"{ctx.snapshot.target.key_prefix}:cron_schedulers",
-                                      "0", "-1", "WITHSCORES")],
+                  commands=[redis_cli(ctx.snapshot.target, "ZRANGE",
+                                      f"{ctx.snapshot.target.key_prefix}:cron_schedulers", "0", "-1", "WITHSCORES")],
                   data={"name": cron.name, "silent_s": round(silent)})
