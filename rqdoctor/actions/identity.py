@@ -1,8 +1,10 @@
 """Re-verify a process before any signal: same host, same process (pid and start time), same parent, never us.
 
 A pid alone names nothing: it is reused. The process a remedy names is (host, pid, start time),
-plus its parent (pid and start time) for a horse. Every check is read again from ``/proc`` (psutil)
-right before each signal; a difference of any kind refuses the signal.
+plus its parent (pid and start time) for a horse, plus, in a container, its namespace pid and PID
+namespace inode. ``pid`` is always the host pid (rqdoctor's namespace), even for a container's worker
+whose hash names another hostname. Every check is read again from ``/proc`` (psutil) right before each
+signal; a difference of any kind refuses the signal.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import psutil
 
 from rqdoctor.diagnose.findings import Remedy
+from rqdoctor.probes.namespaces import last_nspid, ns_inode
 
 CREATE_TIME_TOLERANCE_S = 0.5
 """psutil's start times come from clock ticks after a whole-second boot time: equal within this is the same process."""
@@ -99,6 +102,9 @@ def verify_target(remedy: Remedy, host: str, worker_pids: set[int], kill_worker:
         return Verdict(False, f"pid {pid} has exited", gone=True)
     except (psutil.Error, OSError) as exc:
         return Verdict(False, f"pid {pid} cannot be read ({type(exc).__name__})")
+    moved = _namespace_changed(remedy)
+    if moved:
+        return Verdict(False, moved)
     if remedy.action in ("stop_horse", "stop_orphan") and pgid != pid:
         return Verdict(False, f"pid {pid} does not lead its process group (pgid {pgid}): not a work-horse")
     if remedy.pgid is not None and remedy.pgid != pgid:
@@ -108,6 +114,19 @@ def verify_target(remedy: Remedy, host: str, worker_pids: set[int], kill_worker:
     if remedy.action == "stop_orphan" and ppid in worker_pids:
         return Verdict(False, f"pid {pid} is the child of registered worker {ppid} again: not an orphan")
     return OK
+
+
+def _namespace_changed(remedy: Remedy) -> str | None:
+    """Why a container process is no longer the one seen (another PID namespace or namespace pid)."""
+    if remedy.pid_ns is None and remedy.ns_pid is None:
+        return None
+    assert remedy.pid is not None
+    where = f"container {remedy.container_name or remedy.container_id or '?'}"
+    if remedy.pid_ns is not None and ns_inode(remedy.pid, "pid") != remedy.pid_ns:
+        return f"pid {remedy.pid} is no longer in the PID namespace of {where}"
+    if remedy.ns_pid is not None and last_nspid(remedy.pid) != remedy.ns_pid:
+        return f"pid {remedy.pid} is no longer pid {remedy.ns_pid} in {where}"
+    return None
 
 
 def _verify_parent(remedy: Remedy, ppid: int) -> Verdict:

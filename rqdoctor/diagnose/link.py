@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from rqdoctor.diagnose.identity import is_local_hostname, resolve
 from rqdoctor.endpoints import redis_host_port
 from rqdoctor.model import JobInfo, ProcessInfo, Snapshot, WorkerInfo
 
@@ -58,6 +59,11 @@ class WorkerLink:
     forking: bool = False
     """A live child runs the worker's own argv: a fork (a horse not yet its own process group), so the job
     does not run in the worker even when no horse is found."""
+    container: str | None = None
+    """The container (UTS hostname of a foreign PID namespace on this host) the hash was resolved in; its
+    processes are still named by host pid."""
+    on_this_host: bool = False
+    """Its hostname is this host's or a container's on it (:func:`rqdoctor.diagnose.identity.resolve`)."""
 
 
 @dataclass
@@ -118,20 +124,21 @@ def link(snapshot: Snapshot) -> Links:
         return Links(gone=gone_pids(snapshot))
     tree = _Tree(snapshot.processes)
     blind = any(e.probe == "processes" and e.kind not in _PARTIAL_ERRORS for e in snapshot.errors)
-    wlinks = [_link_worker(w, snapshot.host, tree, blind) for w in snapshot.redis.workers]
+    wlinks = [_link_worker(w, snapshot, blind) for w in snapshot.redis.workers]
     _resolve_shared_pids(wlinks)
     for wl in wlinks:
         _attach_horse(wl, tree)
     candidates = _orphan_candidates(wlinks, tree)
     links = Links(workers=wlinks, gone=gone_pids(snapshot))
-    links.jobs = _link_jobs(snapshot.redis.jobs, wlinks, candidates, snapshot.host)
+    links.jobs = _link_jobs(snapshot.redis.jobs, wlinks, candidates)
     links.orphans, links.orphan_evidence = _ours(snapshot, candidates, tree, links)
     orphans = {p.pid for p in links.orphans}
     for jl in links.jobs:
         if jl.runner_role == "orphaned-horse" and jl.runner is not None and jl.runner.pid not in orphans:
             jl.runner, jl.runner_role, jl.matched_by = None, None, ""  # not an orphan of ours after all
             host = jl.worker.hostname if jl.worker else None
-            jl.location = "unknown" if not host else "local" if host == snapshot.host else "remote"
+            local = is_local_hostname(host, snapshot.host, snapshot.processes)
+            jl.location = "unknown" if not host else "local" if local else "remote"
         if jl.runner is not None:
             jl.children = list(tree.descendants(jl.runner.pid))
             jl.gone = jl.runner.pid in links.gone
@@ -187,17 +194,20 @@ def _is_group_leader(p: ProcessInfo) -> bool:
     return p.pgid == p.pid
 
 
-def _link_worker(w: WorkerInfo, host: str, tree: _Tree, blind: bool) -> WorkerLink:
+def _link_worker(w: WorkerInfo, snapshot: Snapshot, blind: bool) -> WorkerLink:
     wl = WorkerLink(worker=w)
+    found = resolve(w.hostname, w.pid, snapshot.host, snapshot.processes)
+    wl.container, wl.on_this_host = found.container, found.local
     if not w.hostname or w.pid is None:
         wl.problems.append("no pid: the worker hash names no hostname or pid")
-    elif w.hostname != host:
+    elif not found.local:
         wl.location = "remote"
     elif w.death is not None:
         wl.location = "dead"
         wl.problems.append("death registered: the worker recorded a clean exit")
     else:
-        _identify(wl, tree.by_pid.get(w.pid), host, blind)
+        where = f"container {found.container} on {snapshot.host}" if found.container else snapshot.host
+        _identify(wl, found.process, where, blind)
     return wl
 
 
@@ -206,7 +216,8 @@ def _identify(wl: WorkerLink, p: ProcessInfo | None, host: str, blind: bool) -> 
     w = wl.worker
     if p is None or p.status == VANISHED:
         wl.location = "unknown" if blind else "dead"
-        wl.problems.append(f"process missing: no process {w.pid} on {host}")
+        wl.problems.append(f"process missing: no process {w.pid} in {host}" if wl.container
+                           else f"process missing: no process {w.pid} on {host}")
     elif p.status == ZOMBIE:
         wl.location, wl.claimed = "dead", p
         wl.problems.append(f"zombie: process {p.pid} has exited; its parent {p.ppid} has not reaped it")
@@ -402,7 +413,7 @@ def _find_worker(job: JobInfo, wlinks: list[WorkerLink]) -> tuple[WorkerLink | N
     return None, ""
 
 
-def _link_jobs(jobs: list[JobInfo], wlinks: list[WorkerLink], orphans: list[ProcessInfo], host: str) -> list[JobLink]:
+def _link_jobs(jobs: list[JobInfo], wlinks: list[WorkerLink], orphans: list[ProcessInfo]) -> list[JobLink]:
     out = []
     for job in jobs:
         wl, how = _find_worker(job, wlinks)
@@ -410,7 +421,7 @@ def _link_jobs(jobs: list[JobInfo], wlinks: list[WorkerLink], orphans: list[Proc
         if wl is not None:
             jl.worker, jl.worker_process = wl.worker, wl.process
             if wl.worker.hostname:
-                jl.location = "local" if wl.worker.hostname == host else "remote"
+                jl.location = "local" if wl.on_this_host else "remote"
             if how != "worker_name" and wl.process is not None:
                 if wl.horse is not None:
                     jl.runner, jl.runner_role = wl.horse, "horse"

@@ -28,7 +28,13 @@ def _job_fields(job: JobInfo | None) -> dict[str, str | None]:
 
 
 def _process_fields(host: str, p: ProcessInfo) -> dict[str, object]:
-    return {"host": host, "pid": p.pid, "pgid": p.pgid, "create_time": p.create_time}
+    """Host pid identity, plus the namespace identity of a process in a container (re-verified too)."""
+    fields: dict[str, object] = {"host": host, "pid": p.pid, "pgid": p.pgid, "create_time": p.create_time}
+    ident = p.identity
+    if ident is not None and ident.foreign_ns:
+        fields.update(ns_pid=ident.ns_pid, pid_ns=ident.pid_ns, container_id=ident.container_id,
+                      container_name=ident.container_name)
+    return fields
 
 
 def for_job_runner(snapshot: Snapshot, jl: JobLink, reason: str) -> Remedy | None:

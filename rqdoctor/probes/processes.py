@@ -13,6 +13,7 @@ import psutil
 
 from rqdoctor.diagnose.link import BIRTH_SLACK, VANISHED
 from rqdoctor.model import Connection, ProbeError, ProcessInfo, WorkerInfo
+from rqdoctor.probes.namespaces import NamespaceReader
 from rqdoctor.probes.sockets import TcpLine, socket_fds, tcp_by_inode
 from rqdoctor.redact import MASK, is_secret_name, redact_text
 
@@ -99,7 +100,8 @@ def probe_processes(
                 proc.cpu_percent(None)
     denied: dict[int, list[str]] = {}
     tcp = functools.cache(tcp_by_inode)
-    infos = [_describe(pid, table[pid], denied, tcp) for pid in pids]
+    namespaces = NamespaceReader(hostname)
+    infos = [_describe(pid, table[pid], denied, tcp, namespaces) for pid in pids]
     if cpu_window is not None:
         time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
     for info in infos:
@@ -108,6 +110,11 @@ def probe_processes(
             _measure_cpu(proc, info, denied)
     if denied:
         errors.append(_denied_error(denied))
+    if namespaces.failures:
+        errors.append(ProbeError(
+            PROBE, "permission", "could not read the container hostname (UTS namespace) of "
+            + ", ".join(namespaces.failures[:10]) + ": their workers' hashes cannot be matched to them",
+            hint="run rqdoctor as root (it uses nsenter -u), see docs/containers.md", subject="uts namespace"))
     targets = _targets(table, workers, hostname, extra_pids or [])
     errors.extend([_vanished_error(i.pid) for i in infos if i.status == VANISHED and i.pid in targets])
     return infos
@@ -208,15 +215,17 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
 
 
 def _describe(pid: int, row: _Row, denied: dict[int, list[str]],
-              tcp: Callable[[], dict[int, TcpLine]]) -> ProcessInfo:
+              tcp: Callable[[], dict[int, TcpLine]], namespaces: NamespaceReader) -> ProcessInfo:
     """Everything but CPU usage (``tcp``: the host's TCP table); a field that cannot be read stays at its default."""
     proc = row.proc
+    worker_like = is_worker_argv(row.argv)
     info = ProcessInfo(
         pid=pid,
         ppid=row.ppid,
         create_time=row.create_time,
         cmdline=redact_argv(row.argv),
-        worker_like=is_worker_argv(row.argv),
+        worker_like=worker_like,
+        identity=namespaces.identity(pid, row.create_time, worker_like),
     )
     if proc is None:
         info.status = VANISHED

@@ -1,0 +1,96 @@
+"""A real rq worker in its own PID and UTS namespaces (``unshare``), as in a container, diagnosed from the host.
+
+Its hash names the namespace's hostname and its pid there (1); ``rqdoctor hangs`` on the host must still show
+its hung job as local, with the host pid, the namespace pid, the container name and a py-spy stack, and
+``stuck --kill --dry-run`` must plan to stop the host pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from tests.harness.bench import Bench
+from tests.harness.venvs import selected_flavours
+from tests.harness.workers import (
+    Workers,
+    enqueue,
+    ns_pid,
+    unshare_refusal,
+    wait_for_job_started,
+    wait_for_worker_registered,
+    worker_hashes,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.cli, pytest.mark.slow]
+
+FLAVOURS = [f for f in ("rq30", "rq26") if f in selected_flavours()][:1]
+SCN = "rqdoctor.scenarios"
+
+
+def rqdoctor(*args: str) -> tuple[int, dict[str, Any], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RQDOCTOR_REDIS", "FRAPPE_", "RQ_", "REDIS_"))}
+    proc = subprocess.run([sys.executable, "-m", "rqdoctor", *args], capture_output=True, text=True, timeout=120,
+                          env=env, cwd="/", stdin=subprocess.DEVNULL)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
+
+
+@pytest.fixture
+def namespaces_allowed() -> None:
+    refusal = unshare_refusal()
+    if refusal is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but a worker cannot get its own namespaces: {refusal}")
+    pytest.skip(f"SKIPPED LOUDLY: no PID/UTS namespaces for the container test: {refusal}")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_worker_in_its_own_namespaces_is_local_with_host_pid_and_container(
+        namespaces_allowed: None, bench: Bench, workers: Workers, redis_client: redis.Redis, redis_url: str,
+        flavour: str) -> None:
+    # GIVEN a Frappe worker as PID 1 of its own PID+UTS namespace, named like a container, running a hung job
+    name = f"ctr-{uuid.uuid4().hex[:8]}"
+    w = workers.frappe(bench, flavour, ["short"], namespace=name)
+    wait_for_worker_registered(redis_client, w)
+    [(worker_name, hash_)] = [(n, h) for n, h in worker_hashes(redis_client).items() if h.get("hostname") == name]
+    assert hash_["pid"] == "1", hash_
+    job = enqueue(flavour, redis_url, bench.queue("short"), f"{SCN}.sleep_for", {"seconds": 600})
+    started = wait_for_job_started(redis_client, job, w)
+    assert started.horse is not None
+    worker_host_pid, horse = started.worker_pid, started.horse
+    assert worker_host_pid != 1 and ns_pid(worker_host_pid) == 1
+    time.sleep(2.5)
+
+    # WHEN rqdoctor hangs runs on the host
+    code, report, err = rqdoctor("hangs", "--bench", str(bench.root), "--format", "json", "--no-db",
+                                 "--min-age", "1")
+    assert code in (0, 1), err
+    [row] = [j for j in report["jobs"] if j["job_id"] == job]
+
+    # THEN the job is local, run by the horse's host pid, in the container, with a stack read by py-spy
+    assert row["location"] == "local" and row["runner_role"] == "horse", row
+    assert row["pid"] == horse.pid
+    assert row["container"]["name"] == name and row["container"]["ns_pid"] == ns_pid(horse.pid), row
+    assert any(f["name"] == "sleep_for" for t in row["threads"] for f in t["frames"]), row["threads"]
+    [wrow] = [r for r in report.get("workers", []) if r["name"] == worker_name] or [None]
+    if wrow is not None:
+        assert wrow["host_pid"] == worker_host_pid and wrow["location"] == "local", wrow
+
+    # AND stuck --kill --dry-run plans to stop the horse by its host pid, naming the container
+    code, plan, err = rqdoctor("stuck", "--bench", str(bench.root), "--timeout", "30", "--kill", "--dry-run",
+                               "--older-than", "1s", "--format", "json")
+    steps = [s for s in plan.get("plan", []) if s.get("action") == "stop_horse"]
+    assert steps, (code, err, plan.get("plan"))
+    text = json.dumps(steps)
+    assert str(horse.pid) in text and name in text, steps
+    assert horse.is_running()
