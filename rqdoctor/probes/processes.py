@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ import psutil
 
 from rqdoctor.diagnose.link import BIRTH_SLACK, VANISHED
 from rqdoctor.model import Connection, ProbeError, ProcessInfo, WorkerInfo
-from rqdoctor.probes.namespaces import NamespaceReader
+from rqdoctor.probes.namespaces import NamespaceReader, ns_inode
 from rqdoctor.probes.sockets import TcpLine, socket_fds, tcp_by_inode
 from rqdoctor.redact import MASK, is_secret_name, redact_text
 
@@ -99,7 +98,7 @@ def probe_processes(
             with contextlib.suppress(psutil.Error):
                 proc.cpu_percent(None)
     denied: dict[int, list[str]] = {}
-    tcp = functools.cache(tcp_by_inode)
+    tcp = _tcp_tables()
     namespaces = NamespaceReader(hostname)
     infos = [_describe(pid, table[pid], denied, tcp, namespaces) for pid in pids]
     if cpu_window is not None:
@@ -214,9 +213,23 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
     return pids[:MAX_PROCESSES]
 
 
+def _tcp_tables() -> Callable[[int], dict[int, TcpLine]]:
+    """pid -> the TCP table of its network namespace, each read once (a container's from ``/proc/<pid>/net``)."""
+    own = ns_inode("self", "net")
+    tables: dict[int | None, dict[int, TcpLine]] = {}
+
+    def table(pid: int) -> dict[int, TcpLine]:
+        net = ns_inode(pid, "net")
+        key = None if net is None or net == own else net
+        if key not in tables:
+            tables[key] = tcp_by_inode() if key is None else tcp_by_inode(f"/proc/{pid}/net")
+        return tables[key]
+    return table
+
+
 def _describe(pid: int, row: _Row, denied: dict[int, list[str]],
-              tcp: Callable[[], dict[int, TcpLine]], namespaces: NamespaceReader) -> ProcessInfo:
-    """Everything but CPU usage (``tcp``: the host's TCP table); a field that cannot be read stays at its default."""
+              tcp: Callable[[int], dict[int, TcpLine]], namespaces: NamespaceReader) -> ProcessInfo:
+    """Everything but CPU usage (``tcp``: TCP tables by pid); a field that cannot be read stays at its default."""
     proc = row.proc
     worker_like = is_worker_argv(row.argv)
     info = ProcessInfo(
@@ -237,7 +250,7 @@ def _describe(pid: int, row: _Row, denied: dict[int, list[str]],
         "num_threads": proc.num_threads,
         "cwd": proc.cwd,
         "supervisor_program": lambda: proc.environ().get("SUPERVISOR_PROCESS_NAME"),
-        "connections": lambda: _connections(pid, tcp),
+        "connections": lambda: _connections(pid, lambda: tcp(pid)),
     }
     try:
         info.pgid = os.getpgid(pid)
