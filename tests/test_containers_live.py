@@ -36,11 +36,17 @@ FLAVOURS = [f for f in ("rq30", "rq26") if f in selected_flavours()][:1]
 SCN = "rqdoctor.scenarios"
 
 
-def rqdoctor(*args: str) -> tuple[int, dict[str, Any], str]:
+def run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RQDOCTOR_REDIS", "FRAPPE_", "RQ_", "REDIS_"))}
+    env["COLUMNS"] = "200"
     proc = subprocess.run([sys.executable, "-m", "rqdoctor", *args], capture_output=True, text=True, timeout=120,
                           env=env, cwd="/", stdin=subprocess.DEVNULL)
     assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def rqdoctor(*args: str) -> tuple[int, dict[str, Any], str]:
+    proc = run(*args)
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}, proc.stderr
 
 
@@ -85,6 +91,10 @@ def test_a_worker_in_its_own_namespaces_is_local_with_host_pid_and_container(
     [wrow] = [r for r in report.get("workers", []) if r["name"] == worker_name] or [None]
     if wrow is not None:
         assert wrow["host_pid"] == worker_host_pid and wrow["location"] == "local", wrow
+
+    # AND the text report names the host pid and the container
+    text_report = run("hangs", "--bench", str(bench.root), "--no-db", "--min-age", "1").stdout
+    assert f"pid {horse.pid} (horse) in container {name} pid {ns_pid(horse.pid)}" in text_report, text_report
 
     # AND stuck --kill --dry-run plans to stop the horse by its host pid, naming the container
     code, plan, err = rqdoctor("stuck", "--bench", str(bench.root), "--timeout", "30", "--kill", "--dry-run",
