@@ -655,8 +655,13 @@ class Snapshot:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Snapshot:
-        """Rebuild a snapshot from :meth:`to_dict` output; unknown keys are ignored."""
+        """Rebuild a snapshot from :meth:`to_dict` output (an older schema is migrated first); unknown keys are
+        ignored."""
         version = data.get("schema_version") if isinstance(data, dict) else None
+        if type(version) is int and 1 <= version < SCHEMA_VERSION:
+            from rqdoctor import schema  # schema imports this module
+
+            data, version = schema.upgrade(data), SCHEMA_VERSION
         if type(version) is not int or version != SCHEMA_VERSION:
             raise ValueError(f"unsupported snapshot schema_version {version!r} "
                              f"(this rqdoctor reads {SCHEMA_VERSION})")
