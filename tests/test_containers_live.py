@@ -88,9 +88,10 @@ def test_a_worker_in_its_own_namespaces_is_local_with_host_pid_and_container(
     assert row["pid"] == horse.pid
     assert row["container"]["name"] == name and row["container"]["ns_pid"] == ns_pid(horse.pid), row
     assert any(f["name"] == "sleep_for" for t in row["threads"] for f in t["frames"]), row["threads"]
-    [wrow] = [r for r in report.get("workers", []) if r["name"] == worker_name] or [None]
-    if wrow is not None:
-        assert wrow["host_pid"] == worker_host_pid and wrow["location"] == "local", wrow
+    code, wreport, err = rqdoctor("workers", "--bench", str(bench.root), "--format", "json")
+    [wrow] = [r for r in wreport["workers"] if r["name"] == worker_name]
+    assert wrow["pid"] == 1 and wrow["host_pid"] == worker_host_pid and wrow["location"] == "local", wrow
+    assert wrow["container"]["name"] == name and wrow["horse_pid"] == horse.pid, wrow
 
     # AND the text report names the host pid and the container
     text_report = run("hangs", "--bench", str(bench.root), "--no-db", "--min-age", "1").stdout

@@ -97,6 +97,20 @@ def test_link_runs_a_container_workers_job_in_its_horse_by_host_pid() -> None:
     assert jl.location == "local" and jl.runner is horse and jl.runner_role == "horse"
 
 
+def test_a_worker_like_parent_outside_the_namespace_is_no_pool_parent() -> None:
+    # GIVEN `unshare … frappe worker` (worker-like argv) in our namespace, parent of the container's worker
+    launcher = _proc(5000, 1)
+    worker, horse = _proc(5001, 5000, ns_pid=1, uts="ctr", pgid=5000), _proc(5002, 5001, ns_pid=7, uts="ctr")
+    job = JobInfo(job_id="j1", queue="short", status="started", started_at=T0 + 50, worker_name="w-ctr")
+    [wl] = link(_snapshot([_worker("ctr", 1)], [job], [launcher, worker, horse])).workers
+    assert wl.pool_parent is None and wl.kind == "fork" and wl.horse is horse
+    # near miss: a worker-like parent in the worker's own namespace is its pool
+    pool = _proc(5000, 4999, ns_pid=1, uts="ctr")
+    inner = _proc(5001, 5000, ns_pid=2, uts="ctr")
+    [wl] = link(_snapshot([_worker("ctr", 2)], [], [pool, inner])).workers
+    assert wl.pool_parent is pool and wl.kind == "pool"
+
+
 def test_link_near_miss_a_container_whose_pid_is_gone_is_dead_not_remote() -> None:
     links = link(_snapshot([_worker("ctr", 9)], [], [_proc(5001, 5000, ns_pid=1, uts="ctr")]))
     [wl] = links.workers

@@ -256,7 +256,8 @@ def _attach_horse(wl: WorkerLink, tree: _Tree) -> None:
     horses.sort(key=lambda c: (alive(c), c.worker_like, c.create_time or 0.0))
     wl.horse = horses[-1] if horses else None
     parent = tree.by_pid.get(p.ppid) if p.ppid is not None else None
-    wl.pool_parent = parent if parent is not None and parent.worker_like else None
+    # A pool forks its workers, so they share its PID namespace (a container's parent, e.g. `unshare`, is none).
+    wl.pool_parent = parent if parent is not None and parent.worker_like and _same_pid_ns(parent, p) else None
     own_title = parse_title(p)
     forked = own_title is not None and own_title[1] in _FORKED
     # A fork caught before it made itself a process group still runs the worker's argv: a horse, not a job
@@ -271,6 +272,11 @@ def _attach_horse(wl: WorkerLink, tree: _Tree) -> None:
         wl.kind = "fork"
     elif _runs_in_process(wl):
         wl.kind = "simple"
+
+
+def _same_pid_ns(a: ProcessInfo, b: ProcessInfo) -> bool:
+    """Both in one PID namespace (assumed when either identity is unknown)."""
+    return a.identity is None or b.identity is None or a.identity.pid_ns == b.identity.pid_ns
 
 
 def _runs_in_process(wl: WorkerLink) -> bool:
