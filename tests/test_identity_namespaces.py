@@ -26,7 +26,7 @@ from rqdoctor.model import (
     TargetInfo,
     WorkerInfo,
 )
-from rqdoctor.probes.namespaces import NamespaceReader, container_id, last_nspid, ns_inode
+from rqdoctor.probes.namespaces import NamespaceReader, _etc_hostname, container_id, last_nspid, ns_inode
 
 pytestmark = pytest.mark.unit
 
@@ -139,6 +139,11 @@ def test_the_namespace_reader_sees_this_process_in_its_own_namespace() -> None:
     assert not ident.foreign_ns and ident.pid_ns == ns_inode("self", "pid") and ident.uts_hostname is None
 
 
+def test_near_miss_etc_hostname_of_a_process_with_our_root_is_not_its_uts_name() -> None:
+    # unshare without a new root: /proc/<pid>/root/etc/hostname is this host's file, not the namespace's name
+    assert _etc_hostname(os.getpid()) is None
+
+
 def test_reverification_refuses_another_namespace_or_namespace_pid() -> None:
     me = os.getpid()
     same = Remedy("stop_horse", "r", pid=me, ns_pid=last_nspid(me), pid_ns=ns_inode(me, "pid"), container_name="c")
@@ -183,3 +188,12 @@ def test_a_v1_snapshot_migrates_to_v2_with_plain_identities_and_diagnoses_the_sa
     assert all(p.identity is None for p in bare.processes)
     codes = sorted((f.code, f.subject) for f in diagnose(snapshot).findings)
     assert codes and codes == sorted((f.code, f.subject) for f in diagnose(bare).findings)
+
+
+def test_the_migration_keeps_what_it_cannot_read_and_fills_a_bare_process() -> None:
+    data = {"schema_version": 1, "host": "h", "generated_at": 1, "target": {"redis_url": "r", "redis_url_source": "t"},
+            "processes": [{"pid": 7}, "junk"]}
+    upgraded = schema.upgrade(data)
+    assert upgraded["processes"] == [{"pid": 7, "identity": {"host": "h", "pid": 7, "create_time": None,
+                                                             "ns_pid": 7}}, "junk"]
+    assert schema.upgrade({"schema_version": 1, "host": "h"}) == {"schema_version": 2, "host": "h"}

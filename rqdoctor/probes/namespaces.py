@@ -12,11 +12,14 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 from rqdoctor.model import ProcessIdentity
 
 NSENTER_TIMEOUT_S = 2.0
 """At most this long for one ``nsenter -u hostname`` (once per foreign UTS namespace)."""
+NSENTER_BUDGET_S = 5.0
+"""At most this long for all of them in one scan (the process probe is bounded by the run's deadline too)."""
 _CONTAINER_ID = re.compile(r"(?:docker|containerd|crio|libpod|cri-containerd)[-/:]?([0-9a-f]{64})|/([0-9a-f]{64})")
 
 
@@ -55,12 +58,12 @@ def container_id(pid: int) -> str | None:
 class NamespaceReader:
     """Fills :class:`ProcessIdentity` for the processes of one scan; UTS hostnames cached per namespace."""
 
-    def __init__(self, host: str, deadline_left: float | None = None) -> None:
+    def __init__(self, host: str) -> None:
         self.host = host
         self.own_pid_ns = ns_inode("self", "pid")
         self.own_uts_ns = ns_inode("self", "uts")
-        self.timeout = NSENTER_TIMEOUT_S if deadline_left is None else max(0.1, min(NSENTER_TIMEOUT_S, deadline_left))
         self._uts: dict[int, str | None] = {}
+        self._budget_ends = time.monotonic() + NSENTER_BUDGET_S
         self.failures: list[str] = []
         """One line per foreign namespace whose hostname could not be read."""
 
@@ -90,11 +93,12 @@ class NamespaceReader:
 
     def _nsenter(self, pid: int) -> str | None:
         tool = shutil.which("nsenter")
-        if tool is None or os.geteuid() != 0:
+        left = self._budget_ends - time.monotonic()
+        if tool is None or os.geteuid() != 0 or left <= 0:
             return None
         try:
             done = subprocess.run([tool, "-u", "-t", str(pid), "hostname"], capture_output=True, text=True,
-                                  timeout=self.timeout, check=False)
+                                  timeout=min(NSENTER_TIMEOUT_S, left), check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
         name = done.stdout.strip()
