@@ -7,6 +7,7 @@ its hung job as local, with the host pid, the namespace pid, the container name 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,9 +16,13 @@ import time
 import uuid
 from typing import Any
 
+import psutil
 import pytest
 import redis
 
+from rqdoctor.actions.identity import verify_target
+from rqdoctor.diagnose.findings import Remedy
+from rqdoctor.probes.namespaces import ns_inode
 from tests.harness.bench import Bench
 from tests.harness.venvs import selected_flavours
 from tests.harness.workers import (
@@ -105,3 +110,25 @@ def test_a_worker_in_its_own_namespaces_is_local_with_host_pid_and_container(
     text = json.dumps(steps)
     assert str(horse.pid) in text and name in text, steps
     assert horse.is_running()
+
+
+def test_reverification_names_a_container_process_by_its_namespace_pid() -> None:
+    # GIVEN a real process leading its own group, seen as a process "in a container" (its own namespace fields)
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        me = psutil.Process(child.pid)
+        remedy = Remedy("stop_orphan", "r", host="h", pid=child.pid, pgid=child.pid, create_time=me.create_time(),
+                        ns_pid=ns_pid(child.pid), pid_ns=ns_inode(child.pid, "pid"), container_name="ctr")
+        # THEN it may be signalled while no registered worker of "ctr" has its namespace pid or its parent's
+        assert verify_target(remedy, "h", set(), kill_worker=False).ok
+        # near miss: a worker hash of the container names its namespace pid, or its parent's: refused
+        refused = verify_target(remedy, "h", {ns_pid(child.pid) or -1}, kill_worker=False)
+        assert not refused.ok and "registered worker" in refused.reason
+        parent = verify_target(remedy, "h", {ns_pid(os.getpid()) or -1}, kill_worker=False)
+        assert not parent.ok and "child of registered worker" in parent.reason
+        # and another PID namespace inode than the one seen is refused
+        moved = verify_target(dataclasses.replace(remedy, pid_ns=1), "h", set(), kill_worker=False)
+        assert not moved.ok and "PID namespace of container ctr" in moved.reason
+    finally:
+        child.kill()
+        child.wait(10)

@@ -77,7 +77,8 @@ def same_process(pid: int, create_time: float) -> Verdict:
 def verify_target(remedy: Remedy, host: str, worker_pids: set[int], kill_worker: bool) -> Verdict:
     """Every process check before a signal to ``remedy``'s target (see the module docstring).
 
-    ``worker_pids`` are the pids of the registered workers read from Redis just now: one of them is
+    ``worker_pids`` are the pids of the registered workers read from Redis just now (for a process in a
+    container, those of the workers of that container's hostname: pids in its namespace): one of them is
     signalled only for ``stop_worker`` with ``--kill-worker``. A horse (``stop_horse``/``stop_orphan``)
     must lead its own process group, since its group is what is signalled.
     """
@@ -92,7 +93,7 @@ def verify_target(remedy: Remedy, host: str, worker_pids: set[int], kill_worker:
     if remedy.action == "stop_worker":
         if not kill_worker:
             return Verdict(False, "the job runs in the worker process itself: needs --kill-worker")
-    elif pid in worker_pids:
+    elif _as_hashes_name(remedy, pid) in worker_pids:
         return Verdict(False, f"pid {pid} is a registered worker, not a work-horse: needs --kill-worker")
     try:
         proc = psutil.Process(pid)
@@ -111,9 +112,14 @@ def verify_target(remedy: Remedy, host: str, worker_pids: set[int], kill_worker:
         return Verdict(False, f"pid {pid} moved from process group {remedy.pgid} to {pgid}")
     if remedy.action == "stop_horse":
         return _verify_parent(remedy, ppid)
-    if remedy.action == "stop_orphan" and ppid in worker_pids:
+    if remedy.action == "stop_orphan" and _as_hashes_name(remedy, ppid) in worker_pids:
         return Verdict(False, f"pid {pid} is the child of registered worker {ppid} again: not an orphan")
     return OK
+
+
+def _as_hashes_name(remedy: Remedy, pid: int) -> int | None:
+    """Host pid ``pid`` as a worker hash would name it: its namespace pid for a remedy in a container."""
+    return last_nspid(pid) if remedy.pid_ns is not None else pid
 
 
 def _namespace_changed(remedy: Remedy) -> str | None:
