@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -31,13 +32,14 @@ from tests.harness.workers import (
     ns_pid,
     unshare_refusal,
     wait_for_job_started,
+    wait_for_job_status,
     wait_for_worker_registered,
     worker_hashes,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.cli, pytest.mark.slow]
 
-FLAVOURS = [f for f in ("rq30", "rq26") if f in selected_flavours()][:1]
+FLAVOURS = [f for f in ("rq115", "rq26", "rq30") if f in selected_flavours()]
 SCN = "rqdoctor.scenarios"
 
 
@@ -110,6 +112,30 @@ def test_a_worker_in_its_own_namespaces_is_local_with_host_pid_and_container(
     text = json.dumps(steps)
     assert str(horse.pid) in text and name in text, steps
     assert horse.is_running()
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_stuck_kill_stops_a_container_horse_by_host_pid_and_the_job_fails(
+        namespaces_allowed: None, bench: Bench, workers: Workers, redis_client: redis.Redis, redis_url: str,
+        flavour: str, tmp_path: Path) -> None:
+    # GIVEN a hung job in the horse of a worker in its own PID+UTS namespace
+    name = f"ctr-{uuid.uuid4().hex[:8]}"
+    w = workers.frappe(bench, flavour, ["short"], namespace=name)
+    wait_for_worker_registered(redis_client, w)
+    job = enqueue(flavour, redis_url, bench.queue("short"), f"{SCN}.sleep_for", {"seconds": 600})
+    started = wait_for_job_started(redis_client, job, w)
+    assert started.horse is not None
+    time.sleep(2.5)
+    # WHEN stuck --kill --yes runs on the host
+    audit = tmp_path / "audit.jsonl"
+    code, report, err = rqdoctor("stuck", "--bench", str(bench.root), "--timeout", "30", "--kill", "--yes",
+                                 "--older-than", "1s", "--format", "json", "--audit-log", str(audit))
+    # THEN the horse (host pid) is stopped, the job ends failed or stopped, and the worker lives on
+    [action] = [a for a in report.get("actions", []) if a["action"] == "stop_horse"]
+    assert action["result"] == "done", (code, err, report.get("actions"))
+    assert not started.horse.is_running() or started.horse.status() == psutil.STATUS_ZOMBIE
+    assert wait_for_job_status(redis_client, job, ("failed", "stopped"))["status"] in ("failed", "stopped")
+    assert w.alive()
 
 
 def test_reverification_names_a_container_process_by_its_namespace_pid() -> None:
