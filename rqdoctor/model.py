@@ -334,6 +334,7 @@ class ProcessInfo:
     """A local process that matters: a worker, a horse, a pool parent, or a horse's child."""
 
     pid: int
+    """The host pid (rqdoctor's PID namespace), also for a process in a container (see :attr:`identity`)."""
     ppid: int | None = None
     pgid: int | None = None
     sid: int | None = None

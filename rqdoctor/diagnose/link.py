@@ -1,10 +1,11 @@
 """Join Redis workers and started jobs to the local processes that run them (pure, no I/O).
 
-Identity before any claim: a Redis worker is matched to its pid on ``snapshot.host`` only when
-that process is alive (not a zombie), is an RQ worker by its argv or title, and is old enough to
-have written the worker's ``birth``; otherwise the worker is ``dead`` (no such process, or it
-exited) or ``not-found`` (the pid is held by something else). Its horse is the child whose
-process group is its own; a job runs in that horse, in the worker itself (SimpleWorker), or in an
+Identity before any claim: a Redis worker is matched to the process its hash names (its pid on
+``snapshot.host``, or its namespace pid in a container of this host whose hostname it names:
+:mod:`rqdoctor.diagnose.identity`) only when that process is alive (not a zombie), is an RQ worker by
+its argv or title, and is old enough to have written the worker's ``birth``; otherwise the worker is
+``dead`` (no such process, or it exited) or ``not-found`` (the pid is held by something else). Its horse
+is the child whose process group is its own; a job runs in that horse, in the worker itself (SimpleWorker), or in an
 orphaned horse: a horse-like process whose parent is not a live worker, that belongs to the
 diagnosed bench or Redis. Works on a snapshot loaded from JSON on any machine.
 """
