@@ -29,6 +29,7 @@ from tests.harness.venvs import selected_flavours
 from tests.harness.workers import (
     Workers,
     enqueue,
+    in_namespace,
     ns_pid,
     unshare_refusal,
     wait_for_job_started,
@@ -158,3 +159,33 @@ def test_reverification_names_a_container_process_by_its_namespace_pid() -> None
     finally:
         child.kill()
         child.wait(10)
+
+
+def test_a_container_hash_naming_a_non_worker_is_not_found_not_dead(
+        namespaces_allowed: None, bench: Bench, redis_client: redis.Redis) -> None:
+    # GIVEN PID 1 of a namespace named like a container is `sleep`, and a worker hash names (that name, pid 1)
+    name = f"ctr-{uuid.uuid4().hex[:8]}"
+    holder = subprocess.Popen(in_namespace(["sleep", "120"], name), start_new_session=True)
+    key = f"rq:worker:{name}-fake"
+    try:
+        deadline = time.monotonic() + 20
+        while not any(ns_pid(c.pid) == 1 for c in psutil.Process(holder.pid).children()):
+            assert time.monotonic() < deadline, "the namespace's pid 1 never appeared"
+            time.sleep(0.05)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() + 5))  # after `sleep` started
+        redis_client.hset(key, mapping={"hostname": name, "pid": "1", "state": "idle", "queues": bench.queue("short"),
+                                        "birth": now, "last_heartbeat": now})
+        redis_client.sadd("rq:workers", key)
+        # WHEN the workers report is read on the host
+        code, report, err = rqdoctor("workers", "--bench", str(bench.root), "--format", "json")
+        rows = [r for r in report.get("workers", []) if r["name"] == f"{name}-fake"]
+        assert len(rows) == 1, (code, err, report.get("workers"))
+        [row] = rows
+        # THEN the hash is this host's container's, its pid held by a process that is not a worker
+        assert row["location"] == "not-found", row
+        assert any(p.startswith("not a worker:") for p in row["problems"]), row
+    finally:
+        redis_client.srem("rq:workers", key)
+        redis_client.delete(key)
+        holder.kill()
+        holder.wait(10)

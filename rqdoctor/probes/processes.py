@@ -12,7 +12,7 @@ import psutil
 
 from rqdoctor.diagnose.link import BIRTH_SLACK, VANISHED
 from rqdoctor.model import Connection, ProbeError, ProcessInfo, WorkerInfo
-from rqdoctor.probes.namespaces import NamespaceReader, ns_inode
+from rqdoctor.probes.namespaces import NamespaceReader, last_nspid, ns_inode
 from rqdoctor.probes.sockets import TcpLine, socket_fds, tcp_by_inode
 from rqdoctor.redact import MASK, is_secret_name, redact_text
 
@@ -86,8 +86,10 @@ def probe_processes(
     its ``status`` just says ``vanished``. The host's TCP table is read once, for all of them.
     """
     table = _scan()
-    _complete(table, [w.pid for w in workers if w.hostname == hostname and w.pid is not None])
-    pids = _select(table, workers, hostname, errors, extra_pids or [])
+    namespaces = NamespaceReader(hostname)
+    claimed = _container_claims(table, workers, hostname, namespaces)
+    _complete(table, [w.pid for w in workers if w.hostname == hostname and w.pid is not None] + list(claimed))
+    pids = _select(table, workers, hostname, errors, extra_pids or [], claimed)
     if not pids:
         return []
     _complete(table, pids)
@@ -99,7 +101,6 @@ def probe_processes(
                 proc.cpu_percent(None)
     denied: dict[int, list[str]] = {}
     tcp = _tcp_tables()
-    namespaces = NamespaceReader(hostname)
     infos = [_describe(pid, table[pid], denied, tcp, namespaces) for pid in pids]
     if cpu_window is not None:
         time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
@@ -175,9 +176,38 @@ def _complete(table: dict[int, _Row], pids: list[int]) -> None:
             table[pid] = row._replace(proc=proc)
 
 
+def _container_claims(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str,
+                      namespaces: NamespaceReader) -> dict[int, WorkerInfo]:
+    """Host pid -> the worker hash of another hostname that names it: a process in a foreign PID namespace whose
+    last ``NSpid`` is the hash's pid, in a UTS namespace of the hash's hostname (a container on this host).
+
+    Only processes of a foreign namespace whose namespace pid some such hash names are looked at further.
+    """
+    wanted: dict[int, list[WorkerInfo]] = {}
+    for w in workers:
+        if w.hostname and w.hostname != hostname and w.pid is not None:
+            wanted.setdefault(w.pid, []).append(w)
+    if not wanted or namespaces.own_pid_ns is None:
+        return {}
+    claims = {}
+    for pid in table:
+        pid_ns = ns_inode(pid, "pid")
+        if pid_ns is None or pid_ns == namespaces.own_pid_ns:
+            continue
+        hashes = wanted.get(last_nspid(pid) or -1)
+        if not hashes:
+            continue
+        uts = namespaces.uts_hostname(pid)
+        found = next((w for w in hashes if w.hostname == uts), None)
+        if found is not None:
+            claims[pid] = found
+    return claims
+
+
 def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, errors: list[ProbeError],
-            extra_pids: list[int]) -> list[int]:
-    """Worker-like processes, this host's Redis worker pids and ``extra_pids``, then descendants (depth-limited).
+            extra_pids: list[int], claimed: dict[int, WorkerInfo] | None = None) -> list[int]:
+    """Worker-like processes, this host's Redis worker pids, the container processes hashes name (``claimed``,
+    :func:`_container_claims`) and ``extra_pids``, then descendants (depth-limited).
 
     A Redis pid is kept so link can say what holds it, but expanded only when its process is worker-like
     and started before the worker's birth (not an unrelated process, not a reused pid). Worker-like
@@ -189,14 +219,15 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
             children.setdefault(row.ppid, []).append(pid)
     seeds = {pid: None for pid, row in sorted(table.items()) if is_worker_argv(row.argv)}
     expand = set(seeds)
-    for w in workers:
-        row = table.get(w.pid) if w.hostname == hostname and w.pid is not None else None
+    named = [(w.pid, w) for w in workers if w.hostname == hostname and w.pid is not None]
+    for pid, w in [*named, *(claimed or {}).items()]:
+        row = table.get(pid)
         if row is None:
             continue
-        seeds[w.pid] = None
+        seeds[pid] = None
         fits = w.birth is None or row.create_time is None or row.create_time <= w.birth + BIRTH_SLACK
         if fits and is_worker_argv(row.argv):
-            expand.add(w.pid)
+            expand.add(pid)
     for pid in extra_pids:
         if pid in table:
             seeds[pid] = None
