@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,19 +258,41 @@ def _checked_bench(path: Path, source: str) -> Path:
 
 
 def running_benches() -> dict[Path, list[int]]:
-    """Bench root -> pids of its running Frappe/RQ workers (their cwd is ``<bench>/sites``), sorted by path."""
+    """Bench root -> pids of its running Frappe/RQ workers (their cwd is ``<bench>/sites``), sorted by path.
+
+    A worker in a container (another mount namespace, so another root) has its bench under ``/proc/<pid>/root``:
+    that path is used, and containers sharing one bench volume count as one bench (the same
+    common_site_config.json file).
+    """
     found: dict[Path, list[int]] = {}
+    seen: dict[tuple[int, int], Path] = {}
     for proc in psutil.process_iter(["cmdline"]):
         argv = proc.info.get("cmdline") or []
         frappe_worker = "frappe.utils.bench_helper" in argv and any(a in ("worker", "worker-pool") for a in argv)
         if frappe_worker or " ".join(argv).startswith("rq:worker:"):  # the title rq sets with setproctitle
             try:
-                sites = Path(proc.cwd())
-            except (psutil.Error, OSError):
+                sites = _seen_from_here(proc.pid, Path(proc.cwd()))
+                config = (sites.parent / COMMON_CONFIG).stat()
+            except (psutil.Error, OSError, ValueError):
                 continue
-            if (sites.parent / COMMON_CONFIG).is_file():
-                found.setdefault(Path(os.path.realpath(sites.parent)), []).append(proc.pid)
+            if not stat.S_ISREG(config.st_mode):
+                continue
+            root = seen.setdefault((config.st_dev, config.st_ino), _bench_root(sites.parent))
+            found.setdefault(root, []).append(proc.pid)
     return {path: sorted(found[path]) for path in sorted(found)}
+
+
+def _seen_from_here(pid: int, cwd: Path) -> Path:
+    """``cwd`` of ``pid`` as rqdoctor can open it: under ``/proc/<pid>/root`` when the process has another root."""
+    root, own = os.stat(f"/proc/{pid}/root"), os.stat("/")
+    if (root.st_dev, root.st_ino) == (own.st_dev, own.st_ino):
+        return cwd
+    return Path(f"/proc/{pid}/root") / cwd.relative_to("/")
+
+
+def _bench_root(path: Path) -> Path:
+    """The bench path, resolved (``/proc/<pid>/root/…`` kept: resolving it would leave the container)."""
+    return path if str(path).startswith("/proc/") else Path(os.path.realpath(path))
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 T = TypeVar("T")
 
@@ -304,10 +304,43 @@ class Connection:
 
 
 @dataclass
+class ProcessIdentity:
+    """Who a process is, across PID namespaces: its host pid, and, in a container, the pid the container sees.
+
+    ``pid`` is always the pid in rqdoctor's own PID namespace on ``host`` (the one to signal and to sample);
+    ``ns_pid`` is the last ``NSpid`` of ``/proc/<pid>/status`` (equal to ``pid`` outside containers), the pid an
+    RQ worker inside the container writes in its hash.
+    """
+
+    host: str
+    pid: int
+    create_time: float | None = None
+    ns_pid: int | None = None
+    pid_ns: int | None = None
+    """Inode of ``/proc/<pid>/ns/pid`` (None: unreadable, or a v1 snapshot)."""
+    foreign_ns: bool = False
+    """Its PID namespace is not rqdoctor's: it runs in a container (or ``unshare``)."""
+    uts_hostname: str | None = None
+    """Foreign namespace only: the hostname of its UTS namespace, as the container sees it (RQ's ``hostname``)."""
+    container_id: str | None = None
+    """From ``/proc/<pid>/cgroup`` (docker, containerd, CRI-O, Kubernetes paths), when it names one."""
+    container_name: str | None = None
+    """The container's hostname (its UTS name: a short id or a pod name)."""
+
+    def label(self) -> str:
+        """``pid 4242`` or ``pid 4242 (container web-1 (0123abcd4567) pid 1)``."""
+        if not self.foreign_ns:
+            return f"pid {self.pid}"
+        short = f" ({self.container_id[:12]})" if self.container_id else ""
+        return f"pid {self.pid} (container {self.container_name or '?'}{short} pid {self.ns_pid})"
+
+
+@dataclass
 class ProcessInfo:
     """A local process that matters: a worker, a horse, a pool parent, or a horse's child."""
 
     pid: int
+    """The host pid (rqdoctor's PID namespace), also for a process in a container (see :attr:`identity`)."""
     ppid: int | None = None
     pgid: int | None = None
     sid: int | None = None
@@ -329,6 +362,12 @@ class ProcessInfo:
     status_again: str | None = None
     """``stuck`` only: the psutil status read again a moment later for a process first seen ``stopped``
     (a process briefly stopped by a debugger or ``py-spy --blocking`` is running again by then)."""
+    identity: ProcessIdentity | None = None
+    """Schema v2: host, pid and PID-namespace identity (None only when built by hand)."""
+
+    def ident(self, host: str) -> ProcessIdentity:
+        """:attr:`identity`, or a plain host one (``host``, pid, start time) when it was not recorded."""
+        return self.identity or ProcessIdentity(host, self.pid, self.create_time, self.pid)
 
 
 @dataclass
@@ -759,8 +798,13 @@ class Snapshot:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Snapshot:
-        """Rebuild a snapshot from :meth:`to_dict` output; unknown keys are ignored."""
+        """Rebuild a snapshot from :meth:`to_dict` output (an older schema is migrated first); unknown keys are
+        ignored."""
         version = data.get("schema_version") if isinstance(data, dict) else None
+        if type(version) is int and 1 <= version < SCHEMA_VERSION:
+            from rqdoctor import schema  # schema imports this module
+
+            data, version = schema.upgrade(data), SCHEMA_VERSION
         if type(version) is not int or version != SCHEMA_VERSION:
             raise ValueError(f"unsupported snapshot schema_version {version!r} "
                              f"(this rqdoctor reads {SCHEMA_VERSION})")

@@ -16,9 +16,26 @@ FIRST_VERSION = 1
 """The schema of the first released rqdoctor; nothing older exists."""
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
-MIGRATIONS: dict[int, Migration] = {}
-"""``n`` -> the step that turns a snapshot of schema ``n`` into one of schema ``n + 1`` (none yet: version 1 is the
-only one released)."""
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """v2 gives every process an ``identity``; a v1 snapshot's processes were all in rqdoctor's own PID
+    namespace on ``host`` (v1 matched workers by hostname and pid only), so each gets that plain one."""
+    host = data.get("host")
+    processes = data.get("processes")
+    if not isinstance(processes, list):
+        return data
+    out = []
+    for p in processes:
+        if isinstance(p, dict) and p.get("identity") is None and "pid" in p:
+            p = {**p, "identity": {"host": host, "pid": p["pid"], "create_time": p.get("create_time"),
+                                   "ns_pid": p["pid"]}}
+        out.append(p)
+    return {**data, "processes": out}
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
+"""``n`` -> the step that turns a snapshot of schema ``n`` into one of schema ``n + 1``."""
 
 
 class NewerSchema(ValueError):

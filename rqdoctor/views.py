@@ -8,7 +8,7 @@ from typing import Any
 from rqdoctor.diagnose.activity import Activity
 from rqdoctor.diagnose.context import age
 from rqdoctor.diagnose.run import Diagnosis
-from rqdoctor.model import ProbeError
+from rqdoctor.model import ProbeError, ProcessInfo
 
 
 def _round(value: float | None) -> float | None:
@@ -44,6 +44,8 @@ def worker_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "job_running_for_s": _round(age(ctx.now, job.started_at)) if job else None,
             "heartbeat_age_s": _round(age(ctx.now, w.last_heartbeat)),
             "ttl_s": w.ttl,
+            "host_pid": link.process.pid if link.process else None,
+            "container": container_dict(link.process),
             "horse_pid": link.horse.pid if link.horse else None,
             "pool_parent_pid": link.pool_parent.pid if link.pool_parent else None,
             "supervisor_program": link.process.supervisor_program if link.process else None,
@@ -133,6 +135,14 @@ def queue_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
     return rows
 
 
+def container_dict(p: ProcessInfo | None) -> dict[str, Any] | None:
+    """``{"name", "id", "ns_pid", "pid_ns"}`` of a process in a foreign PID namespace (None: not in one)."""
+    ident = p.identity if p is not None else None
+    if ident is None or not ident.foreign_ns:
+        return None
+    return {"name": ident.container_name, "id": ident.container_id, "ns_pid": ident.ns_pid, "pid_ns": ident.pid_ns}
+
+
 def threads_of(diagnosis: Diagnosis, pid: int | None) -> list[dict[str, Any]]:
     """Threads of the last stack sample of ``pid``, frames innermost first."""
     stacks = next((s for s in diagnosis.context.snapshot.stacks if s.pid == pid), None)
@@ -177,6 +187,7 @@ def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "host": link.worker.hostname if link.worker else None,
             "location": link.location,
             "pid": runner.pid if runner else None,
+            "container": container_dict(runner),
             "runner_role": link.runner_role,
             "gone": link.gone,
             "notes": [f"pid {runner.pid} exited during the scan: no verdict about it; run rqdoctor again"]

@@ -175,7 +175,7 @@ def test_minimal_snapshot_uses_defaults() -> None:
     assert loaded.redis is None and loaded.processes == [] and loaded.errors == []
 
 
-@pytest.mark.parametrize("version", [0, 2, SCHEMA_VERSION + 1, "1", 1.5, None, True, [1]])
+@pytest.mark.parametrize("version", [0, -1, SCHEMA_VERSION + 1, "1", 1.5, None, True, [1]])
 def test_wrong_schema_version_is_a_value_error(version: Any) -> None:
     data = handmade().to_dict()
     data["schema_version"] = version

@@ -116,7 +116,10 @@ class Actor:
     def _verify(self, remedy: Remedy) -> Verdict:
         """Process identity and the job's state in Redis, read now."""
         try:
-            pids = redis_moves.worker_pids(self.client, self.host, k=self.keys)
+            # worker hashes name a container's workers by its hostname and their pids in its namespace
+            in_container = remedy.pid_ns is not None and bool(remedy.container_name)
+            pids = redis_moves.worker_pids(self.client, remedy.container_name if in_container else self.host,
+                                           k=self.keys)
             verdict = verify_target(remedy, self.host, pids, self.kill_worker)
             if not verdict.ok or not remedy.job_id:
                 return verdict
@@ -129,7 +132,8 @@ class Actor:
             return verdict if state.in_started else Verdict(False, "its entry left the started registry")
         if not state.current:
             return Verdict(False, f"worker {remedy.worker} no longer runs job {remedy.job_id}")
-        if remedy.action == "stop_worker" and state.worker_pid not in (None, remedy.pid):
+        hash_pid = remedy.ns_pid if remedy.pid_ns is not None else remedy.pid
+        if remedy.action == "stop_worker" and state.worker_pid not in (None, hash_pid):
             return Verdict(False, f"worker {remedy.worker} is now pid {state.worker_pid}, not {remedy.pid}")
         return verdict
 

@@ -1,8 +1,10 @@
 """Re-verify a process before any signal: same host, same process (pid and start time), same parent, never us.
 
 A pid alone names nothing: it is reused. The process a remedy names is (host, pid, start time),
-plus its parent (pid and start time) for a horse. Every check is read again from ``/proc`` (psutil)
-right before each signal; a difference of any kind refuses the signal.
+plus its parent (pid and start time) for a horse, plus, in a container, its namespace pid and PID
+namespace inode. ``pid`` is always the host pid (rqdoctor's namespace), even for a container's worker
+whose hash names another hostname. Every check is read again from ``/proc`` (psutil) right before each
+signal; a difference of any kind refuses the signal.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import psutil
 
 from rqdoctor.diagnose.findings import Remedy
+from rqdoctor.probes.namespaces import last_nspid, ns_inode
 
 CREATE_TIME_TOLERANCE_S = 0.5
 """psutil's start times come from clock ticks after a whole-second boot time: equal within this is the same process."""
@@ -74,7 +77,8 @@ def same_process(pid: int, create_time: float) -> Verdict:
 def verify_target(remedy: Remedy, host: str, worker_pids: set[int], kill_worker: bool) -> Verdict:
     """Every process check before a signal to ``remedy``'s target (see the module docstring).
 
-    ``worker_pids`` are the pids of the registered workers read from Redis just now: one of them is
+    ``worker_pids`` are the pids of the registered workers read from Redis just now (for a process in a
+    container, those of the workers of that container's hostname: pids in its namespace): one of them is
     signalled only for ``stop_worker`` with ``--kill-worker``. A horse (``stop_horse``/``stop_orphan``)
     must lead its own process group, since its group is what is signalled.
     """
@@ -89,7 +93,7 @@ def verify_target(remedy: Remedy, host: str, worker_pids: set[int], kill_worker:
     if remedy.action == "stop_worker":
         if not kill_worker:
             return Verdict(False, "the job runs in the worker process itself: needs --kill-worker")
-    elif pid in worker_pids:
+    elif _as_hashes_name(remedy, pid) in worker_pids:
         return Verdict(False, f"pid {pid} is a registered worker, not a work-horse: needs --kill-worker")
     try:
         proc = psutil.Process(pid)
@@ -99,15 +103,36 @@ def verify_target(remedy: Remedy, host: str, worker_pids: set[int], kill_worker:
         return Verdict(False, f"pid {pid} has exited", gone=True)
     except (psutil.Error, OSError) as exc:
         return Verdict(False, f"pid {pid} cannot be read ({type(exc).__name__})")
+    moved = _namespace_changed(remedy)
+    if moved:
+        return Verdict(False, moved)
     if remedy.action in ("stop_horse", "stop_orphan") and pgid != pid:
         return Verdict(False, f"pid {pid} does not lead its process group (pgid {pgid}): not a work-horse")
     if remedy.pgid is not None and remedy.pgid != pgid:
         return Verdict(False, f"pid {pid} moved from process group {remedy.pgid} to {pgid}")
     if remedy.action == "stop_horse":
         return _verify_parent(remedy, ppid)
-    if remedy.action == "stop_orphan" and ppid in worker_pids:
+    if remedy.action == "stop_orphan" and _as_hashes_name(remedy, ppid) in worker_pids:
         return Verdict(False, f"pid {pid} is the child of registered worker {ppid} again: not an orphan")
     return OK
+
+
+def _as_hashes_name(remedy: Remedy, pid: int) -> int | None:
+    """Host pid ``pid`` as a worker hash would name it: its namespace pid for a remedy in a container."""
+    return last_nspid(pid) if remedy.pid_ns is not None else pid
+
+
+def _namespace_changed(remedy: Remedy) -> str | None:
+    """Why a container process is no longer the one seen (another PID namespace or namespace pid)."""
+    if remedy.pid_ns is None and remedy.ns_pid is None:
+        return None
+    assert remedy.pid is not None
+    where = f"container {remedy.container_name or remedy.container_id or '?'}"
+    if remedy.pid_ns is not None and ns_inode(remedy.pid, "pid") != remedy.pid_ns:
+        return f"pid {remedy.pid} is no longer in the PID namespace of {where}"
+    if remedy.ns_pid is not None and last_nspid(remedy.pid) != remedy.ns_pid:
+        return f"pid {remedy.pid} is no longer pid {remedy.ns_pid} in {where}"
+    return None
 
 
 def _verify_parent(remedy: Remedy, ppid: int) -> Verdict:

@@ -93,18 +93,26 @@ def _drop_covered(steps: list[Step]) -> list[Step]:
     return kept
 
 
+def where(r: Remedy) -> str:
+    """`` (container NAME (ID) pid N)`` for a process in a container, else empty."""
+    if r.ns_pid is None and r.pid_ns is None:
+        return ""
+    short = f" ({r.container_id[:12]})" if r.container_id else ""
+    return f" (container {r.container_name or '?'}{short} pid {r.ns_pid})"
+
+
 def describe(step: Step, grace_s: float, requeue: bool) -> str:
-    """One line: what will be done to what."""
+    """One line: what will be done to what (``pid`` is the host pid; a container's name, id and pid follow it)."""
     r = step.remedy
     job = f" running job {r.job_id}" if r.job_id else ""
     if step.action == "stop_horse":
-        return (f"stop work-horse pid {r.pid} of worker {r.worker}{job}: RQ's stop command, then SIGTERM to its "
-                f"process group, SIGKILL after {grace_s:g} s; the job must end failed or stopped")
+        return (f"stop work-horse pid {r.pid}{where(r)} of worker {r.worker}{job}: RQ's stop command, then SIGTERM "
+                f"to its process group, SIGKILL after {grace_s:g} s; the job must end failed or stopped")
     if step.action == "stop_worker":
-        return (f"stop worker pid {r.pid} ({r.worker}), which runs{job} itself: SIGTERM, SIGKILL after {grace_s:g} s; "
-                "then its started entry is moved to failed")
+        return (f"stop worker pid {r.pid}{where(r)} ({r.worker}), which runs{job} itself: SIGTERM, "
+                f"SIGKILL after {grace_s:g} s; then its started entry is moved to failed")
     if step.action == "stop_orphan":
-        return (f"stop orphaned work-horse pid {r.pid}{job}: SIGTERM to its process group, "
+        return (f"stop orphaned work-horse pid {r.pid}{where(r)}{job}: SIGTERM to its process group, "
                 f"SIGKILL after {grace_s:g} s; then its started entry is moved to "
                 f"{'its queue' if requeue else 'failed'}")
     if step.action == "fail_started":

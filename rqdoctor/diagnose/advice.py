@@ -27,7 +27,9 @@ def process_ref(p: ProcessInfo, limit: int = 120) -> str:
     command = " ".join(p.cmdline) or "?"
     if len(command) > limit:
         command = command[: limit - 1] + "…"
-    return f"pid {p.pid} (started {started(p.create_time)}, runs: {command})"
+    ident = p.identity
+    where = ident.label().removeprefix(f"pid {p.pid}") if ident is not None and ident.foreign_ns else ""
+    return f"pid {p.pid}{where} (started {started(p.create_time)}, runs: {command})"
 
 
 def rq_key(target: TargetInfo, *parts: str) -> str:

@@ -37,7 +37,10 @@ class JobFacts:
         job, runner = self.link.job, self.link.runner
         lines = [f"{job.method or job.description or '?'} on site {job.site or '?'}, queue {job.queue}"]
         if runner is not None:
-            lines.append(f"pid {runner.pid} ({self.link.runner_role}) of worker {job.worker_name or '?'}")
+            ident = runner.identity
+            where = f" in {ident.label().removeprefix(f'pid {runner.pid} (').removesuffix(')')}" \
+                if ident is not None and ident.foreign_ns else ""
+            lines.append(f"pid {runner.pid} ({self.link.runner_role}){where} of worker {job.worker_name or '?'}")
         return lines
 
     def history(self) -> list[str]:

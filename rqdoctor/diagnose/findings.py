@@ -61,6 +61,12 @@ class Remedy:
     """The state after: ``failed``, ``stopped``, ``queued`` (with ``--requeue``) or ``absent``."""
     needs: str | None = None
     """A flag the action requires beyond ``--kill`` (``--kill-worker``, ``--prune-ghosts``), else None."""
+    ns_pid: int | None = None
+    """In a container: the process's pid in its own PID namespace (``pid`` stays the host pid signalled)."""
+    pid_ns: int | None = None
+    """In a container: the inode of its PID namespace, re-verified with ``ns_pid`` before a signal."""
+    container_id: str | None = None
+    container_name: str | None = None
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """Join Redis workers and started jobs to the local processes that run them (pure, no I/O).
 
-Identity before any claim: a Redis worker is matched to its pid on ``snapshot.host`` only when
-that process is alive (not a zombie), is an RQ worker by its argv or title, and is old enough to
-have written the worker's ``birth``; otherwise the worker is ``dead`` (no such process, or it
-exited) or ``not-found`` (the pid is held by something else). Its horse is the child whose
-process group is its own; a job runs in that horse, in the worker itself (SimpleWorker), or in an
+Identity before any claim: a Redis worker is matched to the process its hash names (its pid on
+``snapshot.host``, or its namespace pid in a container of this host whose hostname it names:
+:mod:`rqdoctor.diagnose.identity`) only when that process is alive (not a zombie), is an RQ worker by
+its argv or title, and is old enough to have written the worker's ``birth``; otherwise the worker is
+``dead`` (no such process, or it exited) or ``not-found`` (the pid is held by something else). Its horse
+is the child whose process group is its own; a job runs in that horse, in the worker itself (SimpleWorker), or in an
 orphaned horse: a horse-like process whose parent is not a live worker, that belongs to the
 diagnosed bench or Redis. Works on a snapshot loaded from JSON on any machine.
 """
@@ -16,6 +17,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from rqdoctor.diagnose.identity import is_local_hostname, resolve
 from rqdoctor.endpoints import redis_host_port
 from rqdoctor.model import JobInfo, ProcessInfo, Snapshot, WorkerInfo
 
@@ -58,6 +60,11 @@ class WorkerLink:
     forking: bool = False
     """A live child runs the worker's own argv: a fork (a horse not yet its own process group), so the job
     does not run in the worker even when no horse is found."""
+    container: str | None = None
+    """The container (UTS hostname of a foreign PID namespace on this host) the hash was resolved in; its
+    processes are still named by host pid."""
+    on_this_host: bool = False
+    """Its hostname is this host's or a container's on it (:func:`rqdoctor.diagnose.identity.resolve`)."""
 
 
 @dataclass
@@ -118,20 +125,21 @@ def link(snapshot: Snapshot) -> Links:
         return Links(gone=gone_pids(snapshot))
     tree = _Tree(snapshot.processes)
     blind = any(e.probe == "processes" and e.kind not in _PARTIAL_ERRORS for e in snapshot.errors)
-    wlinks = [_link_worker(w, snapshot.host, tree, blind) for w in snapshot.redis.workers]
+    wlinks = [_link_worker(w, snapshot, blind) for w in snapshot.redis.workers]
     _resolve_shared_pids(wlinks)
     for wl in wlinks:
         _attach_horse(wl, tree)
     candidates = _orphan_candidates(wlinks, tree)
     links = Links(workers=wlinks, gone=gone_pids(snapshot))
-    links.jobs = _link_jobs(snapshot.redis.jobs, wlinks, candidates, snapshot.host)
+    links.jobs = _link_jobs(snapshot.redis.jobs, wlinks, candidates)
     links.orphans, links.orphan_evidence = _ours(snapshot, candidates, tree, links)
     orphans = {p.pid for p in links.orphans}
     for jl in links.jobs:
         if jl.runner_role == "orphaned-horse" and jl.runner is not None and jl.runner.pid not in orphans:
             jl.runner, jl.runner_role, jl.matched_by = None, None, ""  # not an orphan of ours after all
             host = jl.worker.hostname if jl.worker else None
-            jl.location = "unknown" if not host else "local" if host == snapshot.host else "remote"
+            local = is_local_hostname(host, snapshot.host, snapshot.processes)
+            jl.location = "unknown" if not host else "local" if local else "remote"
         if jl.runner is not None:
             jl.children = list(tree.descendants(jl.runner.pid))
             jl.gone = jl.runner.pid in links.gone
@@ -187,17 +195,20 @@ def _is_group_leader(p: ProcessInfo) -> bool:
     return p.pgid == p.pid
 
 
-def _link_worker(w: WorkerInfo, host: str, tree: _Tree, blind: bool) -> WorkerLink:
+def _link_worker(w: WorkerInfo, snapshot: Snapshot, blind: bool) -> WorkerLink:
     wl = WorkerLink(worker=w)
+    found = resolve(w.hostname, w.pid, snapshot.host, snapshot.processes)
+    wl.container, wl.on_this_host = found.container, found.local
     if not w.hostname or w.pid is None:
         wl.problems.append("no pid: the worker hash names no hostname or pid")
-    elif w.hostname != host:
+    elif not found.local:
         wl.location = "remote"
     elif w.death is not None:
         wl.location = "dead"
         wl.problems.append("death registered: the worker recorded a clean exit")
     else:
-        _identify(wl, tree.by_pid.get(w.pid), host, blind)
+        where = f"container {found.container} on {snapshot.host}" if found.container else snapshot.host
+        _identify(wl, found.process, where, blind)
     return wl
 
 
@@ -206,7 +217,8 @@ def _identify(wl: WorkerLink, p: ProcessInfo | None, host: str, blind: bool) -> 
     w = wl.worker
     if p is None or p.status == VANISHED:
         wl.location = "unknown" if blind else "dead"
-        wl.problems.append(f"process missing: no process {w.pid} on {host}")
+        wl.problems.append(f"process missing: no process {w.pid} in {host}" if wl.container
+                           else f"process missing: no process {w.pid} on {host}")
     elif p.status == ZOMBIE:
         wl.location, wl.claimed = "dead", p
         wl.problems.append(f"zombie: process {p.pid} has exited; its parent {p.ppid} has not reaped it")
@@ -245,7 +257,8 @@ def _attach_horse(wl: WorkerLink, tree: _Tree) -> None:
     horses.sort(key=lambda c: (alive(c), c.worker_like, c.create_time or 0.0))
     wl.horse = horses[-1] if horses else None
     parent = tree.by_pid.get(p.ppid) if p.ppid is not None else None
-    wl.pool_parent = parent if parent is not None and parent.worker_like else None
+    # A pool forks its workers, so they share its PID namespace (a container's parent, e.g. `unshare`, is none).
+    wl.pool_parent = parent if parent is not None and parent.worker_like and _same_pid_ns(parent, p) else None
     own_title = parse_title(p)
     forked = own_title is not None and own_title[1] in _FORKED
     # A fork caught before it made itself a process group still runs the worker's argv: a horse, not a job
@@ -260,6 +273,11 @@ def _attach_horse(wl: WorkerLink, tree: _Tree) -> None:
         wl.kind = "fork"
     elif _runs_in_process(wl):
         wl.kind = "simple"
+
+
+def _same_pid_ns(a: ProcessInfo, b: ProcessInfo) -> bool:
+    """Both in one PID namespace (assumed when either identity is unknown)."""
+    return a.identity is None or b.identity is None or a.identity.pid_ns == b.identity.pid_ns
 
 
 def _runs_in_process(wl: WorkerLink) -> bool:
@@ -402,7 +420,7 @@ def _find_worker(job: JobInfo, wlinks: list[WorkerLink]) -> tuple[WorkerLink | N
     return None, ""
 
 
-def _link_jobs(jobs: list[JobInfo], wlinks: list[WorkerLink], orphans: list[ProcessInfo], host: str) -> list[JobLink]:
+def _link_jobs(jobs: list[JobInfo], wlinks: list[WorkerLink], orphans: list[ProcessInfo]) -> list[JobLink]:
     out = []
     for job in jobs:
         wl, how = _find_worker(job, wlinks)
@@ -410,7 +428,7 @@ def _link_jobs(jobs: list[JobInfo], wlinks: list[WorkerLink], orphans: list[Proc
         if wl is not None:
             jl.worker, jl.worker_process = wl.worker, wl.process
             if wl.worker.hostname:
-                jl.location = "local" if wl.worker.hostname == host else "remote"
+                jl.location = "local" if wl.on_this_host else "remote"
             if how != "worker_name" and wl.process is not None:
                 if wl.horse is not None:
                     jl.runner, jl.runner_role = wl.horse, "horse"

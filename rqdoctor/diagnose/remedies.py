@@ -28,7 +28,13 @@ def _job_fields(job: JobInfo | None) -> dict[str, str | None]:
 
 
 def _process_fields(host: str, p: ProcessInfo) -> dict[str, object]:
-    return {"host": host, "pid": p.pid, "pgid": p.pgid, "create_time": p.create_time}
+    """Host pid identity, plus the namespace identity of a process in a container (re-verified too)."""
+    fields: dict[str, object] = {"host": host, "pid": p.pid, "pgid": p.pgid, "create_time": p.create_time}
+    ident = p.identity
+    if ident is not None and ident.foreign_ns:
+        fields.update(ns_pid=ident.ns_pid, pid_ns=ident.pid_ns, container_id=ident.container_id,
+                      container_name=ident.container_name)
+    return fields
 
 
 def for_job_runner(snapshot: Snapshot, jl: JobLink, reason: str) -> Remedy | None:
@@ -81,9 +87,12 @@ def unrun_blocker(snapshot: Snapshot, links: Links, jl: JobLink) -> str | None:
     if w is None:
         return ("its worker hash is gone, so the host that ran it is unknown: rqdoctor cannot check that no "
                 "process runs it")
+    wl = next((x for x in links.workers if x.worker is w), None)
+    if wl is not None and wl.container:
+        return (f"its worker ran in container {wl.container} on this host, and only that container's worker "
+                "processes were read: check in the container that no process runs it")
     if w.hostname != snapshot.host:
         return f"its worker ran on host {w.hostname or '?'}, not here: check there that no process runs it"
-    wl = next((x for x in links.workers if x.worker is w), None)
     if wl is not None and wl.location == "not-found":
         return (f"pid {w.pid} here is another process, so the worker may run in a container sharing this "
                 "hostname: check there")

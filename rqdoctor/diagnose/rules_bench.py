@@ -82,7 +82,7 @@ def worker_without_connection(ctx: Context) -> Iterator[Hit]:
         w = wl.worker
         if w not in workers or w.name in names or w.death is not None:
             continue
-        evidence = [f"rq:worker:{w.name} is in rq:workers, state {w.state or '?'}",
+        evidence = [f"{w.key} is in {ctx.snapshot.target.key_prefix}:workers, state {w.state or '?'}",
                     "CLIENT LIST has no connection named after it (rq workers name their connection), while "
                     "other workers' connections are listed"]
         if wl.process is not None:

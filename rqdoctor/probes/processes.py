@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import psutil
 
 from rqdoctor.diagnose.link import BIRTH_SLACK, VANISHED
 from rqdoctor.model import Connection, ProbeError, ProcessInfo, WorkerInfo
+from rqdoctor.probes.namespaces import NamespaceReader, last_nspid, ns_inode
 from rqdoctor.probes.sockets import TcpLine, socket_fds, tcp_by_inode
 from rqdoctor.redact import MASK, is_secret_name, redact_text
 
@@ -86,8 +86,10 @@ def probe_processes(
     its ``status`` just says ``vanished``. The host's TCP table is read once, for all of them.
     """
     table = _scan()
-    _complete(table, [w.pid for w in workers if w.hostname == hostname and w.pid is not None])
-    pids = _select(table, workers, hostname, errors, extra_pids or [])
+    namespaces = NamespaceReader(hostname)
+    claimed = _container_claims(table, workers, hostname, namespaces)
+    _complete(table, [w.pid for w in workers if w.hostname == hostname and w.pid is not None] + list(claimed))
+    pids = _select(table, workers, hostname, errors, extra_pids or [], claimed)
     if not pids:
         return []
     _complete(table, pids)
@@ -98,8 +100,8 @@ def probe_processes(
             with contextlib.suppress(psutil.Error):
                 proc.cpu_percent(None)
     denied: dict[int, list[str]] = {}
-    tcp = functools.cache(tcp_by_inode)
-    infos = [_describe(pid, table[pid], denied, tcp) for pid in pids]
+    tcp = _tcp_tables()
+    infos = [_describe(pid, table[pid], denied, tcp, namespaces) for pid in pids]
     if cpu_window is not None:
         time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
     for info in infos:
@@ -108,6 +110,11 @@ def probe_processes(
             _measure_cpu(proc, info, denied)
     if denied:
         errors.append(_denied_error(denied))
+    if namespaces.failures:
+        errors.append(ProbeError(
+            PROBE, "permission", "could not read the container hostname (UTS namespace) of "
+            + ", ".join(namespaces.failures[:10]) + ": their workers' hashes cannot be matched to them",
+            hint="run rqdoctor as root (it uses nsenter -u), see docs/containers.md", subject="uts namespace"))
     targets = _targets(table, workers, hostname, extra_pids or [])
     errors.extend([_vanished_error(i.pid) for i in infos if i.status == VANISHED and i.pid in targets])
     return infos
@@ -169,9 +176,38 @@ def _complete(table: dict[int, _Row], pids: list[int]) -> None:
             table[pid] = row._replace(proc=proc)
 
 
+def _container_claims(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str,
+                      namespaces: NamespaceReader) -> dict[int, WorkerInfo]:
+    """Host pid -> the worker hash of another hostname that names it: a process in a foreign PID namespace whose
+    last ``NSpid`` is the hash's pid, in a UTS namespace of the hash's hostname (a container on this host).
+
+    Only processes of a foreign namespace whose namespace pid some such hash names are looked at further.
+    """
+    wanted: dict[int, list[WorkerInfo]] = {}
+    for w in workers:
+        if w.hostname and w.hostname != hostname and w.pid is not None:
+            wanted.setdefault(w.pid, []).append(w)
+    if not wanted or namespaces.own_pid_ns is None:
+        return {}
+    claims = {}
+    for pid in table:
+        pid_ns = ns_inode(pid, "pid")
+        if pid_ns is None or pid_ns == namespaces.own_pid_ns:
+            continue
+        hashes = wanted.get(last_nspid(pid) or -1)
+        if not hashes:
+            continue
+        uts = namespaces.uts_hostname(pid)
+        found = next((w for w in hashes if w.hostname == uts), None)
+        if found is not None:
+            claims[pid] = found
+    return claims
+
+
 def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, errors: list[ProbeError],
-            extra_pids: list[int]) -> list[int]:
-    """Worker-like processes, this host's Redis worker pids and ``extra_pids``, then descendants (depth-limited).
+            extra_pids: list[int], claimed: dict[int, WorkerInfo] | None = None) -> list[int]:
+    """Worker-like processes, this host's Redis worker pids, the container processes hashes name (``claimed``,
+    :func:`_container_claims`) and ``extra_pids``, then descendants (depth-limited).
 
     A Redis pid is kept so link can say what holds it, but expanded only when its process is worker-like
     and started before the worker's birth (not an unrelated process, not a reused pid). Worker-like
@@ -183,14 +219,15 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
             children.setdefault(row.ppid, []).append(pid)
     seeds = {pid: None for pid, row in sorted(table.items()) if is_worker_argv(row.argv)}
     expand = set(seeds)
-    for w in workers:
-        row = table.get(w.pid) if w.hostname == hostname and w.pid is not None else None
+    named = [(w.pid, w) for w in workers if w.hostname == hostname and w.pid is not None]
+    for pid, w in [*named, *(claimed or {}).items()]:
+        row = table.get(pid)
         if row is None:
             continue
-        seeds[w.pid] = None
+        seeds[pid] = None
         fits = w.birth is None or row.create_time is None or row.create_time <= w.birth + BIRTH_SLACK
         if fits and is_worker_argv(row.argv):
-            expand.add(w.pid)
+            expand.add(pid)
     for pid in extra_pids:
         if pid in table:
             seeds[pid] = None
@@ -207,16 +244,32 @@ def _select(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, er
     return pids[:MAX_PROCESSES]
 
 
+def _tcp_tables() -> Callable[[int], dict[int, TcpLine]]:
+    """pid -> the TCP table of its network namespace, each read once (a container's from ``/proc/<pid>/net``)."""
+    own = ns_inode("self", "net")
+    tables: dict[int | None, dict[int, TcpLine]] = {}
+
+    def table(pid: int) -> dict[int, TcpLine]:
+        net = ns_inode(pid, "net")
+        key = None if net is None or net == own else net
+        if key not in tables:
+            tables[key] = tcp_by_inode() if key is None else tcp_by_inode(f"/proc/{pid}/net")
+        return tables[key]
+    return table
+
+
 def _describe(pid: int, row: _Row, denied: dict[int, list[str]],
-              tcp: Callable[[], dict[int, TcpLine]]) -> ProcessInfo:
-    """Everything but CPU usage (``tcp``: the host's TCP table); a field that cannot be read stays at its default."""
+              tcp: Callable[[int], dict[int, TcpLine]], namespaces: NamespaceReader) -> ProcessInfo:
+    """Everything but CPU usage (``tcp``: TCP tables by pid); a field that cannot be read stays at its default."""
     proc = row.proc
+    worker_like = is_worker_argv(row.argv)
     info = ProcessInfo(
         pid=pid,
         ppid=row.ppid,
         create_time=row.create_time,
         cmdline=redact_argv(row.argv),
-        worker_like=is_worker_argv(row.argv),
+        worker_like=worker_like,
+        identity=namespaces.identity(pid, row.create_time, worker_like),
     )
     if proc is None:
         info.status = VANISHED
@@ -228,7 +281,7 @@ def _describe(pid: int, row: _Row, denied: dict[int, list[str]],
         "num_threads": proc.num_threads,
         "cwd": proc.cwd,
         "supervisor_program": lambda: proc.environ().get("SUPERVISOR_PROCESS_NAME"),
-        "connections": lambda: _connections(pid, tcp),
+        "connections": lambda: _connections(pid, lambda: tcp(pid)),
     }
     try:
         info.pgid = os.getpgid(pid)

@@ -188,8 +188,10 @@ def socket_fds(pid: int) -> dict[int, int]:
     return found
 
 
-def tcp_by_inode() -> dict[int, TcpLine]:
+def tcp_by_inode(net_dir: str = "/proc/net") -> dict[int, TcpLine]:
     """Every TCP socket of this network namespace by inode, from ``/proc/net/tcp`` and ``tcp6`` (one read each).
+
+    ``net_dir`` ``/proc/<pid>/net``: those of ``pid``'s network namespace (a container's) instead.
 
     The same table psutil reads for ``Process.net_connections`` (this process's namespace); a file that
     cannot be read (no IPv6) adds nothing. Sockets without an inode (``TIME_WAIT``) are left out. Addresses
@@ -198,7 +200,7 @@ def tcp_by_inode() -> dict[int, TcpLine]:
     found: dict[int, TcpLine] = {}
     for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
-            with open(f"/proc/net/{name}", encoding="ascii") as table:
+            with open(f"{net_dir}/{name}", encoding="ascii") as table:
                 lines = table.readlines()[1:]
         except OSError:
             continue

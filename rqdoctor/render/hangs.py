@@ -13,6 +13,15 @@ from rqdoctor.render.layout import TEXT, Col
 
 TRIMMED_FRAMES = 8
 
+def in_container(job: dict[str, Any]) -> str:
+    """`` in container NAME (ID) pid N`` for a job run in a container (host pid first), else empty."""
+    ctr = job.get("container")
+    if not ctr:
+        return ""
+    short = f" ({ctr['id'][:12]})" if ctr.get("id") else ""
+    return f" in container {ctr.get('name') or '?'}{short} pid {ctr.get('ns_pid')}"
+
+
 def facts_lines(job: dict[str, Any]) -> list[str]:
     """The key facts of one job as short lines (shared by text and Markdown)."""
     timeout = f", timeout {duration(job['timeout_s'])}" if job["timeout_s"] not in (None, -1) else ""
@@ -22,7 +31,7 @@ def facts_lines(job: dict[str, Any]) -> list[str]:
     if job["location"] == "remote":
         lines.append(f"runs on host {job['host']} (worker {job['worker']}): no process or stack from here")
     elif job["pid"]:
-        lines.append(f"pid {job['pid']} ({job['runner_role']}) of worker {value(job['worker'])}, "
+        lines.append(f"pid {job['pid']} ({job['runner_role']}){in_container(job)} of worker {value(job['worker'])}, "
                      f"CPU {value(job['cpu_percent'])} %, RSS {size(job['rss_bytes'])}")
     else:
         lines.append(f"no local process found for worker {value(job['worker'])}")

@@ -43,6 +43,9 @@ class WorkerProcess:
     log_path: Path
     simple: bool = False
     seen: dict[int, psutil.Process] = field(default_factory=dict)
+    namespace: str | None = None
+    """Started in its own PID and UTS namespace (``unshare``) with this hostname: its hash names
+    that hostname and its pid inside the namespace (see :meth:`host_pid`)."""
 
     @property
     def pid(self) -> int:
@@ -61,6 +64,16 @@ class WorkerProcess:
         for p in procs:
             self.seen.setdefault(p.pid, p)
         return procs
+
+    def host_pid(self, pid: int) -> int | None:
+        """The host pid of the process of this tree whose pid is ``pid`` as its hash names it (the last
+        ``NSpid`` in a namespace; the pid itself otherwise)."""
+        if self.namespace is None:
+            return pid
+        for p in self.tree():
+            if ns_pid(p.pid) == pid and p.pid != self.pid:
+                return p.pid
+        return None
 
     def remember(self, proc: psutil.Process) -> None:
         """Track a process of this tree (e.g. an orphaned horse) so stop() ends it."""
@@ -113,6 +126,31 @@ def _running(p: psutil.Process) -> bool:
         return False
 
 
+def ns_pid(pid: int) -> int | None:
+    """The last ``NSpid`` of ``/proc/<pid>/status``: the pid in the process's own PID namespace."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            line = next(line for line in status if line.startswith("NSpid:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[-1])
+
+
+def in_namespace(argv: list[str], hostname: str) -> list[str]:
+    """``argv`` run as PID 1 of new PID, UTS and mount namespaces (``/proc`` remounted) with ``hostname``."""
+    return ["unshare", "--pid", "--uts", "--fork", "--mount-proc", "sh", "-c", 'hostname "$0" && exec "$@"',
+            hostname, *argv]
+
+
+def unshare_refusal() -> str | None:
+    """Why a worker cannot be started in its own namespaces here (None: it can)."""
+    try:
+        done = subprocess.run(in_namespace(["true"], "rqdoctor-probe"), capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare cannot run: {exc}"
+    return None if done.returncode == 0 else f"unshare --pid --uts failed: {done.stderr.strip()[:200]}"
+
+
 def _spawn(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -137,11 +175,13 @@ def start_frappe_worker(
     simple: bool = False,
     burst: bool = False,
     env: dict[str, str] | None = None,
+    namespace: str | None = None,
 ) -> WorkerProcess:
     """Start ``python -m frappe.utils.bench_helper frappe worker --queue …`` (cwd ``sites``).
 
     ``queues`` are Frappe queue types (None = all); ``pool_size`` runs ``worker-pool``; ``env`` is added to
-    the worker's environment (e.g. ``RQ_KEY_PREFIX``).
+    the worker's environment (e.g. ``RQ_KEY_PREFIX``); ``namespace``: in its own PID and UTS namespace with
+    that hostname, as in a container (root only; see :func:`in_namespace`).
     """
     python = bench.attach_env(ensure_venv(flavour))
     argv = [str(python), "-m", "frappe.utils.bench_helper", "frappe"]
@@ -153,8 +193,9 @@ def start_frappe_worker(
     if burst:
         argv.append("--burst")
     log = bench.logs_path / "worker.log"
-    popen = _spawn(argv, bench.sites_path, {**_env(bench, simple), **(env or {})}, log)
-    return WorkerProcess(popen, argv, bench.sites_path, flavour, log, simple=simple)
+    popen = _spawn(in_namespace(argv, namespace) if namespace else argv, bench.sites_path,
+                   {**_env(bench, simple), **(env or {})}, log)
+    return WorkerProcess(popen, argv, bench.sites_path, flavour, log, simple=simple, namespace=namespace)
 
 
 def start_rq_worker(
@@ -315,7 +356,8 @@ def wait_for_worker_registered(
     """Wait until ``count`` worker hashes have a pid in ``worker``'s tree; return their names."""
     deadline = time.monotonic() + timeout
     while True:
-        pids = {p.pid for p in worker.tree()}
+        pids = {ns_pid(p.pid) if worker.namespace else p.pid for p in worker.tree() if p.pid != worker.pid
+                or not worker.namespace}
         names = [n for n, h in worker_hashes(r).items() if int(h.get("pid", -1)) in pids]
         if len(names) >= count:
             return names
@@ -340,6 +382,8 @@ def wait_for_job_started(
                                  f"{job.get('exc_info', '')[:2000]}\n{_describe(r, worker)}")
         if status == "started" and name:
             pid = _s(r.hget(f"rq:worker:{name}", "pid"))
+            if pid and worker is not None and worker.namespace is not None:
+                pid = str(worker.host_pid(int(pid)) or "")  # never the host's pid 1
             horse = find_horse(int(pid)) if pid else None
             if pid and (horse or not expect_horse):
                 if worker and horse:
