@@ -202,7 +202,8 @@ def stale_cron_scheduler(ctx: Context) -> Iterator[Hit]:
         if silent is None or silent <= CRON_SCHEDULER_TTL_S:
             continue
         where = f"pid {cron.pid} on {cron.hostname}" if cron.pid and cron.hostname else "its host and pid unknown"
-        evidence = [f"{ctx.snapshot.target.key_prefix}:cron_schedulers scores {cron.name} {silent:.0f} s ago, more than rq's "
+        zset = f"{ctx.snapshot.target.key_prefix}:cron_schedulers"
+        evidence = [f"{zset} scores {cron.name} {silent:.0f} s ago, more than rq's "
                     f"{CRON_SCHEDULER_TTL_S} s TTL ({where})",
                     "its hash rq:cron_scheduler:" + cron.name + (" still exists" if cron.hash_exists else
                                                                 " has expired")]
