@@ -20,6 +20,7 @@ from tests.harness.bench import Bench
 from tests.harness.workers import (
     Workers,
     enqueue,
+    rq_job_id,
     wait_for_job_started,
     wait_for_job_status,
     wait_for_worker_registered,
@@ -141,8 +142,8 @@ def test_cli_clears_a_zombie_scheduled_job_hash(bench: Bench, workers: Workers, 
                                                redis_url: str, rq_flavour: str, tmp_path: Path) -> None:
     queue = bench.queue("default")
     old = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() - 3600))
-    job = "site1.local::scheduled_job::app.tasks.daily" if rq_flavour == "rq115" else (
-        "site1.local||scheduled_job||app.tasks.daily" if rq_flavour == "rq26" else "scheduled_job_app_tasks_daily")
+    bare = "scheduled_job::app.tasks.daily"  # the id Frappe's scheduler asks for; each flavour names it its way
+    job = rq_job_id(rq_flavour, "site1.local", bare)
     redis_client.hset(f"rq:job:{job}", mapping={
         "status": "queued", "origin": queue, "created_at": old, "enqueued_at": old,
         "description": "frappe.utils.background_jobs.execute_job(method='frappe.core.doctype."
@@ -154,7 +155,7 @@ def test_cli_clears_a_zombie_scheduled_job_hash(bench: Bench, workers: Workers, 
     assert redis_client.hget(f"rq:job:{job}", "status") == "failed"
     assert_accounted(redis_client, queue, [job])
     # the schedule runs again: Frappe enqueues its id only when neither queued nor started
-    again = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.quick", job_id=job.split("::", 1)[-1].split("||", 1)[-1])
+    again = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.quick", job_id=bare)
     assert again == job
     w = workers.frappe(bench, rq_flavour, ["default"])
     wait_for_job_status(redis_client, job, ["finished"], timeout=60)

@@ -353,3 +353,17 @@ def test_rqd108_near_miss_horse_caught_before_it_became_a_process_group() -> Non
     assert diagnosis.links.workers[0].kind == "fork"
     assert not [f for f in diagnosis.findings if f.code == "RQD108"]
     assert not [c for f in diagnosis.findings for c in f.commands if c == f"kill -TERM {worker_process.pid}"]
+
+
+def test_rqd110_fires_untitled_horse_late_to_its_job_on_a_loaded_host() -> None:
+    """started_at is written in the horse: on a loaded host 12 s after its fork, outside the 5 s match window."""
+    horse = process(101, ppid=1, create_time=NOW - 72, cwd="/home/frappe/frappe-bench/sites")
+    diagnosis = diagnose(orphan_bench(horse, bench_path="/home/frappe/frappe-bench"))
+    assert [p.pid for p in diagnosis.links.orphans] == [101] and diagnosis.links.unmatched == {101}
+    [finding] = [f for f in diagnosis.findings if f.code == "RQD110"]
+    assert finding.remedy is None  # weaker evidence: named, with a manual command, but no --kill
+    assert any("weaker evidence" in line and "12 s" in line and "site1::j1" in line for line in finding.evidence)
+    assert not [f for f in diagnosis.findings if f.remedy is not None and f.remedy.action == "fail_started"]
+    blocked = [f for f in diagnosis.findings if f.code in ("RQD201", "RQD503") and f.remedy is None]
+    assert blocked and any("orphaned horse pid 101" in f.fix + " ".join(f.evidence) for f in blocked), \
+        [(f.code, f.fix, f.evidence) for f in diagnosis.findings]

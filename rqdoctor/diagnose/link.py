@@ -25,6 +25,9 @@ BIRTH_SLACK = 3.0
 """Seconds a worker's process may appear to start after its ``birth`` (clock ticks, boot-time rounding)."""
 ORPHAN_WINDOW = 5.0
 """Max seconds between an orphaned horse's start and its job's ``started_at`` for a match by time."""
+LOADED_WINDOW = 60.0
+"""Max seconds an untitled orphan may start before its job's start (``started_at`` is set in the horse, late on
+a loaded host) and still count as possibly running it: outside :data:`ORPHAN_WINDOW` it is weaker evidence."""
 VANISHED = "vanished"
 """``ProcessInfo.status`` of a process that exited while rqdoctor read or sampled it."""
 ZOMBIE = "zombie"
@@ -103,6 +106,9 @@ class Links:
     """Per orphan pid: why it is an orphan and why it is ours (one line each)."""
     gone: set[int] = field(default_factory=set)
     """Pids that exited while rqdoctor read or sampled them (:func:`gone_pids`): no verdict, no advice."""
+    unmatched: set[int] = field(default_factory=set)
+    """Untitled orphans of the bench or Redis matched to no job while a gone worker's started job has no runner:
+    weaker evidence (no title, start time outside :data:`ORPHAN_WINDOW`), yet one might be running that job."""
 
     def job_for_pid(self, pid: int) -> JobLink | None:
         """The job whose runner is ``pid`` or one of the runner's descendants."""
@@ -336,6 +342,7 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
     bench = (snapshot.target.bench_path or "").rstrip("/")
     endpoint = _redis_endpoint(snapshot.target.redis_url)
     matched = {jl.runner.pid: jl for jl in links.jobs if jl.runner_role == "orphaned-horse" and jl.runner}
+    waiting = _waiting(links.jobs, links.workers)
     out, evidence = [], {}
     for p in candidates:
         own_title = parse_title(p)
@@ -351,8 +358,12 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
             if peer:
                 lines.append(f"it is connected to the diagnosed Redis at {peer}")
             jl = matched.get(p.pid)
-            if not lines or jl is None:
+            could = [w for w in waiting if _could_run(p, w.job)]
+            if not lines or (jl is None and not could):
                 continue
+            if jl is None:
+                links.unmatched.add(p.pid)
+                lines.append(_unmatched_line(p, could))
         parent = tree.by_pid.get(p.ppid) if p.ppid is not None else None
         if p.ppid == 1:
             why = "its parent is pid 1 (re-parented: the worker that forked it is gone)"
@@ -367,6 +378,16 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
         out.append(p)
         evidence[p.pid] = [why, *lines]
     return out, evidence
+
+
+def _unmatched_line(p: ProcessInfo, waiting: list[JobLink]) -> str:
+    """Why an untitled orphan matched to no job may still run one (the nearest waiting job by start time)."""
+    jl = min(waiting, key=lambda j: _start_gap(p, j.job))
+    gap = _start_gap(p, jl.job)
+    when = f"it started {gap:.0f} s from" if gap != float("inf") else "its start cannot be compared with"
+    return (f"weaker evidence: no title and not matched by start time ({when} the start of job {jl.job.job_id} of "
+            f"gone worker {jl.job.worker_name}, window {ORPHAN_WINDOW:g} s; late on a loaded host), so it might be "
+            "running that job")
 
 
 def _redis_endpoint(url: str) -> tuple[set[str], int] | None:
@@ -440,16 +461,21 @@ def _link_jobs(jobs: list[JobInfo], wlinks: list[WorkerLink], orphans: list[Proc
     return out
 
 
-def _match_orphans(jlinks: list[JobLink], wlinks: list[WorkerLink], orphans: list[ProcessInfo]) -> None:
-    """Give runner-less jobs of gone workers an orphaned horse: by title first, then by start time."""
+def _waiting(jlinks: list[JobLink], wlinks: list[WorkerLink]) -> list[JobLink]:
+    """Runner-less jobs of workers not alive here (gone, or no hash left) and not on another host."""
     by_name = {wl.worker.name: wl for wl in wlinks}
-    free = list(orphans)
-    waiting = [
+    return [
         jl
         for jl in jlinks
         if jl.runner is None and jl.job.worker_name and jl.location != "remote"
         and (by_name.get(jl.job.worker_name) is None or by_name[jl.job.worker_name].process is None)
     ]
+
+
+def _match_orphans(jlinks: list[JobLink], wlinks: list[WorkerLink], orphans: list[ProcessInfo]) -> None:
+    """Give runner-less jobs of gone workers an orphaned horse: by title first, then by start time."""
+    free = list(orphans)
+    waiting = _waiting(jlinks, wlinks)
     for how in ("title", "started_at"):
         for jl in waiting:
             if jl.runner is not None:
@@ -467,6 +493,15 @@ def _orphan_fits(p: ProcessInfo, job: JobInfo, how: str) -> bool:
     if how == "title":
         return own_title is not None and own_title[0] == job.worker_name
     return own_title is None and _start_gap(p, job) <= ORPHAN_WINDOW
+
+
+def _could_run(p: ProcessInfo, job: JobInfo) -> bool:
+    """An untitled horse that started at most :data:`LOADED_WINDOW` before its job (and no later than the match
+    window after it) might be running it, though not matched by start time."""
+    anchors = [t for t in (job.started_at, job.execution_created_at) if t is not None]
+    if p.create_time is None or not anchors:
+        return True  # no start to compare: it cannot be ruled out
+    return max(anchors) - LOADED_WINDOW <= p.create_time <= max(anchors) + ORPHAN_WINDOW
 
 
 def _start_gap(p: ProcessInfo, job: JobInfo) -> float:

@@ -101,8 +101,10 @@ def unrun_blocker(snapshot: Snapshot, links: Links, jl: JobLink) -> str | None:
     if any(e.probe == "processes" and e.kind not in ("vanished", "permission", "truncated") for e in snapshot.errors):
         return "the process table could not be read"
     matched = {j.runner.pid for j in links.jobs if j.runner is not None}
-    if any(p.pid not in matched and p.pid not in links.gone for p in links.orphans):
-        return "an orphaned horse of this Redis is not matched to any job and might be running it"
+    loose = [p for p in links.orphans if p.pid not in matched and p.pid not in links.gone]
+    if loose:
+        return (f"an orphaned horse pid {loose[0].pid} of this bench or Redis is not matched to any job and "
+                "might be running it")
     return None
 
 

@@ -272,7 +272,8 @@ def orphaned_horse(ctx: Context) -> Iterator[Hit]:
                     *ctx.links.orphan_evidence.get(process.pid, [])]
         if job is not None:
             evidence += expired_while_running(ctx, job)
-        remedy = remedies.for_orphan(ctx.snapshot, ctx.links, process, "orphaned work-horse: its worker is gone")
+        remedy = None if process.pid in ctx.links.unmatched else remedies.for_orphan(
+            ctx.snapshot, ctx.links, process, "orphaned work-horse: its worker is gone")
         yield Hit(
             f"process {process.pid}",
             evidence=evidence,
@@ -281,7 +282,8 @@ def orphaned_horse(ctx: Context) -> Iterator[Hit]:
             commands=[f"kill -TERM -{process.pgid or process.pid}"],
             fix="Nobody heartbeats or times out this job; when it finishes it may re-create a ghost worker hash "
                 f"(RQD202). If it is stuck, end its process group ({process_ref(process)}), then check the job's "
-                "status. " + remedies.describe(remedy),
+                "status. " + (remedies.describe(remedy) if remedy else "rqdoctor offers no --kill for it: it could not "
+                               "tie it to a job by title or start time, so check it is this job's horse first."),
             remedy=remedy,
         )
 
