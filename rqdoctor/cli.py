@@ -77,7 +77,8 @@ class LazyGroup(TyperGroup):
 app = typer.Typer(
     name="rqdoctor",
     cls=LazyGroup,
-    help="A doctor for hung and stuck RQ workers, first of all on Frappe/ERPNext benches. Read-only.",
+    help="A doctor for hung and stuck RQ workers, first of all on Frappe/ERPNext benches. "
+    "Read-only, except `stuck --kill`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
