@@ -107,9 +107,17 @@ def folds(out: str, ident: str) -> list[str]:
             rest = ident[len(head):]
             below_same = [t for c, t in bottom if c == column]
             below_first = [t for _, t in bottom[:1]] if (column, head) == top[-1] else []
-            if any(rest.startswith(t) for t in below_same + below_first):
+            # the rest continues below (a one- or two-character token that merely starts the rest, such as a
+            # count "1" under a count "1", is no fold: pid 11718 is not broken by "1 workers" / "1 worker")
+            if any(t.startswith(rest) or (len(t) >= 3 and rest.startswith(t)) for t in below_same + below_first):
                 found.append(f"{above!r} / {below!r}")
     return found
+
+
+@pytest.mark.unit
+def test_folds_finds_a_broken_id_and_not_a_count_under_a_count() -> None:
+    assert folds("pid: 117\n18 more", "11718") and folds("job abcdef\nghij x", "abcdefghij")
+    assert not folds("1 workers on redis://h:1/8\n1 worker on 1 host", "11718")
 
 
 def assert_whole(out: str, ids: set[str], command: str, columns: int) -> None:
