@@ -21,11 +21,18 @@ from tests.harness.workers import (
     Workers,
     enqueue,
     rq_job_id,
-    wait_for_job_started,
     wait_for_job_status,
-    wait_for_worker_registered,
 )
-from tests.test_actions_live import SCEN, assert_accounted, dead, next_job_runs, rq_reads, term_ignored, wait_until
+from tests.test_actions_live import (
+    SCEN,
+    assert_accounted,
+    dead,
+    next_job_runs,
+    rq_reads,
+    running_job,
+    term_ignored,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.cli, pytest.mark.slow]
 
@@ -48,11 +55,8 @@ def audit_of(path: Path) -> list[dict[str, Any]]:
 def test_cli_escalates_a_sigterm_ignoring_horse_and_the_worker_takes_the_next_job(
         bench: Bench, workers: Workers, redis_client: redis.Redis, redis_url: str, rq_flavour: str,
         tmp_path: Path) -> None:
-    w = workers.frappe(bench, rq_flavour, ["short"])
-    wait_for_worker_registered(redis_client, w)
-    queue = bench.queue("short")
-    job = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.ignore_term", {"seconds": 600})
-    started = wait_for_job_started(redis_client, job, w)
+    w, queue, job, started = running_job(bench, workers, redis_client, redis_url, rq_flavour,
+                                         "ignore_term", 600)
     assert started.horse is not None
     horse = started.horse
     wait_until(lambda: term_ignored(horse.pid), "the job to ignore SIGTERM")
@@ -91,11 +95,8 @@ def test_cli_escalates_a_sigterm_ignoring_horse_and_the_worker_takes_the_next_jo
 
 def test_cli_stops_an_orphaned_horse_and_fails_its_job(bench: Bench, workers: Workers, redis_client: redis.Redis,
                                                        redis_url: str, rq_flavour: str, tmp_path: Path) -> None:
-    w = workers.frappe(bench, rq_flavour, ["short"])
-    wait_for_worker_registered(redis_client, w)
-    queue = bench.queue("short")
-    job = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.sleep_for", {"seconds": 600})
-    started = wait_for_job_started(redis_client, job, w)
+    _, queue, job, started = running_job(bench, workers, redis_client, redis_url, rq_flavour,
+                                         "sleep_for", 600)
     assert started.horse is not None
     horse = started.horse
     os.kill(started.worker_pid, signal.SIGKILL)
@@ -117,11 +118,8 @@ def test_cli_stops_an_orphaned_horse_and_fails_its_job(bench: Bench, workers: Wo
 
 def test_cli_requeues_an_abandoned_entry(bench: Bench, workers: Workers, redis_client: redis.Redis, redis_url: str,
                                         rq_flavour: str, tmp_path: Path) -> None:
-    w = workers.frappe(bench, rq_flavour, ["short"])
-    wait_for_worker_registered(redis_client, w)
-    queue = bench.queue("short")
-    job = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.sleep_for", {"seconds": 3})
-    started = wait_for_job_started(redis_client, job, w)
+    _, queue, job, started = running_job(bench, workers, redis_client, redis_url, rq_flavour,
+                                         "sleep_for", 3)
     assert started.horse is not None
     horse = started.horse
     os.kill(started.worker_pid, signal.SIGKILL)

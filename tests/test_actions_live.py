@@ -50,6 +50,16 @@ def snapshot_of(bench: Bench, url: str) -> Snapshot:
     return collect(target, CollectOptions(timeout=20, processes=False, since_process_start=False))
 
 
+def running_job(bench: Bench, workers: Workers, r: redis.Redis, url: str, flavour: str, scenario: str,
+                seconds: float, simple: bool = False) -> tuple[WorkerProcess, str, str, StartedJob]:
+    """A new Frappe worker on ``short`` running ``scenario`` for ``seconds``: (worker, queue, job id, started)."""
+    w = workers.frappe(bench, flavour, ["short"], simple=simple)
+    wait_for_worker_registered(r, w)
+    queue = bench.queue("short")
+    job = enqueue(flavour, url, queue, f"{SCEN}.{scenario}", {"seconds": seconds})
+    return w, queue, job, wait_for_job_started(r, job, w)
+
+
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     end = time.monotonic() + timeout
     while not check():
@@ -138,11 +148,8 @@ def next_job_runs(flavour: str, url: str, r: redis.Redis, queue: str, worker: Wo
 def test_sigterm_ignoring_horse_is_escalated_to_sigkill(bench: Bench, workers: Workers, redis_client: redis.Redis,
                                                         redis_url: str, rq_flavour: str, tmp_path: Path) -> None:
     """The worker loop does not answer (stopped): the stop command goes unanswered, SIGTERM is ignored, SIGKILL."""
-    w = workers.frappe(bench, rq_flavour, ["short"])
-    wait_for_worker_registered(redis_client, w)
-    queue = bench.queue("short")
-    job = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.ignore_term", {"seconds": 600})
-    started = wait_for_job_started(redis_client, job, w)
+    w, queue, job, started = running_job(bench, workers, redis_client, redis_url, rq_flavour,
+                                         "ignore_term", 600)
     assert started.horse is not None
     wait_until(lambda: term_ignored(started.horse.pid), "the job to ignore SIGTERM")
     remedy = remedy_for(redis_client, "stop_horse", started, queue)
@@ -178,11 +185,8 @@ def test_sigterm_ignoring_horse_is_escalated_to_sigkill(bench: Bench, workers: W
 def test_stop_command_ends_a_hung_horse_after_a_refused_non_terminal_run(
         bench: Bench, workers: Workers, redis_client: redis.Redis, redis_url: str, rq_flavour: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    w = workers.frappe(bench, rq_flavour, ["short"])
-    wait_for_worker_registered(redis_client, w)
-    queue = bench.queue("short")
-    job = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.sleep_for", {"seconds": 600})
-    started = wait_for_job_started(redis_client, job, w)
+    w, queue, job, started = running_job(bench, workers, redis_client, redis_url, rq_flavour,
+                                         "sleep_for", 600)
     remedy = remedy_for(redis_client, "stop_horse", started, queue)
     snapshot = snapshot_of(bench, redis_url)
     audit = tmp_path / "audit.jsonl"
@@ -209,11 +213,8 @@ def test_stop_command_ends_a_hung_horse_after_a_refused_non_terminal_run(
 
 def test_orphaned_horse_is_stopped_and_its_job_failed(bench: Bench, workers: Workers, redis_client: redis.Redis,
                                                       redis_url: str, rq_flavour: str, tmp_path: Path) -> None:
-    w = workers.frappe(bench, rq_flavour, ["short"])
-    wait_for_worker_registered(redis_client, w)
-    queue = bench.queue("short")
-    job = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.ignore_term", {"seconds": 600})
-    started = wait_for_job_started(redis_client, job, w)
+    _, queue, job, started = running_job(bench, workers, redis_client, redis_url, rq_flavour,
+                                         "ignore_term", 600)
     assert started.horse is not None
     horse = started.horse
     wait_until(lambda: term_ignored(horse.pid), "the job to ignore SIGTERM")
@@ -237,11 +238,8 @@ def test_orphaned_horse_is_stopped_and_its_job_failed(bench: Bench, workers: Wor
 
 def test_abandoned_entry_is_requeued_and_runs_again(bench: Bench, workers: Workers, redis_client: redis.Redis,
                                                     redis_url: str, rq_flavour: str, tmp_path: Path) -> None:
-    w = workers.frappe(bench, rq_flavour, ["short"])
-    wait_for_worker_registered(redis_client, w)
-    queue = bench.queue("short")
-    job = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.sleep_for", {"seconds": 4})
-    started = wait_for_job_started(redis_client, job, w)
+    _, queue, job, started = running_job(bench, workers, redis_client, redis_url, rq_flavour,
+                                         "sleep_for", 4)
     assert started.horse is not None
     remedy = remedy_for(redis_client, "fail_started", started, queue)
     remedy.pid = remedy.pgid = remedy.create_time = None
@@ -357,11 +355,8 @@ def test_unreachable_redis_signals_nothing(bystander: subprocess.Popen[bytes], t
 def test_job_in_the_worker_itself_needs_kill_worker(bench: Bench, workers: Workers, redis_client: redis.Redis,
                                                     redis_url: str, rq_flavour: str, tmp_path: Path) -> None:
     """SimpleWorker (as Frappe's NoFork): the job runs in the worker; only --kill-worker signals it."""
-    w = workers.frappe(bench, rq_flavour, ["short"], simple=True)
-    wait_for_worker_registered(redis_client, w)
-    queue = bench.queue("short")
-    job = enqueue(rq_flavour, redis_url, queue, f"{SCEN}.sleep_for", {"seconds": 600})
-    started = wait_for_job_started(redis_client, job, w)
+    w, queue, job, started = running_job(bench, workers, redis_client, redis_url, rq_flavour,
+                                         "sleep_for", 600, simple=True)
     assert started.horse is None
     remedy = remedy_for(redis_client, "stop_worker", started, queue)
     remedy.needs = "--kill-worker"
