@@ -196,9 +196,15 @@ def test_system_settings_skipped_and_failing_scheduled_jobs(bench: Bench, mariad
     # it ran a minute ago: due at the next ten-minute mark, late only if the run crossed that mark
     next_due = datetime.fromisoformat(every_ten["next_due"])
     assert next_due.minute % 10 == 0 and next_due.second == 0
-    late = [max((t - next_due).total_seconds(), 0.0) for t in (before, after)]
-    assert late[0] - 1 <= every_ten["late_s"] <= late[1] + 1, (every_ten, before, after)
+    assert_late_between(every_ten, before, after)
     assert not [e for e in report["errors"] if e["probe"] == "frappe" and SITE in e["subject"]]  # site2 has no DB
+
+
+def assert_late_between(job_type: dict[str, Any], before: datetime, after: datetime) -> None:
+    """``late_s`` is how far the site clock, read between ``before`` and ``after``, was past ``next_due``."""
+    next_due = datetime.fromisoformat(job_type["next_due"])
+    late = [max((t - next_due).total_seconds(), 0.0) for t in (before, after)]
+    assert late[0] - 1 <= job_type["late_s"] <= late[1] + 1, (job_type, before, after)
 
 
 def wait_status(r: redis.Redis, job_id: str, status: str, timeout: float = 60) -> None:
@@ -286,6 +292,12 @@ def _psql(db: DBInfo, statements: str) -> None:
                     "ON_ERROR_STOP=1", "-c", statements], check=True, capture_output=True, timeout=30)
 
 
+def _pg_now(db: DBInfo) -> datetime:
+    run = subprocess.run(["psql", "-h", db.host, "-p", str(db.port), "-U", db.user, "-d", db.database, "-Atc",
+                          "SELECT LOCALTIMESTAMP"], check=True, capture_output=True, text=True, timeout=30)
+    return datetime.fromisoformat(run.stdout.strip())
+
+
 @pytest.mark.postgres
 def test_system_settings_and_failing_jobs_on_postgres(make_bench: Any, postgres: DBInfo) -> None:
     bench = make_bench(sites=(SITE,), db_type="postgres")
@@ -307,11 +319,14 @@ def test_system_settings_and_failing_jobs_on_postgres(make_bench: Any, postgres:
         INSERT INTO "tabScheduled Job Log" VALUES ('f1', 'hourly', 'Failed', E'Traceback\\nKeyError: ''item''',
                                                    LOCALTIMESTAMP - INTERVAL '5 minutes');
     """)
+    before = _pg_now(postgres)  # no time_zone in System Settings: the site clock is the database's
     report = scheduler(bench)
+    after = _pg_now(postgres)
     assert [f["subject"] for f in of(report, "RQD603")] == [f"site {SITE}"], report["errors"]
     [dormant] = of(report, "RQD604")
     assert "more than dormant_days = 2" in dormant["evidence"][0]
     [failing] = of(report, "RQD607")
     assert failing["evidence"][1] == "its error: KeyError: 'item'"
     [job_type] = report["scheduler"]["job_types"]
-    assert job_type["cron"] == "0 * * * *" and job_type["late_s"] == 0
+    assert job_type["cron"] == "0 * * * *" and datetime.fromisoformat(job_type["next_due"]).minute == 0
+    assert_late_between(job_type, before, after)  # it ran ten minutes ago: late only past the hour mark
