@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
@@ -35,7 +34,6 @@ from rqdoctor.model import (
     ThreadStack,
     WorkerInfo,
 )
-from tests.test_hangs_cli import run_cli
 
 pytestmark = pytest.mark.unit
 
@@ -229,41 +227,3 @@ def test_kill_plan_refuses_a_process_of_another_host() -> None:
 def test_a_single_snapshot_is_not_changed_by_a_merge() -> None:
     one = host_a()
     assert merge([("a.json", one)]) is one and one.hosts == []
-
-
-def test_hangs_merges_two_files_and_names_the_other_hosts_blocker(tmp_path: Path) -> None:
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps(host_a().to_dict()))
-    b.write_text(json.dumps(host_b().to_dict()))
-    result = run_cli("hangs", "--from", str(a), "--from", str(b), "--format", "json")
-    assert result.code == 1, result.stderr
-    report = json.loads(result.stdout)
-    assert [h["name"] for h in report["snapshot"]["hosts"]] == ["host-a", "host-b"]
-    rows = {j["job_id"]: j for j in report["jobs"]}
-    assert (rows["jb"]["pid"], rows["jb"]["process_host"], rows["jb"]["location"]) == (4301, "host-b", "local")
-    assert (rows["jc"]["location"], rows["jc"]["pid"]) == ("remote", None)
-    blocker = rows["ja"]["blocker"]
-    assert (blocker["pid"], blocker["host"], blocker["job_id"]) == (4301, "host-b", "jb")
-    text = run_cli("hangs", "--from", str(a), "--from", str(b))
-    assert "3 running job(s), 2 on the 2 hosts collected (host-a, host-b)" in text.stdout
-    assert "pid 4301 (horse) on host-b of worker wb" in text.stdout
-
-
-def test_hangs_refuses_files_of_another_redis_in_one_line(tmp_path: Path) -> None:
-    other = host_b()
-    assert other.redis is not None
-    other.redis.run_id = "b" * 40
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps(host_a().to_dict()))
-    b.write_text(json.dumps(other.to_dict()))
-    result = run_cli("hangs", "--from", str(a), "--from", str(b))
-    assert result.code == 2 and result.stdout == ""
-    assert result.stderr.startswith(f"rqdoctor: error: {b}: another Redis server") and "Traceback" not in result.stderr
-
-
-def test_stuck_kill_refuses_merged_snapshots(tmp_path: Path) -> None:
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps(host_a().to_dict()))
-    b.write_text(json.dumps(host_b().to_dict()))
-    result = run_cli("stuck", "--from", str(a), "--from", str(b), "--kill", "--dry-run")
-    assert result.code == 2 and "run `rqdoctor stuck --kill` on the host each process runs on" in result.stderr
