@@ -13,6 +13,7 @@ import json
 import pytest
 
 from rqdoctor.actions.plan import build_plan
+from rqdoctor.diagnose.advice import on_host_command, process_ref
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.merge import MergeError, merge
 from rqdoctor.model import (
@@ -227,3 +228,14 @@ def test_kill_plan_refuses_a_process_of_another_host() -> None:
 def test_a_single_snapshot_is_not_changed_by_a_merge() -> None:
     one = host_a()
     assert merge([("a.json", one)]) is one and one.hosts == []
+
+
+def test_a_command_for_another_hosts_process_goes_through_ssh() -> None:
+    snap = merged()
+    horse_b = snap.process(ProcKey("host-b", 4301))
+    horse_a = snap.process(ProcKey("host-a", 4300))
+    assert horse_a is not None and horse_b is not None
+    assert on_host_command(horse_b, "host-a", "kill -TERM -4301") == "ssh host-b 'kill -TERM -4301'"
+    assert on_host_command(horse_a, "host-a", "kill -TERM -4300") == "kill -TERM -4300"
+    assert process_ref(horse_b, "host-a").startswith("pid 4301 on host-b (started ")
+    assert process_ref(horse_a, "host-a").startswith("pid 4300 (started ")

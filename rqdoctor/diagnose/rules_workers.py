@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rqdoctor.diagnose import remedies
-from rqdoctor.diagnose.advice import process_ref, redis_cli, rq_key, supervisor_restart_workers
+from rqdoctor.diagnose.advice import on_host_command, process_ref, redis_cli, rq_key, supervisor_restart_workers
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
 from rqdoctor.diagnose.link import JobLink
@@ -100,7 +100,8 @@ def stale_heartbeat(ctx: Context) -> Iterator[Hit]:
             worker=w.name, pid=w.pid, host=link.host,
             fix="The worker's own loop is not running: look at its stack (a hung Redis connection or a stuck "
                 "monitor loop); restart it if it is hung.",
-            commands=[f"rqdoctor stack {w.pid}"] if link.process is not None else [],
+            commands=[on_host_command(link.process, ctx.here, f"rqdoctor stack {w.pid}")]
+            if link.process is not None else [],
         )
 
 
