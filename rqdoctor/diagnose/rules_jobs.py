@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from rqdoctor.diagnose import remedies
 from rqdoctor.diagnose.activity import Activity, short_path
-from rqdoctor.diagnose.advice import on_host_command, process_ref
+from rqdoctor.diagnose.advice import on_host, on_host_command, process_ref
 from rqdoctor.diagnose.cleanup import expired_while_running
 from rqdoctor.diagnose.context import Context, JobFacts, age
 from rqdoctor.diagnose.findings import Hit, rule
@@ -278,7 +278,7 @@ def orphaned_horse(ctx: Context) -> Iterator[Hit]:
         remedy = None if key in ctx.links.unmatched else remedies.for_orphan(
             ctx.snapshot, ctx.links, process, "orphaned work-horse: its worker is gone")
         yield Hit(
-            f"process {process.pid}",
+            f"process {process.pid}{on_host(process, ctx.here)}",
             evidence=evidence,
             pid=process.pid, host=key.host, job_id=job.job.job_id if job else None,
             worker=job.job.worker_name if job else None,
