@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -239,3 +240,23 @@ def test_a_command_for_another_hosts_process_goes_through_ssh() -> None:
     assert on_host_command(horse_a, "host-a", "kill -TERM -4300") == "kill -TERM -4300"
     assert process_ref(horse_b, "host-a").startswith("pid 4301 on host-b (started ")
     assert process_ref(horse_a, "host-a").startswith("pid 4300 (started ")
+
+
+def test_a_dead_worker_of_another_collected_host_is_dead_there_not_remote() -> None:
+    b = host_b()
+    b.processes = []  # worker wb and its horse exited before host B was read
+    diagnosis = diagnose(merge([("a.json", host_a()), ("b.json", b)]))
+    [wb] = [wl for wl in diagnosis.links.workers if wl.worker.name == "wb"]
+    assert (wb.host, wb.location) == ("host-b", "dead")
+    [finding] = [f for f in diagnosis.findings if f.code == "RQD201"]
+    assert finding.evidence[0] == "Redis says pid 4242 on host host-b; no such process in the snapshot of host-b"
+    assert (finding.pid, finding.host, finding.remedy) == (4242, "host-b", None)
+
+
+def test_a_recorded_one_host_snapshot_loads_with_the_new_fields_defaulted() -> None:
+    recorded = Path(__file__).parent / "data" / "snapshots" / "frappe-15.54.1-lockwait.json"
+    data = json.loads(recorded.read_text())
+    snap = Snapshot.from_dict(data.get("snapshot", data))
+    assert snap.hosts == [] and snap.redis is not None and snap.redis.run_id is None
+    assert all(s.host == "" for s in snap.stacks) and all(e.host == "" for e in snap.errors)
+    assert merge([("x.json", snap)]) is snap

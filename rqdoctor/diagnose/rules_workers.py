@@ -23,7 +23,8 @@ def dead_worker(ctx: Context) -> Iterator[Hit]:
         if link.location not in ("dead", "not-found") or w.death is not None:
             continue
         if link.claimed is None:
-            evidence = [f"Redis says pid {w.pid} on host {w.hostname}; no such process here"]
+            there = "here" if link.host in (None, ctx.here) else f"in the snapshot of {link.host}"
+            evidence = [f"Redis says pid {w.pid} on host {w.hostname}; no such process {there}"]
         else:
             now = process_ref(link.claimed, ctx.here)
             evidence = [f"Redis says pid {w.pid} on host {w.hostname}; that pid is now {now}"]
