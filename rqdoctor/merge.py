@@ -40,7 +40,8 @@ def merge(sources: list[tuple[str, Snapshot]]) -> Snapshot:
     merged = dataclasses.replace(base, processes=[], stacks=[], errors=[], preflight=[], database=None, hosts=[])
     for name, snap in sources:
         used = snap is base
-        merged.hosts.append(HostSnapshot(snap.host, snap.generated_at, snap.rqdoctor_version, name, used))
+        merged.hosts.append(HostSnapshot(snap.host, snap.generated_at, snap.rqdoctor_version, name, used,
+                                         snap.target.bench_path))
         merged.processes += [_stamped(p, snap.host) for p in snap.processes]
         merged.stacks += [dataclasses.replace(s, host=s.host or snap.host) for s in snap.stacks]
         # Another host's Redis read is not the one diagnosed: its failure says nothing about the state shown.
@@ -84,6 +85,8 @@ def _other_redis(a: Snapshot, b: Snapshot) -> str:
                 "whether it is the same server)")
     if a.target.key_prefix != b.target.key_prefix:
         return f"another RQ key prefix ({b.target.key_prefix!r}, not {a.target.key_prefix!r})"
+    if a.target.queue_filter and b.target.queue_filter and a.target.queue_filter != b.target.queue_filter:
+        return f"another bench id ({b.target.bench_id!r}, not {a.target.bench_id!r}: another bench's queues)"
     return ""
 
 

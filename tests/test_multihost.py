@@ -144,7 +144,8 @@ def test_a_blocker_session_from_another_host_is_matched_by_its_client_address() 
     diagnosis = diagnose(snap)
     [finding] = [f for f in diagnosis.findings if f.code == "RQD401"]
     assert (finding.job_id, finding.pid, finding.host) == ("ja", 4300, "host-a")
-    assert finding.evidence[0].startswith("session 10 (pid 4300) waits 30 s for a row lock on tabItem")
+    # merged from several hosts, every pid is named with its host (none is "this host")
+    assert finding.evidence[0].startswith("session 10 (pid 4300 on host-a) waits 30 s for a row lock on tabItem")
     assert finding.evidence[1].startswith("held by session 42 = RQ job jb, pid 4301 on host-b, idle in transaction")
     assert finding.evidence[2] == "the blocker is RQ job jb"
     data = finding.data["blocker"]
@@ -157,6 +158,7 @@ def test_a_blocker_session_from_another_host_is_matched_by_its_client_address() 
 def test_without_the_other_host_the_blocker_stays_remote() -> None:
     diagnosis = diagnose(host_a())
     [finding] = [f for f in diagnosis.findings if f.code == "RQD401"]
+    assert finding.evidence[0].startswith("session 10 (pid 4300) waits")  # one host: pids as before
     assert "held by session 42 = remote host 10.0.0.2" in finding.evidence[1]
     assert finding.data["blocker"]["pid"] is None
 
@@ -260,3 +262,31 @@ def test_a_recorded_one_host_snapshot_loads_with_the_new_fields_defaulted() -> N
     assert snap.hosts == [] and snap.redis is not None and snap.redis.run_id is None
     assert all(s.host == "" for s in snap.stacks) and all(e.host == "" for e in snap.errors)
     assert merge([("x.json", snap)]) is snap
+
+
+def _benches(b_cwd: str) -> Snapshot:
+    """Each host's bench at its own path, the workers running in ``sites`` of it (B's in ``b_cwd``)."""
+    sides = []
+    for snap, bench, cwd in ((host_a(), "/srv/a-bench", "/srv/a-bench/sites"), (host_b(), "/srv/b-bench", b_cwd)):
+        snap.target.bench_path, snap.target.queue_filter, snap.target.bench_id = bench, "bench:", "bench"
+        assert snap.redis is not None
+        for w in snap.redis.workers:
+            w.queues = ["bench:short"]
+        for p in snap.processes:
+            p.cwd = cwd
+        sides.append((f"{snap.host}.json", snap))
+    return merge(sides)
+
+
+def test_each_worker_is_checked_against_its_own_hosts_bench() -> None:
+    assert [f for f in diagnose(_benches("/srv/b-bench/sites")).findings if f.code == "RQD609"] == []
+    [foreign] = [f for f in diagnose(_benches("/srv/other-bench/sites")).findings if f.code == "RQD609"]
+    assert (foreign.worker, foreign.host) == ("wb", "host-b")
+    assert foreign.evidence[1].endswith("runs in /srv/other-bench/sites, not in /srv/b-bench")
+
+
+def test_snapshots_of_another_bench_id_are_refused() -> None:
+    a, b = host_a(), host_b()
+    a.target.queue_filter, b.target.queue_filter = "one:", "two:"
+    with pytest.raises(MergeError, match=r"^b\.json: another bench id"):
+        merge([("a.json", a), ("b.json", b)])
