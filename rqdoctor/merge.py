@@ -22,6 +22,8 @@ from rqdoctor.model import (
     Snapshot,
 )
 
+SPREAD_S = 60.0
+"""Snapshots collected further apart than this (by their hosts' clocks) get an error entry saying so."""
 _MATCHED = ("tcp", "unix", "_pid")
 """``client_match`` values that name a process of the host whose database probe saw the session."""
 
@@ -48,6 +50,12 @@ def merge(sources: list[tuple[str, Snapshot]]) -> Snapshot:
         merged.errors += [_host_error(e, snap.host) for e in snap.errors if used or e.probe != "redis"]
         merged.preflight += [c if used else dataclasses.replace(c, detail=f"{c.detail} (on {snap.host})")
                              for c in snap.preflight]
+    spread = max(s.generated_at for _, s in sources) - min(s.generated_at for _, s in sources)
+    if spread > SPREAD_S:
+        merged.errors.append(ProbeError(
+            "merge", "spread", f"the hosts' snapshots were collected {spread:.0f} s apart (by each host's clock): "
+            "jobs that started or ended in between show as in the newest Redis state, their processes as each "
+            "host saw them", "collect every host in one round (the ssh loop in parallel), with synchronised clocks"))
     merged.database = merge_databases([(s.host, s.database) for _, s in sources if s.database is not None])
     if merged.database is not None:
         match_remote_clients(merged.database.sessions, merged.processes)

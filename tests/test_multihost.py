@@ -228,6 +228,14 @@ def test_kill_plan_refuses_a_process_of_another_host() -> None:
     assert steps["host-a"].refused is None
 
 
+def test_snapshots_collected_far_apart_say_so() -> None:
+    assert [e for e in merged().errors if e.probe == "merge"] == []  # 10 s apart
+    b = host_b()
+    b.generated_at = T0 - 200
+    [spread] = [e for e in merge([("a.json", host_a()), ("b.json", b)]).errors if e.probe == "merge"]
+    assert spread.message.startswith("the hosts' snapshots were collected 300 s apart")
+
+
 def test_a_single_snapshot_is_not_changed_by_a_merge() -> None:
     one = host_a()
     assert merge([("a.json", one)]) is one and one.hosts == []
