@@ -130,6 +130,33 @@ def test_rqd605_near_miss_lock_not_readable() -> None:
     assert findings(bench(lock=SchedulerLock(LOCK, "unreadable", "cannot open"), running=False), "RQD605") == []
 
 
+def _ran(ago_s: float, frequency: str = "All") -> SiteScheduler:
+    """The site, one job type of which started ``ago_s`` seconds before the snapshot (site clock)."""
+    started = site_now(site(), recorded().generated_at) - dt.timedelta(seconds=ago_s)  # type: ignore[operator]
+    return site(job_types=[ScheduledJobTypeRow("email_queue.flush", "frappe.email.queue.flush", frequency, None,
+                                               f"{started:%Y-%m-%d %H:%M:%S}")])
+
+
+def test_rqd605_near_miss_a_scheduled_job_started_lately_so_a_scheduler_runs_elsewhere() -> None:
+    # a worker-only host or container of a bench whose scheduler runs on another one: no lock, no process here
+    missing = SchedulerLock(LOCK, "missing", "no such file")
+    snapshot = bench(_ran(180), lock=missing, running=False)
+    assert findings(snapshot, "RQD605") == []
+    from rqdoctor.diagnose.run import diagnose
+    from rqdoctor.render.scheduler import process_blocks, scheduler_view
+
+    view = scheduler_view(diagnose(snapshot))
+    assert view["recent_run"] == {"site": SITE, "job_type": "email_queue.flush", "age_s": 180}
+    [items] = process_blocks(view)
+    assert "a scheduler runs, elsewhere (another host or container)" in str(items)
+
+
+def test_rqd605_fires_when_the_newest_run_is_older_than_three_intervals() -> None:
+    # scheduler_interval 240 s: the All types start every 4 min while a scheduler runs; 13 min is too long
+    finding = only(bench(_ran(13 * 60), lock=FREE, running=False), "RQD605")
+    assert finding.severity == "critical"
+
+
 # --- RQD606: skipped scheduled jobs ---------------------------------------------------------------
 
 DAILY = "frappe.email.doctype.auto_email_report.auto_email_report.send_daily"

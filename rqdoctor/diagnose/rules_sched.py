@@ -108,6 +108,8 @@ def no_scheduler_process(ctx: Context) -> Iterator[Hit]:
         return
     if health.processes:
         return  # a `frappe schedule` process runs (or may: its cwd was unreadable)
+    if recent_run(ctx.snapshot, health) is not None:
+        return  # scheduled jobs started lately: a scheduler enqueues them, elsewhere (another host or container)
     evidence = [f"{health.lock.path}: {health.lock.detail}",
                 "no `frappe schedule` process runs in this bench (the process table was read)"]
     active = [s.site for s in health.sites if not any(f.active for f in s.flags) and s.enable_scheduler is not False]
@@ -119,6 +121,26 @@ def no_scheduler_process(ctx: Context) -> Iterator[Hit]:
                   "logs/scheduler.log and the system log for why it stopped (killed, out of memory).",
               commands=[f"sudo supervisorctl start {_program(ctx)}", "dmesg | grep -i -e oom -e killed"],
               data={"lock": health.lock.path, "state": health.lock.state})
+
+
+RECENT_RUN_INTERVALS = 3
+"""A scheduled job that started within this many ``scheduler_interval`` (the ``All`` frequency's period) shows a
+scheduler at work."""
+
+
+def recent_run(snapshot: Snapshot, health: HealthState) -> tuple[str, str, float] | None:
+    """The newest run of a scheduled job, ``(site, job type, seconds ago)``, when one started within
+    :data:`RECENT_RUN_INTERVALS` scheduler intervals (site clock; ``last_execution`` is set when a run starts)."""
+    newest: tuple[str, str, float] | None = None
+    for site in health.sites:
+        now = site_now(site, snapshot.generated_at) if site.db_read else None
+        for row in site.job_types if now is not None else ():
+            last = parse(row.last_execution)
+            age = (now - last).total_seconds() if now is not None and last is not None else None
+            if age is not None and -60 <= age <= RECENT_RUN_INTERVALS * health.all_interval_s:
+                if newest is None or age < newest[2]:
+                    newest = (site.site, row.name, max(age, 0.0))
+    return newest
 
 
 def _program(ctx: Context) -> str:

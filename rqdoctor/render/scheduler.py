@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rqdoctor.diagnose.rules_bench import top_methods
-from rqdoctor.diagnose.rules_sched import dormant_for_s, stuck_scheduled_id
+from rqdoctor.diagnose.rules_sched import dormant_for_s, recent_run, stuck_scheduled_id
 from rqdoctor.diagnose.run import Diagnosis
 from rqdoctor.diagnose.schedule import due, site_now
 from rqdoctor.render.document import Block, Code, Items, Table
@@ -50,8 +50,10 @@ def scheduler_view(diagnosis: Diagnosis) -> dict[str, Any]:
                           "job_id_status": f"{stuck.status}: {stuck.job_id}" if stuck else None,
                           "findings": codes.get(f"scheduled job {site.site}/{row.name}", [])})
     lock = health.lock
+    recent = recent_run(snapshot, health)
     return {
         "read": True,
+        "recent_run": {"site": recent[0], "job_type": recent[1], "age_s": round(recent[2])} if recent else None,
         "lock": {"path": lock.path, "state": lock.state, "detail": lock.detail,
                  "held_by": [h.pid for h in lock.held_by]} if lock else None,
         "processes": [{"pid": p.pid, "cwd": p.cwd, "cmdline": " ".join(p.cmdline)} for p in health.processes],
@@ -86,6 +88,10 @@ def process_blocks(view: dict[str, Any]) -> list[Block]:
         procs = view["processes"]
         lines.append((f"{len(procs)} ", Code("frappe schedule"), " process(es)" + (": " if procs else ""),
                       *(Code(f"pid {p['pid']}") for p in procs)))
+        recent = view["recent_run"]
+        if recent and not procs and lock["state"] != "held":
+            lines.append((Code(f"{recent['site']}/{recent['job_type']}"), f" started {duration(recent['age_s'])} "
+                          "ago: a scheduler runs, elsewhere (another host or container); run rqdoctor there",))
     return [Items(tuple(lines))]
 
 
