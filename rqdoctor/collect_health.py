@@ -25,10 +25,12 @@ def collect_health(target: Target, timeout: float) -> Snapshot:
     return snapshot
 
 
-def add_health(target: Target, snapshot: Snapshot, health: HealthState, deadline: Deadline) -> None:
-    """Fill ``health`` (each part guarded: a failure is an error entry)."""
+def add_health(target: Target, snapshot: Snapshot, health: HealthState, deadline: Deadline,
+               database: bool = True) -> None:
+    """Fill ``health`` (each part guarded: a failure is an error entry; ``database``: read the sites' System
+    Settings and Scheduled Job rows too)."""
     if target.bench is not None:
-        _guard(snapshot.errors, "scheduler", lambda: _bench(target, snapshot, health, deadline))
+        _guard(snapshot.errors, "scheduler", lambda: _bench(target, snapshot, health, deadline, database))
     if snapshot.redis is not None:
         _guard(snapshot.errors, "health", lambda: _redis(target, snapshot, health, deadline))
     from rqdoctor.probes.rq_health import oom_kills, read_kernel_oom
@@ -37,7 +39,7 @@ def add_health(target: Target, snapshot: Snapshot, health: HealthState, deadline
     _guard(snapshot.errors, "health", lambda: read_kernel_oom(health))
 
 
-def _bench(target: Target, snapshot: Snapshot, health: HealthState, deadline: Deadline) -> None:
+def _bench(target: Target, snapshot: Snapshot, health: HealthState, deadline: Deadline, database: bool) -> None:
     from rqdoctor.probes.frappe_state import read_scheduler_sites
     from rqdoctor.probes.scheduler import common_numbers, probe_lock, schedule_processes, site_flags
 
@@ -50,7 +52,8 @@ def _bench(target: Target, snapshot: Snapshot, health: HealthState, deadline: De
     health.processes = schedule_processes(target.bench, snapshot.errors)
     health.processes_read = True
     health.sites = [site_flags(target.bench, s.name, snapshot.errors) for s in target.sites]
-    read_scheduler_sites(target, deadline, snapshot.errors, {s.site: s for s in health.sites})
+    if database:
+        read_scheduler_sites(target, deadline, snapshot.errors, {s.site: s for s in health.sites})
 
 
 def _redis(target: Target, snapshot: Snapshot, health: HealthState, deadline: Deadline) -> None:
@@ -77,10 +80,11 @@ def _redis(target: Target, snapshot: Snapshot, health: HealthState, deadline: De
 
 
 def add_report_health(snapshot: Snapshot, redis_url: str | None, bench: str | None, all_queues: bool,
-                      timeout: float, key_prefix: str | None = None) -> None:
-    """``report``: add to its snapshot what ``stuck`` and ``scheduler`` read, under the run's deadline."""
+                      timeout: float, key_prefix: str | None = None, database: bool = True) -> None:
+    """``report`` and ``collect``: add to its snapshot what ``stuck`` and ``scheduler`` read, under the run's
+    deadline (``database`` False: ``--no-db``, no site database is read)."""
     target = discover(redis_url=redis_url, bench=bench, all_queues=all_queues, key_prefix=key_prefix)
     deadline = Deadline.for_run(timeout).for_probes()
-    add_stuck_facts(target, snapshot, deadline)
+    add_stuck_facts(target, snapshot, deadline, database)
     snapshot.health = health = HealthState()
-    add_health(target, snapshot, health, deadline)
+    add_health(target, snapshot, health, deadline, database)

@@ -15,6 +15,7 @@ from rqdoctor.model import (
     DatabaseState,
     DbAccess,
     DbSession,
+    HealthState,
     HostSnapshot,
     LockWait,
     ProbeError,
@@ -56,10 +57,33 @@ def merge(sources: list[tuple[str, Snapshot]]) -> Snapshot:
             "merge", "spread", f"the hosts' snapshots were collected {spread:.0f} s apart (by each host's clock): "
             "jobs that started or ended in between show as in the newest Redis state, their processes as each "
             "host saw them", "collect every host in one round (the ssh loop in parallel), with synchronised clocks"))
+    merged.health = _health_of(sources, base, merged)
     merged.database = merge_databases([(s.host, s.database) for _, s in sources if s.database is not None])
     if merged.database is not None:
         match_remote_clients(merged.database.sessions, merged.processes)
     return merged
+
+
+def _health_of(sources: list[tuple[str, Snapshot]], base: Snapshot, merged: Snapshot) -> HealthState | None:
+    """The scheduler and bench health of the host where the scheduler runs (its process or held lock), else the
+    newest snapshot's; the other hosts' OOM evidence is added, named by host. Marks the host used."""
+    with_health = [s for _, s in sources if s.health is not None]
+    if not with_health:
+        return None
+    running = [s for s in with_health if s.health is not None and (s.health.processes or (
+        s.health.lock is not None and s.health.lock.state == "held"))]
+    chosen = running[0] if running else (base if base.health is not None else with_health[0])
+    assert chosen.health is not None
+    health = dataclasses.replace(chosen.health, processes=[_stamped(p, chosen.host) for p in chosen.health.processes],
+                                 oom_kills=dict(chosen.health.oom_kills), kernel_oom=list(chosen.health.kernel_oom))
+    for snap in with_health:
+        if snap is not chosen and snap.health is not None:
+            health.oom_kills.update({f"{snap.host}:{path}": n for path, n in snap.health.oom_kills.items()})
+            health.kernel_oom += [f"{snap.host}: {line}" for line in snap.health.kernel_oom]
+            health.kernel_log_read = health.kernel_log_read or snap.health.kernel_log_read
+    for h in merged.hosts:
+        h.health_used = h.name == chosen.host
+    return health
 
 
 def _check(sources: list[tuple[str, Snapshot]]) -> None:

@@ -804,6 +804,8 @@ class HostSnapshot:
     """Its Redis state is the one diagnosed (the newest snapshot's)."""
     bench_path: str | None = None
     """Its bench's root (each host's own: its workers run there)."""
+    health_used: bool = False
+    """Its scheduler and bench health is the one diagnosed (the host whose scheduler runs, else the newest)."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from rqdoctor.model import (
     DatabaseState,
     DbSession,
     Frame,
+    HealthState,
     JobInfo,
     LockWait,
     ProbeError,
@@ -30,6 +31,7 @@ from rqdoctor.model import (
     ProcessStacks,
     ProcKey,
     RedisState,
+    SchedulerLock,
     Snapshot,
     StackSample,
     TargetInfo,
@@ -298,3 +300,28 @@ def test_snapshots_of_another_bench_id_are_refused() -> None:
     a.target.queue_filter, b.target.queue_filter = "one:", "two:"
     with pytest.raises(MergeError, match=r"^b\.json: another bench id"):
         merge([("a.json", a), ("b.json", b)])
+
+
+def _scheduler(snap: Snapshot, running: bool) -> Snapshot:
+    """``snap`` with health read: the bench's scheduler runs on its host (lock held, a process) or not (no lock)."""
+    lock = SchedulerLock("/b/config/scheduler_process", "held" if running else "missing")
+    proc = _process(snap.host, 5000, 1, 5000)
+    snap.health = HealthState(lock=lock, processes=[proc] if running else [], processes_read=True,
+                              oom_kills={"/sys/fs/cgroup/w/memory.events": 1})
+    return snap
+
+
+def test_scheduler_health_is_the_host_whose_scheduler_runs_though_another_is_newer() -> None:
+    snap = merge([("a.json", _scheduler(host_a(), running=False)), ("b.json", _scheduler(host_b(), running=True))])
+    assert snap.health is not None and snap.health.lock is not None and snap.health.lock.state == "held"
+    assert [p.identity.host for p in snap.health.processes if p.identity] == ["host-b"]
+    assert {h.name: h.health_used for h in snap.hosts} == {"host-a": False, "host-b": True}
+    # host A's missing lock is no verdict: the scheduler runs on B
+    assert [f for f in diagnose(snap).findings if f.code == "RQD605"] == []
+    assert snap.health.oom_kills == {"/sys/fs/cgroup/w/memory.events": 1, "host-a:/sys/fs/cgroup/w/memory.events": 1}
+
+
+def test_scheduler_health_without_a_scheduler_anywhere_is_the_newest_hosts() -> None:
+    snap = merge([("a.json", _scheduler(host_a(), running=False)), ("b.json", _scheduler(host_b(), running=False))])
+    assert {h.name: h.health_used for h in snap.hosts} == {"host-a": True, "host-b": False}
+    assert [f.code for f in diagnose(snap).findings if f.code == "RQD605"] == ["RQD605"]

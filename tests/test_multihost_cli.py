@@ -99,6 +99,9 @@ def test_collect_writes_this_hosts_snapshot_of_a_running_job(tmp_path: Path, ben
     snap = load_snapshot(out)
     assert snap.hosts == [] and snap.host == socket.gethostname()
     assert snap.redis is not None and snap.redis.run_id == redis_client.info("server")["run_id"]
+    # what stuck, scheduler and report read besides: the job-hash scan and the scheduler's lock and process
+    assert snap.redis.job_scan is not None and snap.health is not None and snap.health.processes_read
+    assert snap.health.lock is not None and snap.health.lock.path == str(bench.root / "config" / "scheduler_process")
     [horse] = [p for p in snap.processes if p.pid == started.horse.pid]
     assert horse.identity is not None and horse.identity.host == snap.host
     assert any(s.pid == horse.pid and s.samples for s in snap.stacks)

@@ -25,7 +25,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
             interval: Interval = 0.25, blocking: Blocking = False, native: Native = False,
             with_locals: Locals = False, db_url: DbUrl = None, no_db: NoDb = False, no_root_db: NoRootDb = False,
             key_prefix: KeyPrefix = None) -> None:
-    """Gather this host's snapshot (Redis, processes, stacks, database sessions) and write it as JSON.
+    """Gather this host's snapshot (Redis, processes, stacks, database sessions, and what stuck, scheduler and
+    report read) and write it as JSON.
 
     Made to run on every host of a bench and merge: `ssh HOST rqdoctor collect > HOST.json`, then
     `rqdoctor hangs --from a.json --from b.json` (docs/multihost.md). Secrets are redacted as in --format json.
@@ -34,6 +35,10 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     options = collect_options(timeout, samples, interval, blocking, native, with_locals, not no_db)
     options.root_db = not no_root_db
     snapshot = snapshot_for(None, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix)
+    from rqdoctor.collect_health import add_report_health  # what stuck, scheduler and report read besides
+
+    add_report_health(snapshot, redis_url, str(bench) if bench else None, all_queues, timeout, key_prefix,
+                      not no_db)
     body = json.dumps(snapshot.to_dict(), indent=2, default=str) + "\n"
     if output is None:
         sys.stdout.write(body)

@@ -55,7 +55,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     if not from_file:
         from rqdoctor.collect_health import add_report_health
 
-        add_report_health(snapshot, redis_url, str(bench) if bench else None, all_queues, timeout, key_prefix)
+        add_report_health(snapshot, redis_url, str(bench) if bench else None, all_queues, timeout, key_prefix,
+                          not no_db)
     fatal = require_redis(snapshot, Format.json)  # the bundle records the failure, then exit 2
     diagnosis = diagnose(snapshot, min_age_s=min_age)
     views = {"jobs": job_rows(diagnosis), "workers": worker_rows(diagnosis), "queues": queue_rows(diagnosis),

@@ -137,9 +137,9 @@ def recent_run(snapshot: Snapshot, health: HealthState) -> tuple[str, str, float
         for row in site.job_types if now is not None else ():
             last = parse(row.last_execution)
             age = (now - last).total_seconds() if now is not None and last is not None else None
-            if age is not None and -60 <= age <= RECENT_RUN_INTERVALS * health.all_interval_s:
-                if newest is None or age < newest[2]:
-                    newest = (site.site, row.name, max(age, 0.0))
+            recent = age is not None and -60 <= age <= RECENT_RUN_INTERVALS * health.all_interval_s
+            if recent and (newest is None or age < newest[2]):  # type: ignore[operator]
+                newest = (site.site, row.name, max(age, 0.0))  # type: ignore[type-var]
     return newest
 
 

@@ -45,7 +45,9 @@ def hosts_line(snapshot: Snapshot) -> str:
     """A merged snapshot's hosts, each with when it was collected; the one whose Redis state is shown first."""
     def one(h: HostSnapshot) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h.generated_at))
-        return f"{h.name} ({when}" + ("; its Redis state is the one shown, the newest" if h.redis_used else "") + ")"
+        used = (["its Redis state is the one shown, the newest"] if h.redis_used else []) + \
+            (["its scheduler health"] if h.health_used else [])
+        return f"{h.name} ({when}" + "".join(f"; {u}" for u in used) + ")"
     return ", ".join(one(h) for h in sorted(snapshot.hosts, key=lambda h: not h.redis_used))
 
 
