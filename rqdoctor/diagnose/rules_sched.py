@@ -136,10 +136,11 @@ def recent_run(snapshot: Snapshot, health: HealthState) -> tuple[str, str, float
         now = site_now(site, snapshot.generated_at) if site.db_read else None
         for row in site.job_types if now is not None else ():
             last = parse(row.last_execution)
-            age = (now - last).total_seconds() if now is not None and last is not None else None
-            recent = age is not None and -60 <= age <= RECENT_RUN_INTERVALS * health.all_interval_s
-            if recent and (newest is None or age < newest[2]):  # type: ignore[operator]
-                newest = (site.site, row.name, max(age, 0.0))  # type: ignore[type-var]
+            if now is None or last is None:
+                continue
+            age = (now - last).total_seconds()
+            if -60 <= age <= RECENT_RUN_INTERVALS * health.all_interval_s and (newest is None or age < newest[2]):
+                newest = (site.site, row.name, max(age, 0.0))
     return newest
 
 
