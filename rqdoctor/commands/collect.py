@@ -25,8 +25,7 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
             interval: Interval = 0.25, blocking: Blocking = False, native: Native = False,
             with_locals: Locals = False, db_url: DbUrl = None, no_db: NoDb = False, no_root_db: NoRootDb = False,
             key_prefix: KeyPrefix = None) -> None:
-    """Gather this host's snapshot (Redis, processes, stacks, database sessions, and what stuck, scheduler and
-    report read) and write it as JSON.
+    """Gather this host's whole snapshot (what hangs, stuck, scheduler and report read) and write it as JSON.
 
     Made to run on every host of a bench and merge: `ssh HOST rqdoctor collect > HOST.json`, then
     `rqdoctor hangs --from a.json --from b.json` (docs/multihost.md). Secrets are redacted as in --format json.
