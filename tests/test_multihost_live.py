@@ -1,0 +1,279 @@
+"""Two hosts of one bench, live: namespace "hosts" (tests/harness/hosts.py) sharing one Redis and one MariaDB.
+
+Host B's worker runs a job holding a row lock; host A's worker runs a job waiting on that row. Each host sees
+only its own processes, sockets and hostname, so ``rqdoctor`` inside host A sees B's job as remote; the
+snapshots ``rqdoctor collect`` writes on each host, merged with ``--from``, show both jobs local to their own
+host, and name B's job (its host, its pid as B sees it) as the blocker of A's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+
+from tests.harness.bench import Bench
+from tests.harness.hosts import Host, TestBed, multi_host_bed, require_test_bed
+from tests.harness.services import DBInfo
+from tests.harness.workers import (
+    WorkerProcess,
+    enqueue,
+    ns_pid,
+    running_workers,
+    text_client,
+    wait_for_job_started,
+    wait_for_worker_registered,
+    worker_hashes,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.mariadb]
+
+RQDOCTOR = Path(sys.executable).with_name("rqdoctor")
+FLAVOUR = "rq26"
+BENCH_ID = "multihost-bench"
+TABLE = "tabBin"
+FAST = ("--samples", "2", "--interval", "0.2")
+_CLEAN_ENV = ("RQDOCTOR_", "FRAPPE_", "RQ_", "REDIS_")
+
+
+@pytest.fixture(scope="session")
+def bed() -> Iterator[TestBed]:
+    """Hosts ``hosta`` and ``hostb`` with the private Redis and MariaDB on their bridge (built once)."""
+    require_test_bed()
+    with multi_host_bed(("hosta", "hostb")) as built:
+        yield built
+
+
+@dataclass
+class Side:
+    """One host's bench, worker and running job (pids as the root namespace sees them)."""
+
+    host: Host
+    bench: Bench
+    worker: WorkerProcess
+    job_id: str
+    horse: psutil.Process
+
+    @property
+    def horse_pid_here(self) -> int:
+        """The horse's pid as its own host sees it."""
+        pid = ns_pid(self.horse.pid)
+        assert pid is not None and pid != self.horse.pid, (self.horse.pid, pid)
+        return pid
+
+
+@dataclass
+class Scene:
+    """B's job holds row 1 of ``TABLE``; A's job waits for it."""
+
+    bed: TestBed
+    db: DBInfo
+    a: Side
+    b: Side
+    redis: redis.Redis
+    tmp: Path
+
+
+def lay_out_bench(root: Path, bed: TestBed, db: DBInfo) -> Bench:
+    """A one-site bench of the shared bench id on the shared Redis, its site on the shared database."""
+    bench = Bench.create(root, f"{bed.redis_url}/0", bench_id=BENCH_ID, sites=("site1.local",))
+    path = bench.sites_path / "site1.local" / "site_config.json"
+    config = json.loads(path.read_text())
+    config.update(db_name=db.database, db_host=db.host, db_port=db.port)
+    path.write_text(json.dumps(config, indent=1))
+    return bench
+
+
+def lock_waiters(bed: TestBed, db: DBInfo) -> int:
+    rows = bed.sql("SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
+                   f"ON p.ID = t.trx_mysql_thread_id WHERE p.DB = '{db.database}' AND t.trx_state = 'LOCK WAIT'")
+    return int(rows[0][0])
+
+
+def row_locked(bed: TestBed, db: DBInfo) -> bool:
+    rows = bed.sql("SELECT COUNT(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
+                   f"ON p.ID = t.trx_mysql_thread_id WHERE p.DB = '{db.database}' AND t.trx_rows_locked > 0")
+    return int(rows[0][0]) > 0
+
+
+def wait_until(check: Any, what: str, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, f"{what}: not within {timeout}s"
+        time.sleep(0.3)
+
+
+def start_side(bed: TestBed, r: redis.Redis, started: Any, db: DBInfo, tmp: Path, host: str, qtype: str,
+               method: str, seconds: float) -> Side:
+    """Lay out ``host``'s bench, start its frappe worker on ``qtype`` inside it, run ``method`` there."""
+    bench = lay_out_bench(tmp / f"bench-{host}", bed, db)
+    worker = started.frappe(bench, FLAVOUR, (qtype,), host=bed.hosts[host])
+    wait_for_worker_registered(r, worker, timeout=60)
+    kwargs = db.scenario_kwargs(table=TABLE, seconds=seconds)
+    job_id = enqueue(FLAVOUR, bench.redis_url, bench.queue(qtype), f"rqdoctor.scenarios.{method}", kwargs)
+    job = wait_for_job_started(r, job_id, worker, timeout=60)
+    assert job.horse is not None, job
+    return Side(bed.hosts[host], bench, worker, job_id, job.horse)
+
+
+@pytest.fixture
+def scene(bed: TestBed, tmp_path: Path) -> Iterator[Scene]:
+    r = text_client(f"{bed.redis_url}/0")
+    r.flushall()
+    db = bed.database(f"rqd_{uuid.uuid4().hex[:12]}")
+    try:
+        with running_workers() as started:
+            b = start_side(bed, r, started, db, tmp_path, "hostb", "short", "mysql_hold_lock", 300)
+            wait_until(lambda: row_locked(bed, db), "B's job locks row 1")
+            a = start_side(bed, r, started, db, tmp_path, "hosta", "long", "mysql_lock_wait", 300)
+            wait_until(lambda: lock_waiters(bed, db) == 1, "A's job waits on the row lock")
+            yield Scene(bed, db, a, b, r, tmp_path)
+    finally:
+        r.flushall()
+        r.close()
+        bed.sql(f"DROP DATABASE IF EXISTS `{db.database}`")
+
+
+# --- running rqdoctor -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    args: tuple[str, ...]
+    where: str
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def json(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.stdout)
+        except json.JSONDecodeError:
+            raise AssertionError(f"{self}\nstdout: {self.stdout[-3000:]}") from None
+
+    def __str__(self) -> str:
+        return (f"rqdoctor {' '.join(self.args)} on {self.where} -> exit {self.code} in {self.seconds:.1f}s\n"
+                f"{self.stderr[-3000:]}")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_CLEAN_ENV)}
+    env.update(COLUMNS="250", NO_COLOR="1", TERM="dumb")
+    return env
+
+
+def rqdoctor(*args: str, host: Host | None, cwd: Path, timeout: float = 180) -> Run:
+    """The console script inside ``host`` (None: in the root namespace); never a traceback."""
+    started = time.monotonic()
+    argv = [str(RQDOCTOR), *args]
+    if host is None:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_env(),
+                              stdin=subprocess.DEVNULL)
+    else:
+        done = host.run(argv, cwd=cwd, env=_env(), timeout=timeout)
+    run = Run(args, host.name if host else "root", done.returncode, done.stdout, done.stderr,
+              time.monotonic() - started)
+    assert "Traceback" not in run.stderr, run
+    return run
+
+
+def job_row(report: dict[str, Any], job_id: str) -> dict[str, Any]:
+    rows = {j["job_id"]: j for j in report["jobs"]}
+    assert job_id in rows, f"job {job_id} not in the report: {sorted(rows)}; errors {report.get('errors')}"
+    return rows[job_id]
+
+
+def frames(row: dict[str, Any]) -> list[str]:
+    return [f["name"] for t in row["threads"] for f in t["frames"]]
+
+
+# --- the tests ----------------------------------------------------------------------------------------------------
+
+
+def test_worker_hashes_name_each_hosts_hostname_and_its_pid_there(scene: Scene) -> None:
+    hashes = worker_hashes(scene.redis)
+    for side in (scene.a, scene.b):
+        [process] = psutil.Process(side.worker.pid).children()  # nsenter's child: the worker itself
+        [hash_] = [h for h in hashes.values() if h.get("hostname") == side.host.name]
+        assert int(hash_["pid"]) == ns_pid(process.pid) != process.pid, (hash_, process.pid)
+        seen = side.host.run(["sh", "-c", "hostname; ls /proc | grep -c '^[0-9]'"])
+        name, count = seen.stdout.split()
+        assert name == side.host.name and int(count) < 20, seen  # its own processes only
+
+
+def test_hangs_inside_host_a_sees_its_job_local_and_bs_job_remote(scene: Scene) -> None:
+    run = rqdoctor("hangs", "--bench", str(scene.a.bench.root), "--db-url", scene.bed.db_url, "--format", "json",
+                   "--timeout", "30", "--min-age", "1", *FAST, host=scene.a.host, cwd=scene.tmp)
+    report = run.json()
+    assert run.code == 1, run
+    assert report["snapshot"]["host"] == "hosta"
+    victim = job_row(report, scene.a.job_id)
+    assert (victim["location"], victim["runner_role"], victim["host"]) == ("local", "horse", "hosta"), victim
+    assert victim["pid"] == scene.a.horse_pid_here, victim
+    assert "mysql_lock_wait" in frames(victim), victim["threads"]
+    assert victim["activity"]["kind"] == "db_lock_wait", victim["activity"]
+    holder = job_row(report, scene.b.job_id)
+    assert (holder["location"], holder["pid"], holder["host"]) == ("remote", None, "hostb"), holder
+    assert holder["threads"] == [], holder
+    # the blocker's session is seen, its client on host B's address: no local pid claimed for it
+    blocker = victim["blocker"]
+    assert blocker is not None, report["errors"]
+    assert (blocker["role"], blocker["pid"], blocker["job_id"]) == ("remote", None, None), blocker
+    assert f"remote host {scene.b.host.ip}" in blocker["summary"], blocker
+
+
+def collect(scene: Scene, side: Side) -> Path:
+    out = scene.tmp / f"{side.host.name}.json"
+    run = rqdoctor("collect", "--bench", str(side.bench.root), "--db-url", scene.bed.db_url, "--timeout", "30",
+                   *FAST, "-o", str(out), host=side.host, cwd=scene.tmp)
+    assert run.code == 0, run
+    assert json.loads(out.read_text())["host"] == side.host.name
+    return out
+
+
+def from_both(scene: Scene) -> list[str]:
+    return ["--from", str(collect(scene, scene.a)), "--from", str(collect(scene, scene.b))]
+
+
+def test_merged_snapshots_show_both_jobs_local_and_name_the_blocker_on_host_b(scene: Scene) -> None:
+    merged = from_both(scene)
+    run = rqdoctor("hangs", *merged, "--format", "json", "--min-age", "1", host=None, cwd=scene.tmp)
+    report = run.json()
+    assert run.code == 1, run
+    victim, holder = job_row(report, scene.a.job_id), job_row(report, scene.b.job_id)
+    assert (victim["location"], victim["host"], victim["pid"]) == ("local", "hosta", scene.a.horse_pid_here), victim
+    assert (holder["location"], holder["host"], holder["pid"]) == ("local", "hostb", scene.b.horse_pid_here), holder
+    assert "mysql_lock_wait" in frames(victim) and "mysql_hold_lock" in frames(holder)
+    blocker = victim["blocker"]
+    assert blocker is not None, report.get("errors")
+    assert (blocker["job_id"], blocker["pid"], blocker.get("host")) == (
+        scene.b.job_id, scene.b.horse_pid_here, "hostb"), blocker
+    [finding] = [f for f in report["findings"] if f["code"] == "RQD401" and f["job_id"] == scene.a.job_id]
+    evidence = " ".join(finding["evidence"])
+    assert scene.b.job_id in evidence and "hostb" in evidence and str(scene.b.horse_pid_here) in evidence, finding
+    assert str(blocker["session_id"]) in json.dumps(finding), finding
+
+
+def test_stuck_and_report_run_on_merged_snapshots_and_kill_refuses_other_hosts(scene: Scene) -> None:
+    merged = from_both(scene)
+    for command in (("stuck", "--format", "json"), ("report",)):
+        run = rqdoctor(*command, *merged, host=None, cwd=scene.tmp)
+        assert run.code in (0, 1), run
+        assert run.stdout.strip(), run
+    run = rqdoctor("stuck", "--kill", "--yes", "--older-than", "1s", "--format", "json", *merged, host=None,
+                   cwd=scene.tmp)
+    assert run.code != 0 or "refus" in (run.stdout + run.stderr).lower(), run
+    assert scene.a.horse.is_running() and scene.b.horse.is_running(), run
+    assert lock_waiters(scene.bed, scene.db) == 1
