@@ -35,6 +35,7 @@ COMMANDS = {
     "target": "Show where rqdoctor looks: the bench, its Redis, its sites and databases, and where each came from.",
     "preflight": "Check py-spy, ptrace permission, the workers' Python versions, the bench, Redis and the databases.",
     "demo": "Run shipped hang scenarios on real RQ workers against a local Redis and show the `hangs` report.",
+    "collect": "Gather this host's snapshot (Redis, processes, stacks, database sessions) and write it as JSON.",
     "report": "Run every probe once and write a report bundle (Markdown or Jira, and its JSON) for a ticket.",
     "explain": "Print what a finding code means, why it happens and how to fix it (works offline).",
 }

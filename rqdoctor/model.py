@@ -33,6 +33,8 @@ class ProbeError:
     """What the user can do about it."""
     subject: str = ""
     """What it concerns (a key, a pid, a DSN), when narrower than the whole probe."""
+    host: str = ""
+    """The host whose probe failed, in a snapshot merged from several hosts (empty: the snapshot's ``host``)."""
 
 
 @dataclass
@@ -272,6 +274,8 @@ class RedisState:
 
     server_time: float
     redis_version: str | None = None
+    run_id: str | None = None
+    """``run_id`` of INFO server: the Redis process's identity (snapshots of several hosts must share it)."""
     suspended: bool = False
     workers: list[WorkerInfo] = field(default_factory=list)
     queues: list[QueueInfo] = field(default_factory=list)
@@ -497,6 +501,8 @@ class ProcessStacks:
     """Several samples of one process over a short window."""
 
     pid: int
+    host: str = ""
+    """The host the process runs on, in a snapshot merged from several hosts (empty: the snapshot's ``host``)."""
     samples: list[StackSample] = field(default_factory=list)
     mode: str = "nonblocking"
     resumed_stopped: bool = False
@@ -518,7 +524,10 @@ class DbSession:
     client_pid: int | None = None
     """From the ``_pid`` connection attribute or a matched local socket."""
     client_match: str = ""
-    """How client_pid was found (``tcp``/``unix``/``_pid``) or why not (``remote``/``hidden``/``unix_ambiguous``/…)."""
+    """How client_pid was found (``tcp``/``unix``/``_pid``) or why not (``remote``/``hidden``/``unix_ambiguous``/…);
+    in a merged snapshot ``tcp@<host>``: matched on another collected host by its socket's address."""
+    client_pid_host: str | None = None
+    """The host client_pid is on, in a merged snapshot (None: the snapshot's ``host``)."""
     command: str | None = None
     state: str | None = None
     time_s: float | None = None
@@ -772,6 +781,19 @@ class PreflightCheck:
 
 
 @dataclass
+class HostSnapshot:
+    """One host of a snapshot merged from several (``rqdoctor collect`` on each, then ``--from`` repeated)."""
+
+    name: str
+    generated_at: float
+    rqdoctor_version: str = ""
+    source: str = ""
+    """The file it was read from."""
+    redis_used: bool = False
+    """Its Redis state is the one diagnosed (the newest snapshot's)."""
+
+
+@dataclass
 class Snapshot:
     """The contract between probes, diagnosis and renderers."""
 
@@ -791,6 +813,9 @@ class Snapshot:
     """``stuck`` only: the bench's document locks and Scheduled Job Log rows (None: not read)."""
     health: HealthState | None = None
     """``scheduler`` and ``report``: scheduler and bench health (None: not read)."""
+    hosts: list[HostSnapshot] = field(default_factory=list)
+    """Merged from several hosts: each of them (empty: one host, ``host``). ``host`` is then the one whose Redis
+    state is used; every process's ``identity.host`` says where it runs."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""

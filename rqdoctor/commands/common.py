@@ -23,17 +23,30 @@ if TYPE_CHECKING:  # imported where used: ``--help`` needs none of them, ``--fro
 EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_DIAGNOSE = 0, 1, 2
 
 
-def snapshot_for(from_file: Path | None, options: CollectOptions, redis_url: str | None, bench: Path | None,
+def snapshot_for(from_file: list[Path] | None, options: CollectOptions, redis_url: str | None, bench: Path | None,
                  all_queues: bool, db_urls: list[str] | None = None, key_prefix: str | None = None) -> Snapshot:
-    """A saved snapshot (``--from``), or a fresh one gathered from this host."""
-    if from_file is not None:
-        return load_snapshot(from_file)
+    """A saved snapshot (``--from``; several: merged), or a fresh one gathered from this host."""
+    if from_file:
+        return load_snapshots(from_file)
     from rqdoctor.collect import collect
     from rqdoctor.config import discover
 
     target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
                       db_urls=db_urls, key_prefix=key_prefix)
     return collect(target, options)
+
+
+def load_snapshots(paths: list[Path]) -> Snapshot:
+    """The snapshot of one ``--from`` file, or the merge of several, one per host (:mod:`rqdoctor.merge`)."""
+    from rqdoctor.merge import MergeError, merge
+
+    if len(paths) > 1 and any(str(p) == "-" for p in paths):
+        raise RqdoctorError("--from -: standard input cannot be merged with other snapshots",
+                            "save each host's snapshot to a file: `ssh HOST rqdoctor collect > HOST.json`")
+    try:
+        return merge([(str(p), load_snapshot(p)) for p in paths])
+    except MergeError as exc:
+        raise RqdoctorError(str(exc)) from None
 
 
 def load_snapshot(path: Path) -> Snapshot:

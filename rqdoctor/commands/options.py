@@ -47,9 +47,10 @@ FormatOpt = Annotated[Format, typer.Option(
     "--format", "-f", help="Output format: text (the terminal), markdown (tickets), json (scripts, --from), "
     "jira (Jira wiki markup).")]
 Output = Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")]
-FromFile = Annotated[Path | None, typer.Option(
-    "--from", help="Diagnose a saved snapshot (the JSON output of any command; - reads standard input) instead of "
-    "this host. One of an older rqdoctor is migrated; one of a newer rqdoctor is refused.")]
+FromFile = Annotated[list[Path] | None, typer.Option(
+    "--from", help="Diagnose a saved snapshot (the JSON output of any command or of `rqdoctor collect`; - reads "
+    "standard input) instead of this host. Repeat it to merge the snapshots of several hosts of one bench "
+    "(docs/multihost.md). One of an older rqdoctor is migrated; one of a newer rqdoctor is refused.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything (all frames, all workers).")]
 DbUrl = Annotated[list[str] | None, typer.Option(
     "--db-url", help="Database to inspect (repeatable): mysql://user:pw@host:3306/ or postgresql://user@host/db. "

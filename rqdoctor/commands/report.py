@@ -52,7 +52,7 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     options = collect_options(timeout, samples, interval, False, False, False, not no_db)
     options.root_db = not no_root_db
     snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix)
-    if from_file is None:
+    if not from_file:
         from rqdoctor.collect_health import add_report_health
 
         add_report_health(snapshot, redis_url, str(bench) if bench else None, all_queues, timeout, key_prefix)

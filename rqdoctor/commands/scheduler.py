@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from rqdoctor.commands.common import emit_report, exit_code, load_snapshot, snapshot_report
+from rqdoctor.commands.common import emit_report, exit_code, load_snapshots, snapshot_report
 from rqdoctor.commands.options import (
     AllQueues,
     Bench,
@@ -38,8 +38,8 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     Read-only: the lock on config/scheduler_process is only tried (non-blocking) and released at once. Redis is
     not required: without it the Redis-side checks are error entries.
     """
-    if from_file is not None:
-        snapshot = load_snapshot(from_file)
+    if from_file:
+        snapshot = load_snapshots(from_file)
     else:
         from rqdoctor.collect_health import collect_health
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from rqdoctor.collect_stuck import collect_stuck
-from rqdoctor.commands.common import emit_report, exit_code, load_snapshot, require_redis, snapshot_report
+from rqdoctor.commands.common import emit_report, exit_code, load_snapshots, require_redis, snapshot_report
 from rqdoctor.commands.options import (
     AllQueues,
     Bench,
@@ -70,11 +70,11 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
                  if given]
     if kill_only and not kill:
         raise RqdoctorError(f"{', '.join(kill_only)} only apply with --kill")
-    if kill and from_file is not None:
+    if kill and from_file:
         raise RqdoctorError("--kill cannot act on --from FILE: a saved snapshot cannot be acted on")
     target: Target | None = None
-    if from_file is not None:
-        snapshot = load_snapshot(from_file)
+    if from_file:
+        snapshot = load_snapshots(from_file)
     else:
         target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
                           key_prefix=key_prefix)

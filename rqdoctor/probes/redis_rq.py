@@ -195,6 +195,8 @@ class _Reader:
         self.state.server_time = now[0] + now[1] / 1e6 if now else time.time()
         version = info.get("redis_version")
         self.state.redis_version = None if version is None else str(version)
+        run_id = info.get("run_id")
+        self.state.run_id = None if run_id is None else str(run_id)
         self.state.suspended = bool(suspended)
         self.todo_workers = dict.fromkeys(sorted(workers), True)
         prefix = self.k.queue_prefix
