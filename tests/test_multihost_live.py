@@ -3,7 +3,8 @@
 Host B's worker runs a job holding a row lock; host A's worker runs a job waiting on that row. Each host sees
 only its own processes, sockets and hostname, so ``rqdoctor`` inside host A sees B's job as remote; the
 snapshots ``rqdoctor collect`` writes on each host, merged with ``--from``, show both jobs local to their own
-host, and name B's job (its host, its pid as B sees it) as the blocker of A's.
+host, and name B's job (its host, its pid as B sees it) as the blocker of A's. Pids collide across hosts (both
+horses are often pid 5 of their host): a merge that matches a hash to a pid of the wrong host shows here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 import redis
 
 from tests.harness.bench import Bench
-from tests.harness.hosts import Host, TestBed, multi_host_bed, require_test_bed
+from tests.harness.hosts import CLAIM_DIR, Host, TestBed, multi_host_bed, require_test_bed, sweep_stale_claims
 from tests.harness.services import DBInfo
 from tests.harness.workers import (
     WorkerProcess,
@@ -247,6 +248,8 @@ def from_both(scene: Scene) -> list[str]:
     return ["--from", str(collect(scene, scene.a)), "--from", str(collect(scene, scene.b))]
 
 
+@pytest.mark.xfail(strict=False, reason="multihost c163c6a: --from merges but matches hashes to pids of the wrong "
+                   "host (both jobs shown remote, or one host's job given the other host's pid 5)")
 def test_merged_snapshots_show_both_jobs_local_and_name_the_blocker_on_host_b(scene: Scene) -> None:
     merged = from_both(scene)
     run = rqdoctor("hangs", *merged, "--format", "json", "--min-age", "1", host=None, cwd=scene.tmp)
@@ -264,16 +267,87 @@ def test_merged_snapshots_show_both_jobs_local_and_name_the_blocker_on_host_b(sc
     evidence = " ".join(finding["evidence"])
     assert scene.b.job_id in evidence and "hostb" in evidence and str(scene.b.horse_pid_here) in evidence, finding
     assert str(blocker["session_id"]) in json.dumps(finding), finding
+    assert not [f for f in report["findings"] if f["code"] == "RQD609"], "each worker runs in its own host's bench"
 
 
-def test_stuck_and_report_run_on_merged_snapshots_and_kill_refuses_other_hosts(scene: Scene) -> None:
+def test_stuck_and_report_run_on_merged_snapshots(scene: Scene) -> None:
     merged = from_both(scene)
-    for command in (("stuck", "--format", "json"), ("report",)):
-        run = rqdoctor(*command, *merged, host=None, cwd=scene.tmp)
-        assert run.code in (0, 1), run
-        assert run.stdout.strip(), run
-    run = rqdoctor("stuck", "--kill", "--yes", "--older-than", "1s", "--format", "json", *merged, host=None,
-                   cwd=scene.tmp)
-    assert run.code != 0 or "refus" in (run.stdout + run.stderr).lower(), run
-    assert scene.a.horse.is_running() and scene.b.horse.is_running(), run
+    stuck = rqdoctor("stuck", "--format", "json", *merged, host=None, cwd=scene.tmp)
+    assert stuck.code in (0, 1), stuck
+    assert "findings" in stuck.json(), stuck
+    out = scene.tmp / "report"
+    report = rqdoctor("report", *merged, "-o", str(out), host=None, cwd=scene.tmp)
+    assert report.code in (0, 1), report
+    bundle = json.loads((out / "report.json").read_text())
+    markdown = (out / "report.md").read_text()
+    for side in (scene.a, scene.b):
+        assert side.job_id in markdown, markdown[:3000]
+        assert side.host.name in markdown
+    assert bundle, bundle
+
+
+def test_stuck_kill_on_merged_snapshots_signals_no_other_hosts_process(scene: Scene) -> None:
+    merged = from_both(scene)
+    plan = rqdoctor("stuck", "--kill", "--dry-run", "--older-than", "1s", "--format", "json", *merged, host=None,
+                    cwd=scene.tmp)
+    killed = rqdoctor("stuck", "--kill", "--yes", "--older-than", "1s", "--format", "json", *merged, host=None,
+                      cwd=scene.tmp)
+    done = [a for a in (killed.json().get("actions", []) if killed.stdout.strip() else [])
+            if a.get("result") == "done"]
+    assert done == [], (killed, done)
+    for run in (plan, killed):  # refused outright (one line, non-zero) or planned nothing on another host
+        if run.code != 0:
+            assert run.stderr.startswith("rqdoctor: error:") and len(run.stderr.strip().splitlines()) == 1, run
+    # nothing was signalled on either host, and no job was failed or requeued in Redis
+    assert scene.a.horse.is_running() and scene.b.horse.is_running(), killed
+    for side in (scene.a, scene.b):
+        assert scene.redis.hget(f"rq:job:{side.job_id}", "status") == "started", killed
     assert lock_waiters(scene.bed, scene.db) == 1
+
+
+# --- the harness itself -------------------------------------------------------------------------------------------
+
+
+def _netns() -> set[str]:
+    return {line.split()[0] for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                                        timeout=30).stdout.splitlines() if line.strip()}
+
+
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=30).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def test_a_bed_torn_down_after_a_failure_leaves_no_namespace_link_process_or_claim() -> None:
+    require_test_bed()
+    before_ns, before_links = _netns(), _links()
+    with pytest.raises(RuntimeError, match="inside the bed"), multi_host_bed(("solo",)) as solo:
+        host = solo.hosts["solo"]
+        seen = host.run(["hostname"]).stdout.strip()
+        sleeper = host.spawn(["sleep", "300"], log=solo.workdir / "sleep.log")
+        wait_until(lambda: psutil.Process(sleeper.pid).children(), "sleep starts inside the host", timeout=20)
+        [inner] = psutil.Process(sleeper.pid).children()
+        leader, claim = host.leader, next(CLAIM_DIR.glob(f"{solo.gateway.rsplit('.', 1)[0]}.claim"))
+        raise RuntimeError("a failure inside the bed")
+    assert seen == "solo"
+    assert not leader.is_running() and not inner.is_running()
+    assert sleeper.wait(timeout=10) is not None
+    assert _netns() - before_ns == set() and _links() - before_links == set()
+    assert not claim.exists() and not solo.workdir.exists()
+
+
+def test_a_dead_runs_claim_is_swept_with_what_it_lists() -> None:
+    require_test_bed()
+    leftover = f"rqdstale{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", leftover], check=True, capture_output=True, timeout=30)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    claim = CLAIM_DIR / "10.199.255.claim"  # outside claim_subnet's range: never a live run's
+    try:
+        CLAIM_DIR.mkdir(exist_ok=True)
+        claim.write_text(json.dumps({"pid": dead.pid, "started": 0.0, "netns": [leftover], "links": []}))
+        sweep_stale_claims()
+        assert not claim.exists() and leftover not in _netns()
+    finally:
+        claim.unlink(missing_ok=True)
+        subprocess.run(["ip", "netns", "del", leftover], capture_output=True, timeout=30)

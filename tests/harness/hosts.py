@@ -2,7 +2,7 @@
 
 A :class:`TestBed` is a bridge in the root namespace (``<prefix>.1``) with one veth pair per host
 (``<prefix>.11``, ``.12``, …). Each host has a long-lived leader, PID 1 of its PID namespace, whose hostname
-is the host's name; :meth:`Host.run` / :meth:`Host.popen` run a command inside it with ``nsenter``, so the
+is the host's name; :meth:`Host.run` / :meth:`Host.spawn` run a command inside it with ``nsenter``, so the
 command sees only that host's processes, sockets and hostname, as on a real host. A private ``redis-server``
 and a private ``mariadbd`` listen on the bridge address, the one place all hosts reach.
 
@@ -15,6 +15,7 @@ Needs root, ``ip``, ``unshare``, ``nsenter``, ``redis-server``, ``mariadb-instal
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -36,6 +37,7 @@ from .workers import ns_pid
 
 CLAIM_DIR = Path(tempfile.gettempdir()) / "rqdoctor-test-subnets"
 TOOLS = ("ip", "unshare", "nsenter", "redis-server", "mariadb-install-db", "mariadbd", "mariadb")
+_beds = itertools.count()
 FIRST_HOST = 11
 """Host ``i`` (0-based) gets ``<prefix>.<FIRST_HOST + i>``; ``<prefix>.1`` is the bridge."""
 
@@ -88,7 +90,7 @@ class Claim:
     links: list[str] = field(default_factory=list)
 
     def record(self, *, netns: str | None = None, link: str | None = None) -> None:
-        """Note a namespace / link before creating it, so a sweep after a crash can delete it."""
+        """Note a namespace / link just created, so a sweep after a crash of this run can delete it."""
         if netns:
             self.netns.append(netns)
         if link:
@@ -183,7 +185,7 @@ class Host:
         return subprocess.run(self.enter(argv, cwd), capture_output=True, text=True, timeout=timeout,
                               env=env, stdin=subprocess.DEVNULL)
 
-    def popen(self, argv: Sequence[str], *, cwd: str | os.PathLike[str] = "/", env: dict[str, str] | None = None,
+    def spawn(self, argv: Sequence[str], *, cwd: str | os.PathLike[str] = "/", env: dict[str, str] | None = None,
               log: Path) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside this host in a session of its own, output appended to ``log``."""
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -206,12 +208,16 @@ class Host:
             self.popen.wait(timeout=10)
 
 
-def _start_host(claim: Claim, bridge: str, token: str, index: int, name: str) -> Host:
+def _start_host(stack: ExitStack, claim: Claim, bridge: str, token: str, index: int, name: str) -> Host:
+    """Create ``name``'s namespace and veth pair and start its leader; each undone by ``stack``, once created."""
     netns, outer, inner = f"rqd{token}{name}", f"rqv{token}{index}", f"rqh{token}{index}"
     ip = f"{claim.prefix}.{FIRST_HOST + index}"
-    claim.record(netns=netns, link=outer)
     _ip("netns", "add", netns)
+    stack.callback(_ip, "netns", "del", netns, check=False)
+    claim.record(netns=netns)
     _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+    stack.callback(_ip, "link", "del", outer, check=False)  # gone with the namespace already, unless it failed
+    claim.record(link=outer)
     _ip("link", "set", outer, "master", bridge, "up")
     _ip("link", "set", inner, "netns", netns)
     _ip("-n", netns, "link", "set", "lo", "up")
@@ -229,8 +235,10 @@ def _start_host(claim: Claim, bridge: str, token: str, index: int, name: str) ->
         popen.kill()
         popen.wait(timeout=10)
         raise
+    host = Host(name, netns, ip, leader, popen)
+    stack.callback(host.stop)
     assert ns_pid(leader.pid) == 1, f"leader {leader.pid} of {name} is not PID 1 of its namespace"
-    return Host(name, netns, ip, leader, popen)
+    return host
 
 
 # --- services on the bridge ------------------------------------------------------------------------------------
@@ -347,25 +355,19 @@ class TestBed:
 def multi_host_bed(names: Sequence[str] = ("hosta", "hostb")) -> Iterator[TestBed]:
     """Build the hosts ``names`` (≤ 6 characters each), the bridge, Redis and MariaDB; tear all down after."""
     assert all(len(n) <= 6 and n.isalnum() for n in names), names
-    token = str(os.getpid())
+    token = f"{os.getpid()}{next(_beds) % 10}"  # unique among live runs and this run's beds; links ≤ 15 chars
     with ExitStack() as stack:
         claim = claim_subnet()
         stack.callback(claim.release)
         workdir = Path(tempfile.mkdtemp(prefix="rqdbed"))  # short: a unix socket path lives in it
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         bridge, gateway = f"rqb{token}", f"{claim.prefix}.1"
-        claim.record(link=bridge)
-        stack.callback(_ip, "link", "del", bridge, check=False)
         _ip("link", "add", bridge, "type", "bridge")
+        stack.callback(_ip, "link", "del", bridge, check=False)
+        claim.record(link=bridge)
         _ip("addr", "add", f"{gateway}/24", "dev", bridge)
         _ip("link", "set", bridge, "up")
-        hosts: dict[str, Host] = {}
-        for index, name in enumerate(names):
-            stack.callback(_ip, "link", "del", f"rqv{token}{index}", check=False)
-            stack.callback(_ip, "netns", "del", f"rqd{token}{name}", check=False)
-            host = _start_host(claim, bridge, token, index, name)
-            stack.callback(host.stop)
-            hosts[name] = host
+        hosts = {name: _start_host(stack, claim, bridge, token, index, name) for index, name in enumerate(names)}
         (workdir / "redis").mkdir()
         (workdir / "mariadb").mkdir()
         redis_url = stack.enter_context(bridge_redis(gateway, workdir / "redis"))
