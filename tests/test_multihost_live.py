@@ -255,6 +255,12 @@ def test_merged_snapshots_show_both_jobs_local_and_name_the_blocker_on_host_b(sc
     run = rqdoctor("hangs", *merged, "--format", "json", "--min-age", "1", host=None, cwd=scene.tmp)
     report = run.json()
     assert run.code == 1, run
+    snapshot = report["snapshot"]
+    assert sorted(h["name"] for h in snapshot["hosts"]) == ["hosta", "hostb"], snapshot["hosts"]
+    # each job's DB session is tied to its horse on its own host, by that host's sockets
+    clients = {(s["client_pid_host"], s["client_pid"]) for s in snapshot["database"]["sessions"]
+               if s["db"] == scene.db.database}
+    assert clients == {("hosta", scene.a.horse_pid_here), ("hostb", scene.b.horse_pid_here)}, clients
     victim, holder = job_row(report, scene.a.job_id), job_row(report, scene.b.job_id)
     assert (victim["location"], victim["host"], victim["pid"]) == ("local", "hosta", scene.a.horse_pid_here), victim
     assert (holder["location"], holder["host"], holder["pid"]) == ("local", "hostb", scene.b.horse_pid_here), holder
