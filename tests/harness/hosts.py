@@ -9,12 +9,14 @@ and a private ``mariadbd`` listen on the bridge address, the one place all hosts
 The /24 is claimed with an ``O_EXCL`` file under :data:`CLAIM_DIR` naming its owner and what it created
 (two checkouts running at once never share one); a claim whose owner is gone is swept first, deleting the
 namespaces and links it lists. Teardown kills only the pids started here (a leader's death ends every
-process of its PID namespace) and deletes only the namespaces and links created here, even after a failure.
+process of its PID namespace) and deletes only the namespaces and links created here, even after a failure;
+should the test process itself be killed, the leaders and servers get SIGKILL from the kernel (``PDEATHSIG``).
 Needs root, ``ip``, ``unshare``, ``nsenter``, ``redis-server``, ``mariadb-install-db`` and ``mariadbd``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
@@ -37,6 +39,7 @@ from .workers import ns_pid
 
 CLAIM_DIR = Path(tempfile.gettempdir()) / "rqdoctor-test-subnets"
 TOOLS = ("ip", "unshare", "nsenter", "redis-server", "mariadb-install-db", "mariadbd", "mariadb")
+PR_SET_PDEATHSIG = 1
 _beds = itertools.count()
 FIRST_HOST = 11
 """Host ``i`` (0-based) gets ``<prefix>.<FIRST_HOST + i>``; ``<prefix>.1`` is the bridge."""
@@ -70,6 +73,12 @@ def require_test_bed() -> None:
         service_unavailable(f"multi-host test bed: {reason}")
 
 
+def _die_with_us() -> None:
+    """``preexec_fn``: SIGKILL this child when the test process dies, even by SIGKILL (no teardown then)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
     if check and done.returncode != 0:
@@ -88,18 +97,22 @@ class Claim:
     path: Path
     netns: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
 
-    def record(self, *, netns: str | None = None, link: str | None = None) -> None:
-        """Note a namespace / link just created, so a sweep after a crash of this run can delete it."""
+    def record(self, *, netns: str | None = None, link: str | None = None, directory: Path | None = None) -> None:
+        """Note a namespace / link / directory just created, so a sweep after a crash of this run can delete it."""
         if netns:
             self.netns.append(netns)
         if link:
             self.links.append(link)
+        if directory:
+            self.dirs.append(str(directory))
         self._write()
 
     def _write(self) -> None:
         me = psutil.Process()
-        data = {"pid": me.pid, "started": me.create_time(), "netns": self.netns, "links": self.links}
+        data = {"pid": me.pid, "started": me.create_time(), "netns": self.netns, "links": self.links,
+                "dirs": self.dirs}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.path)
@@ -123,7 +136,7 @@ def _owner_alive(data: dict[str, object]) -> bool:
 
 
 def sweep_stale_claims() -> None:
-    """Delete what dead owners' claims list (their namespaces and links), then the claims."""
+    """Delete what dead owners' claims list (their namespaces, links and work directories), then the claims."""
     CLAIM_DIR.mkdir(exist_ok=True)
     for path in CLAIM_DIR.glob("*.claim"):
         try:
@@ -138,6 +151,9 @@ def sweep_stale_claims() -> None:
             _ip("netns", "del", ns, check=False)
         for link in data.get("links", []):
             _ip("link", "del", link, check=False)
+        for directory in data.get("dirs", []):
+            if Path(directory).name.startswith("rqdbed"):
+                shutil.rmtree(directory, ignore_errors=True)
         path.unlink(missing_ok=True)
 
 
@@ -224,10 +240,10 @@ def _start_host(stack: ExitStack, claim: Claim, bridge: str, token: str, index: 
     _ip("-n", netns, "addr", "add", f"{ip}/24", "dev", inner)
     _ip("-n", netns, "link", "set", inner, "up")
     popen = subprocess.Popen(
-        ["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--mount-proc", "--uts",
+        ["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--uts",
          "sh", "-c", 'hostname "$0" && echo ready && exec sleep infinity', name],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+        start_new_session=True, preexec_fn=_die_with_us)  # unshare dies with us; --kill-child: the leader too
     try:
         read_line(popen, "ready", timeout=30)
         leader = psutil.Process(popen.pid).children()[0]
@@ -279,7 +295,7 @@ def bridge_redis(ip: str, workdir: Path) -> Iterator[str]:
     port = free_port(ip)
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", ip, "--save", "", "--appendonly", "no",
                              "--databases", "16", "--protected-mode", "no", "--dir", str(workdir), "--logfile", ""],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_us)
     try:
         _wait_listening(proc, ip, port, "redis-server", timeout=20)
         yield f"redis://{ip}:{port}"
@@ -302,7 +318,8 @@ def bridge_mariadb(ip: str, workdir: Path) -> Iterator[tuple[str, int]]:
                                  f"--port={port}", f"--bind-address={ip}", "--user=root", "--skip-log-bin",
                                  "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
                                  f"--pid-file={workdir / 'mariadbd.pid'}"],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_us)
     try:
         _wait_listening(proc, ip, port, "mariadbd", timeout=120, log=log)
         grant = subprocess.run(["mariadb", f"--socket={sock}", "-uroot", "-e",
@@ -361,6 +378,7 @@ def multi_host_bed(names: Sequence[str] = ("hosta", "hostb")) -> Iterator[TestBe
         stack.callback(claim.release)
         workdir = Path(tempfile.mkdtemp(prefix="rqdbed"))  # short: a unix socket path lives in it
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        claim.record(directory=workdir)
         bridge, gateway = f"rqb{token}", f"{claim.prefix}.1"
         _ip("link", "add", bridge, "type", "bridge")
         stack.callback(_ip, "link", "del", bridge, check=False)
