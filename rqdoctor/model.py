@@ -12,7 +12,7 @@ import functools
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from typing import Any, NamedTuple, TypeVar, Union
 
 SCHEMA_VERSION = 2
 
@@ -274,8 +274,6 @@ class RedisState:
 
     server_time: float
     redis_version: str | None = None
-    run_id: str | None = None
-    """``run_id`` of INFO server: the Redis process's identity (snapshots of several hosts must share it)."""
     suspended: bool = False
     workers: list[WorkerInfo] = field(default_factory=list)
     queues: list[QueueInfo] = field(default_factory=list)
@@ -294,6 +292,8 @@ class RedisState:
     """``stuck`` only: the job hashes that say queued/started, and where each was found (None: not scanned)."""
     other_prefixes: list[str] = field(default_factory=list)
     """With no worker under the key prefix read: other prefixes whose ``<p>:workers`` set exists (bounded SCAN)."""
+    run_id: str | None = None
+    """``run_id`` of INFO server: the Redis process's identity (snapshots of several hosts must share it)."""
 
 
 @dataclass
@@ -339,6 +339,13 @@ class ProcessIdentity:
         return f"pid {self.pid} (container {self.container_name or '?'}{short} pid {self.ns_pid})"
 
 
+class ProcKey(NamedTuple):
+    """What names a process in diagnosis: its host and its pid there (a pid alone is ambiguous across hosts)."""
+
+    host: str
+    pid: int
+
+
 @dataclass
 class ProcessInfo:
     """A local process that matters: a worker, a horse, a pool parent, or a horse's child."""
@@ -372,6 +379,10 @@ class ProcessInfo:
     def ident(self, host: str) -> ProcessIdentity:
         """:attr:`identity`, or a plain host one (``host``, pid, start time) when it was not recorded."""
         return self.identity or ProcessIdentity(host, self.pid, self.create_time, self.pid)
+
+    def key(self, host: str) -> ProcKey:
+        """Its host (``host`` when its identity names none) and pid."""
+        return ProcKey(self.identity.host if self.identity is not None and self.identity.host else host, self.pid)
 
 
 @dataclass
@@ -501,13 +512,13 @@ class ProcessStacks:
     """Several samples of one process over a short window."""
 
     pid: int
-    host: str = ""
-    """The host the process runs on, in a snapshot merged from several hosts (empty: the snapshot's ``host``)."""
     samples: list[StackSample] = field(default_factory=list)
     mode: str = "nonblocking"
     resumed_stopped: bool = False
     """A blocking dump left the process stopped and rqdoctor sent SIGCONT."""
     error: ProbeError | None = None
+    host: str = ""
+    """The host the process runs on, in a snapshot merged from several hosts (empty: the snapshot's ``host``)."""
 
 
 @dataclass
@@ -526,8 +537,6 @@ class DbSession:
     client_match: str = ""
     """How client_pid was found (``tcp``/``unix``/``_pid``) or why not (``remote``/``hidden``/``unix_ambiguous``/…);
     in a merged snapshot ``tcp@<host>``: matched on another collected host by its socket's address."""
-    client_pid_host: str | None = None
-    """The host client_pid is on, in a merged snapshot (None: the snapshot's ``host``)."""
     command: str | None = None
     state: str | None = None
     time_s: float | None = None
@@ -540,6 +549,8 @@ class DbSession:
     """MariaDB ``EXAMINED_ROWS`` at the first read (limited views only)."""
     examined_rows_later: int | None = None
     """The same counter read again a moment later (unchanged: the statement made no progress)."""
+    client_pid_host: str | None = None
+    """The host client_pid is on, in a merged snapshot (None: the snapshot's ``host``)."""
 
 
 @dataclass
@@ -816,6 +827,18 @@ class Snapshot:
     hosts: list[HostSnapshot] = field(default_factory=list)
     """Merged from several hosts: each of them (empty: one host, ``host``). ``host`` is then the one whose Redis
     state is used; every process's ``identity.host`` says where it runs."""
+
+    def key(self, p: ProcessInfo) -> ProcKey:
+        """The host and pid of one of its processes."""
+        return p.key(self.host)
+
+    def stacks_of(self, key: ProcKey) -> ProcessStacks | None:
+        """The stack samples of a process."""
+        return next((s for s in self.stacks if (s.host or self.host, s.pid) == key), None)
+
+    def process(self, key: ProcKey) -> ProcessInfo | None:
+        """A process by host and pid."""
+        return next((p for p in self.processes if self.key(p) == key), None)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""

@@ -8,7 +8,7 @@ from typing import Any
 from rqdoctor.diagnose.activity import Activity
 from rqdoctor.diagnose.context import age
 from rqdoctor.diagnose.run import Diagnosis
-from rqdoctor.model import ProbeError, ProcessInfo
+from rqdoctor.model import ProbeError, ProcessInfo, ProcKey
 
 
 def _round(value: float | None) -> float | None:
@@ -45,6 +45,7 @@ def worker_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "heartbeat_age_s": _round(age(ctx.now, w.last_heartbeat)),
             "ttl_s": w.ttl,
             "host_pid": link.process.pid if link.process else None,
+            "process_host": link.host if link.process else None,
             "container": container_dict(link.process),
             "horse_pid": link.horse.pid if link.horse else None,
             "pool_parent_pid": link.pool_parent.pid if link.pool_parent else None,
@@ -143,9 +144,9 @@ def container_dict(p: ProcessInfo | None) -> dict[str, Any] | None:
     return {"name": ident.container_name, "id": ident.container_id, "ns_pid": ident.ns_pid, "pid_ns": ident.pid_ns}
 
 
-def threads_of(diagnosis: Diagnosis, pid: int | None) -> list[dict[str, Any]]:
-    """Threads of the last stack sample of ``pid``, frames innermost first."""
-    stacks = next((s for s in diagnosis.context.snapshot.stacks if s.pid == pid), None)
+def threads_of(diagnosis: Diagnosis, key: ProcKey | None) -> list[dict[str, Any]]:
+    """Threads of the last stack sample of a process, frames innermost first."""
+    stacks = diagnosis.context.snapshot.stacks_of(key) if key is not None else None
     if stacks is None or not stacks.samples:
         return []
     sample = stacks.samples[-1]
@@ -187,6 +188,7 @@ def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "host": link.worker.hostname if link.worker else None,
             "location": link.location,
             "pid": runner.pid if runner else None,
+            "process_host": ctx.snapshot.key(runner).host if runner else None,
             "container": container_dict(runner),
             "runner_role": link.runner_role,
             "gone": link.gone,
@@ -198,7 +200,7 @@ def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "blocker": diagnosis.blockers.get(job.job_id),
             "children": [{"pid": c.pid, "cmdline": c.cmdline, "cpu_percent": c.cpu_percent, "status": c.status}
                          for c in link.children],
-            "threads": threads_of(diagnosis, runner.pid if runner else None),
+            "threads": threads_of(diagnosis, ctx.snapshot.key(runner) if runner else None),
             "findings": codes.get(job.job_id, []),
         })
     return rows

@@ -519,7 +519,8 @@ def incident() -> Any:
 
 def _job(diagnosis: Any, prefix: str) -> tuple[Activity, list[Any]]:
     (link,) = [j for j in diagnosis.links.jobs if j.job.job_id.split("::")[-1].startswith(prefix)]
-    return diagnosis.activities[link.runner.pid], [f for f in diagnosis.findings if f.job_id == link.job.job_id]
+    found = [f for f in diagnosis.findings if f.job_id == link.job.job_id]
+    return diagnosis.activities[diagnosis.links.local(link.runner.pid)], found
 
 
 def test_rqd106_near_miss_healthy_save_loop(incident: Any) -> None:

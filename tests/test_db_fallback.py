@@ -40,8 +40,8 @@ def test_rqd406_fires_recorded_incident_job_row_and_locks_exit() -> None:
     blocker = diagnosis.blockers[VICTIM_JOB]
     assert (blocker["session_id"], blocker["pid"], blocker["inferred"], blocker["kill"]) == (140, 18250, True,
                                                                                             "KILL 140;")
-    assert diagnosis.activities[18533].kind == "db_lock_wait"
-    assert "likely" in diagnosis.activities[18533].detail
+    assert diagnosis.activities[diagnosis.links.local(18533)].kind == "db_lock_wait"
+    assert "likely" in diagnosis.activities[diagnosis.links.local(18533)].detail
     assert diagnosis.problems()  # `locks` exits 1, never "no problems"
 
 
@@ -82,9 +82,10 @@ def test_rqd109_near_miss_query_whose_rows_examined_move() -> None:
     victim = _victim(snapshot)
     victim.examined_rows, victim.examined_rows_later = 1000, 5000
     diagnosis = diagnose(snapshot)
-    pid = next(p for p, a in diagnosis.activities.items() if any("examined +4000 rows" in e for e in
-                                                                   a.progress_evidence))
-    assert diagnosis.activities[pid].progress == "progressing"
+    key = next(k for k, a in diagnosis.activities.items() if any("examined +4000 rows" in e for e in
+                                                                  a.progress_evidence))
+    pid = key.pid
+    assert diagnosis.activities[key].progress == "progressing"
     assert not [f for f in diagnosis.findings if f.pid == pid and f.severity in ("critical", "warning")]
 
 

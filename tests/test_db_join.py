@@ -122,7 +122,7 @@ def test_recorded_sessions_are_the_two_horses_by_client_port() -> None:
     assert (by_id[83].client_port, by_id[83].client_pid) == (50350, 19302)
     graph = build_graph(snapshot, link(snapshot))
     assert graph.role(MY, 85) == SessionRole("rq-job", 19307, "diag.localhost::lockwait",
-                                             "RQ job diag.localhost::lockwait")
+                                             "RQ job diag.localhost::lockwait", snapshot.host)
     assert graph.role(MY, 83).job_id == "diag.localhost::holdlock"
     assert graph.blockers_of(MY, 85)[0].blocking_session == 83 and graph.blockers_of(MY, 83) == []
 
@@ -156,14 +156,15 @@ def test_rqd402_fires_recorded_idle_blocker_session_83() -> None:
 
 def test_recorded_victim_activity_is_db_lock_wait_over_its_stack() -> None:
     plain = diagnose(_recorded_snapshot())
-    assert plain.activities[19307].kind == KIND_DB_LOCK_WAIT and plain.activities[19307].progress == "blocked"
+    victim = plain.activities[plain.links.local(19307)]
+    assert victim.kind == KIND_DB_LOCK_WAIT and victim.progress == "blocked"
 
     diagnosis = diagnose(_recorded_snapshot(with_stacks=True))
-    victim = diagnosis.activities[19307]
+    victim = diagnosis.activities[diagnosis.links.local(19307)]
     assert victim.kind == KIND_DB_LOCK_WAIT
     assert victim.where is not None  # the stack's frame is kept, only the verdict changes
     assert "held by session 83" in victim.detail and "diag_site.tabUser" in victim.detail
-    assert diagnosis.activities[19302].kind != KIND_DB_LOCK_WAIT  # the blocker sleeps in Python
+    assert diagnosis.activities[diagnosis.links.local(19302)].kind != KIND_DB_LOCK_WAIT  # the blocker sleeps in Python
     rows = {r["job_id"]: r for r in job_rows(diagnosis)}
     assert rows["diag.localhost::lockwait"]["activity"]["kind"] == KIND_DB_LOCK_WAIT
     assert rows["diag.localhost::lockwait"]["blocker"]["kill"] == "KILL 83;"
@@ -272,7 +273,7 @@ def test_postgres_job_wait_kill_statement_is_pg_terminate_backend() -> None:
     assert blocker["doing"] == "idle in transaction for 45 s" and blocker["trx_age_s"] == 46.0
     assert _only(diagnosis, "RQD401").commands == ["SELECT pg_terminate_backend(7002);"]
     assert _only(diagnosis, "RQD402").commands == ["SELECT pg_terminate_backend(7002);"]
-    assert diagnosis.activities[101].kind == KIND_DB_LOCK_WAIT
+    assert diagnosis.activities[diagnosis.links.local(101)].kind == KIND_DB_LOCK_WAIT
 
 
 def test_rqd402_near_miss_running_or_invisible_blocker() -> None:
@@ -355,7 +356,8 @@ def test_job_waiting_on_a_metadata_lock_says_so() -> None:
     assert 'waits 8 s for a metadata lock on "tabBin"' in victim.evidence[0]
     assert victim.data["blocker"]["role"] == "remote"
     assert "remote host 10.0.0.9" in victim.data["blocker"]["summary"]
-    assert diagnosis.activities[101].detail.startswith('waiting 8 s for a metadata lock on "tabBin"')
+    detail = diagnosis.activities[diagnosis.links.local(101)].detail
+    assert detail.startswith('waiting 8 s for a metadata lock on "tabBin"')
     assert sorted(_codes(diagnosis)) == ["RQD401", "RQD402", "RQD404"]
 
 

@@ -52,8 +52,8 @@ def test_recorded_lock_wait_victim_and_blocker(recorded: Snapshot) -> None:
     assert blocker["pid"] == 19302
     assert blocker["kill"] == "KILL 83;"
     assert blocker["doing"].startswith("idle in transaction")
-    assert diagnosis.activities[19307].kind == "db_lock_wait"
-    assert diagnosis.activities[19302].kind == "sleep"
+    assert diagnosis.activities[diagnosis.links.local(19307)].kind == "db_lock_wait"
+    assert diagnosis.activities[diagnosis.links.local(19302)].kind == "sleep"
 
 
 def test_recorded_jobs_are_matched_to_their_horses(recorded: Snapshot) -> None:
@@ -73,7 +73,7 @@ def test_without_database_the_victim_is_a_db_query(recorded: Snapshot) -> None:
     # WHEN
     diagnosis = diagnose(recorded)
     # THEN the stack alone still says it waits in a MariaDB query
-    assert diagnosis.activities[19307].kind == "db_query"
+    assert diagnosis.activities[diagnosis.links.local(19307)].kind == "db_query"
     assert not [f for f in diagnosis.findings if f.code.startswith("RQD4")]
 
 

@@ -64,7 +64,8 @@ def test_rqd201_fires_pid_held_by_an_unrelated_sleep_or_python_program() -> None
         assert f"that pid is now pid {pid} (started " in finding.evidence[0]
         assert "leave that process alone" in finding.fix
         assert not kill_commands([finding]) and "sudo supervisorctl restart all" not in finding.commands
-        assert diagnosis.links.worker_for_pid(pid) is None and diagnosis.links.job_for_pid(pid) is None
+        key = diagnosis.links.local(pid)
+        assert diagnosis.links.worker_for(key) is None and diagnosis.links.job_for(key) is None
         assert about_pid(diagnosis, pid) == []
     [job] = diagnosis.links.jobs
     assert job.runner is None and job.runner_role is None
@@ -269,7 +270,7 @@ def test_rqd107_near_miss_worker_pid_held_by_a_stranger() -> None:
                     processes=[stranger(100, PY_LOOP), process(101, ppid=100)])
     diagnosis = diagnose(snap)
     assert not [f for f in diagnosis.findings if f.code == "RQD107"]
-    assert diagnosis.links.worker_for_pid(101) is None and not kill_commands(diagnosis.findings)
+    assert diagnosis.links.worker_for(diagnosis.links.local(101)) is None and not kill_commands(diagnosis.findings)
 
 
 def test_rqd107_near_miss_horse_gone_during_the_scan() -> None:
@@ -333,7 +334,8 @@ def test_rqd201_fires_recorded_incident_worker_pid_now_a_stranger() -> None:
     diagnosis = diagnose(snap)
     [wl] = [wl for wl in diagnosis.links.workers if wl.worker.pid == worker_pid]
     assert wl.location == "not-found" and wl.horse is None
-    assert diagnosis.links.job_for_pid(18583) is None and diagnosis.links.worker_for_pid(worker_pid) is None
+    links = diagnosis.links
+    assert links.job_for(links.local(18583)) is None and links.worker_for(links.local(worker_pid)) is None
     [finding] = [f for f in diagnosis.findings if f.code == "RQD201"]
     assert finding.pid is None and "runs: /usr/bin/python3 backup.py" in finding.evidence[0]
     assert not [f for f in diagnosis.findings if f.pid in (worker_pid, 18583)]
@@ -359,7 +361,8 @@ def test_rqd110_fires_untitled_horse_late_to_its_job_on_a_loaded_host() -> None:
     """started_at is written in the horse: on a loaded host 12 s after its fork, outside the 5 s match window."""
     horse = process(101, ppid=1, create_time=NOW - 72, cwd="/home/frappe/frappe-bench/sites")
     diagnosis = diagnose(orphan_bench(horse, bench_path="/home/frappe/frappe-bench"))
-    assert [p.pid for p in diagnosis.links.orphans] == [101] and diagnosis.links.unmatched == {101}
+    links = diagnosis.links
+    assert [p.pid for p in links.orphans] == [101] and links.unmatched == {links.local(101)}
     [finding] = [f for f in diagnosis.findings if f.code == "RQD110"]
     assert finding.remedy is None  # weaker evidence: named, with a manual command, but no --kill
     assert any("weaker evidence" in line and "12 s" in line and "site1::j1" in line for line in finding.evidence)

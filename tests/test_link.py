@@ -108,10 +108,10 @@ def test_fixture_workers_are_local_forking_workers() -> None:
         assert wl.location == "local" and wl.kind == "fork" and wl.problems == []
         assert wl.horse is not None and wl.horse.ppid == wl.process.pid  # type: ignore[union-attr]
         assert wl.pool_parent is None
-    assert links.worker_for_pid(19302).process.pid == 18619  # type: ignore[union-attr]
-    assert links.worker_for_pid(18622).horse.pid == 19307  # type: ignore[union-attr]
-    assert links.job_for_pid(19307).job.job_id == "diag.localhost::lockwait"  # type: ignore[union-attr]
-    assert links.job_for_pid(18619) is None and links.worker_for_pid(1) is None
+    assert links.worker_for(links.local(19302)).process.pid == 18619  # type: ignore[union-attr]
+    assert links.worker_for(links.local(18622)).horse.pid == 19307  # type: ignore[union-attr]
+    assert links.job_for(links.local(19307)).job.job_id == "diag.localhost::lockwait"  # type: ignore[union-attr]
+    assert links.job_for(links.local(18619)) is None and links.worker_for(links.local(1)) is None
 
 
 def test_fixture_survives_a_json_round_trip() -> None:
@@ -160,7 +160,7 @@ def test_simple_worker_runs_the_job_itself() -> None:
     assert links.workers[0].kind == "simple"
     assert (jl.runner.pid, jl.runner_role, jl.location) == (200, "worker", "local")  # type: ignore[union-attr]
     assert [c.pid for c in jl.children] == [300]
-    assert links.job_for_pid(300) is jl and links.job_for_pid(200) is jl
+    assert links.job_for(links.local(300)) is jl and links.job_for(links.local(200)) is jl
 
 
 def test_forked_title_without_horse_is_not_a_simple_worker() -> None:
@@ -212,8 +212,8 @@ def test_orphaned_horse_matched_by_start_time_when_untitled() -> None:
     assert links.orphans == [close]  # untitled and matched to no job: a Frappe worker looks the same
     jl = links.jobs[0]
     assert (jl.runner, jl.runner_role, jl.matched_by) == (close, "orphaned-horse", "started_at")
-    assert jl.worker is dead and links.job_for_pid(400) is None
-    assert links.orphan_evidence[410][0].startswith("its parent is pid 1")
+    assert jl.worker is dead and links.job_for(links.local(400)) is None
+    assert links.orphan_evidence[links.local(410)][0].startswith("its parent is pid 1")
 
 
 def test_untitled_orphan_of_a_loaded_host_matched_by_its_execution() -> None:
@@ -259,7 +259,7 @@ def test_reused_pid_is_not_the_worker() -> None:
     wl = links.workers[0]
     assert wl.location == "not-found" and wl.process is None and wl.horse is None and wl.claimed is stranger
     assert wl.problems[0].startswith("pid reused:")
-    assert links.jobs[0].runner is None and links.worker_for_pid(200) is None
+    assert links.jobs[0].runner is None and links.worker_for(links.local(200)) is None
 
 
 def test_process_started_just_before_birth_is_the_worker() -> None:

@@ -72,7 +72,7 @@ def known(*pairs: tuple[str, str]) -> list[KnownEndpoint]:
 def test_incident_http_job_peer_is_the_tarpit_not_a_redis_port(incident: Snapshot) -> None:
     """No syscall facts, target Redis 16379, cache 16380 unknown to the config: the worker parent's links decide."""
     diagnosis = diagnose(incident)
-    a = diagnosis.activities[18534]
+    a = diagnosis.activities[diagnosis.links.local(18534)]
     assert a.peer in (TARPIT, None), a
     assert a.peer == TARPIT and not a.peer_exact and a.detail.startswith(f"waiting for HTTP response from {TARPIT}")
     rqd103 = next(f for f in diagnosis.findings if f.code == "RQD103" and f.job_id == HTTP_JOB)
@@ -81,7 +81,8 @@ def test_incident_http_job_peer_is_the_tarpit_not_a_redis_port(incident: Snapsho
 
 def test_incident_http_job_without_its_worker_parent_is_honestly_ambiguous(incident: Snapshot) -> None:
     incident.processes = [p for p in incident.processes if p.pid != 17434]
-    a = diagnose(incident).activities[18534]
+    again = diagnose(incident)
+    a = again.activities[again.links.local(18534)]
     assert a.peer is None and a.peer_candidates == [CACHE, TARPIT]
     assert f"one of {CACHE}, {TARPIT}" in a.detail
 
@@ -109,7 +110,8 @@ def test_rqd112_fires_with_the_holder_named_from_proc_locks(incident: Snapshot) 
     diagnosis = diagnose(_with_holder(incident))
     finding = next(f for f in diagnosis.findings if f.job_id == FILELOCK_JOB)
     assert finding.code == "RQD112" and finding.data["holders"] == [18453]
-    assert diagnosis.activities[18580].detail == f"waiting for a file lock on {SHARED} (filelock)"
+    detail = diagnosis.activities[diagnosis.links.local(18580)].detail
+    assert detail == f"waiting for a file lock on {SHARED} (filelock)"
     assert any("held by pid 18453" in line and "bench execute rqdtest.hold" in line for line in finding.evidence)
     assert "kill -TERM 18453" in finding.commands and "pid 18453 (started" in finding.fix
     assert "fork" not in finding.fix

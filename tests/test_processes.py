@@ -214,7 +214,7 @@ def test_non_worker_pid_named_by_redis_is_collected_but_neither_expanded_nor_lin
                                              jobs=[JobInfo("j", "q", status="started", worker_name="w")]),
                             processes=list(infos.values()))
         links = link(snapshot)
-        assert links.jobs[0].runner is None and links.worker_for_pid(tree.worker) is None
+        assert links.jobs[0].runner is None and links.worker_for(links.local(tree.worker)) is None
         assert [wl.location for wl in links.workers] == ["not-found", "remote"]
         assert links.workers[0].problems[0].startswith("not a worker:")
 
@@ -498,7 +498,7 @@ def test_real_frappe_worker_job_runs_in_its_horse(
     assert jl.runner is not None and jl.runner.pid == started.horse.pid and jl.runner_role == "horse"
     assert [c.cmdline[0] for c in jl.children] == ["sleep"]
     assert jl.location == "local" and links.orphans == []
-    assert links.job_for_pid(jl.children[0].pid) is jl
+    assert links.job_for(links.local(jl.children[0].pid)) is jl
     assert jl.matched_by == ("executions" if rq_flavour == "rq30" else "current_job")
     titled = " ".join(jl.runner.cmdline).startswith(f"rq:worker:{name}: Processing")
     assert titled is RQ_FLAVOURS[rq_flavour].setproctitle

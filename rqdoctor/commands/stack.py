@@ -25,6 +25,7 @@ from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S
 from rqdoctor.diagnose.link import ZOMBIE
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
+from rqdoctor.model import ProcKey
 from rqdoctor.views import activity_dict, job_rows, threads_of
 
 Subject = Annotated[str, typer.Argument(help="A process id, or an RQ job id (as stored in Redis).")]
@@ -33,46 +34,48 @@ Subject = Annotated[str, typer.Argument(help="A process id, or an RQ job id (as 
 def what_it_is(diagnosis: Diagnosis, pid: int) -> list[str]:
     """Plain statements of what a process that runs no job is: its command line, Python or not, any claim on it."""
     snapshot = diagnosis.context.snapshot
-    process = next((p for p in snapshot.processes if p.pid == pid), None)
-    stacks = next((s for s in snapshot.stacks if s.pid == pid), None)
+    key = ProcKey(snapshot.host, pid)
+    process, stacks = snapshot.process(key), snapshot.stacks_of(key)
     command = " ".join(process.cmdline) if process and process.cmdline else "?"
     if process is not None and process.status == ZOMBIE:
         return [f"pid {pid} is a zombie: it has exited, and its parent {process.ppid} has not reaped it; "
                 "it runs nothing (no Python, no RQ job)"]
-    if pid in diagnosis.links.gone:
+    if key in diagnosis.links.gone:
         return [f"pid {pid} exited during the scan (it ran `{command[:200]}`): nothing left to diagnose"]
     lines = [f"pid {pid} runs `{command[:200]}`"]
-    worker = diagnosis.links.worker_for_pid(pid)
+    worker = diagnosis.links.worker_for(key)
     if worker is not None:
-        role = "work-horse" if worker.horse is not None and worker.horse.pid == pid else "process"
+        role = "work-horse" if worker.horse is not None and snapshot.key(worker.horse) == key else "process"
         lines.append(f"it is the {role} of RQ worker {worker.worker.name}, and runs no started job now")
     elif stacks is not None and stacks.error is not None and stacks.error.kind == "unsupported":
         lines.append("it runs no Python (py-spy finds no interpreter), so no RQ job either")
     else:
         lines.append("it is not an RQ worker or work-horse of the diagnosed Redis, and runs no RQ job")
     for wl in diagnosis.links.workers:
-        if wl.claimed is not None and wl.claimed.pid == pid:
+        if wl.claimed is not None and snapshot.key(wl.claimed) == key:
             lines.append(f"worker {wl.worker.name}'s hash names pid {pid} on this host, but this process is not "
                          f"that worker ({wl.problems[0] if wl.problems else 'identity not confirmed'})")
     return lines
 
 
 def process_row(diagnosis: Diagnosis, pid: int) -> dict[str, Any]:
-    """A ``hangs`` row for a process that runs no job (a worker parent, any Python or other process)."""
-    process = next((p for p in diagnosis.context.snapshot.processes if p.pid == pid), None)
-    worker = diagnosis.links.worker_for_pid(pid)
+    """A ``hangs`` row for a process of the report's host that runs no job (a worker parent, any process)."""
+    snapshot = diagnosis.context.snapshot
+    key = ProcKey(snapshot.host, pid)
+    process = snapshot.process(key)
+    worker = diagnosis.links.worker_for(key)
     return {
         "job_id": f"pid {pid}", "queue": "-", "site": None,
         "method": " ".join(process.cmdline)[:80] if process else None,
         "status": process.status if process else None, "running_for_s": None, "timeout_s": None,
-        "worker": worker.worker.name if worker else None, "host": diagnosis.context.snapshot.host,
-        "location": "local", "pid": pid, "runner_role": "worker" if worker else "process",
-        "gone": pid in diagnosis.links.gone, "notes": what_it_is(diagnosis, pid),
+        "worker": worker.worker.name if worker else None, "host": snapshot.host, "location": "local",
+        "pid": pid, "process_host": snapshot.host, "runner_role": "worker" if worker else "process",
+        "gone": key in diagnosis.links.gone, "notes": what_it_is(diagnosis, pid),
         "cpu_percent": process.cpu_percent if process else None, "rss_bytes": process.rss if process else None,
-        "activity": activity_dict(diagnosis.activities.get(pid)), "blocker": None,
+        "activity": activity_dict(diagnosis.activities.get(key)), "blocker": None,
         "children": [{"pid": c.pid, "cmdline": c.cmdline, "cpu_percent": c.cpu_percent, "status": c.status}
-                     for c in diagnosis.context.snapshot.processes if c.ppid == pid],
-        "threads": threads_of(diagnosis, pid), "findings": [],
+                     for c in snapshot.processes if c.ppid == pid and snapshot.key(c).host == key.host],
+        "threads": threads_of(diagnosis, key), "findings": [],
     }
 
 
@@ -91,18 +94,20 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
     snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, min_age_s=min_age)
-    rows = [r for r in job_rows(diagnosis) if r["job_id"] == subject or (pid is not None and r["pid"] == pid)]
+    rows = [r for r in job_rows(diagnosis) if r["job_id"] == subject
+            or (pid is not None and r["pid"] == pid and r["process_host"] == snapshot.host)]
     essential: tuple[str, ...] = ("redis", "stacks")
     if fatal is not None and pid is None:
         raise fatal  # a job id cannot be looked up without Redis
     if not rows and pid is not None:
         unread = any(e.probe == "processes" and e.kind == "timeout" for e in snapshot.errors)  # cut off: unknown
-        if not unread and not any(p.pid == pid for p in snapshot.processes) and not any(
-                s.pid == pid and s.samples for s in snapshot.stacks):
+        key = ProcKey(snapshot.host, pid)
+        stacks = snapshot.stacks_of(key)
+        if not unread and snapshot.process(key) is None and not (stacks and stacks.samples):
             raise RqdoctorError(f"no process {pid} on this host ({snapshot.host})",
                                 "list running jobs and their pids with `rqdoctor hangs`")
         rows = [process_row(diagnosis, pid)]
-        if any(s.pid == pid and s.error is not None and s.error.kind == "unsupported" for s in snapshot.stacks):
+        if stacks is not None and stacks.error is not None and stacks.error.kind == "unsupported":
             essential = ("redis",)  # not Python: having no stack is the answer, not a failure
     if not rows:
         raise RqdoctorError(f"no running job {subject!r} in {snapshot.target.redis_url}",

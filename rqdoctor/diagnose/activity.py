@@ -529,7 +529,8 @@ def known_endpoints(snapshot: Snapshot, process: ProcessInfo | None) -> list[Kno
         port = site.db_port or (5432 if site.db_type == "postgres" else 3306)
         if not site.db_socket and site.db_type != "sqlite":
             known.append(KnownEndpoint(address(site.db_host or "127.0.0.1", port), "db", f"site:{site.name}"))
-    parent = next((p for p in snapshot.processes if process and p.pid == process.ppid and p.worker_like), None)
+    parent = next((p for p in snapshot.processes if process and p.pid == process.ppid and p.worker_like
+                   and snapshot.key(p).host == snapshot.key(process).host), None)
     if parent is not None:
         known += [KnownEndpoint(c.raddr, ROLE_WORKER, f"pid {parent.pid}") for c in parent.connections if c.raddr]
     return known

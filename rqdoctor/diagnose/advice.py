@@ -22,14 +22,27 @@ def started(create_time: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(create_time))
 
 
-def process_ref(p: ProcessInfo, limit: int = 120) -> str:
-    """The exact process advice was checked against: pid, start time and what it runs."""
+def process_ref(p: ProcessInfo, here: str | None = None, limit: int = 120) -> str:
+    """The exact process advice was checked against: pid (``on HOST`` when not on ``here``, the report's host),
+    start time and what it runs."""
     command = " ".join(p.cmdline) or "?"
     if len(command) > limit:
         command = command[: limit - 1] + "…"
     ident = p.identity
     where = ident.label().removeprefix(f"pid {p.pid}") if ident is not None and ident.foreign_ns else ""
-    return f"pid {p.pid}{where} (started {started(p.create_time)}, runs: {command})"
+    return f"pid {p.pid}{where}{on_host(p, here)} (started {started(p.create_time)}, runs: {command})"
+
+
+def on_host(p: ProcessInfo, here: str | None) -> str:
+    """`` on HOST`` for a process of another host than ``here`` (a snapshot merged from several), else empty."""
+    host = p.identity.host if p.identity is not None else None
+    return f" on {host}" if here and host and host != here else ""
+
+
+def on_host_command(p: ProcessInfo, here: str | None, command: str) -> str:
+    """``command`` to run where ``p`` runs: through ``ssh HOST`` when that is not ``here``."""
+    host = on_host(p, here).removeprefix(" on ")
+    return f"ssh {shlex.quote(host)} {shlex.quote(command)}" if host else command
 
 
 def rq_key(target: TargetInfo, *parts: str) -> str:

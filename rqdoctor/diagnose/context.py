@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from rqdoctor.diagnose.activity import Activity
-from rqdoctor.diagnose.advice import process_ref
+from rqdoctor.diagnose.advice import on_host, on_host_command, process_ref
 from rqdoctor.diagnose.dbjoin import LockGraph
 from rqdoctor.diagnose.history import UsualDuration, compare_line, usual_durations
 from rqdoctor.diagnose.link import JobLink, Links
-from rqdoctor.model import Snapshot, WorkerInfo
+from rqdoctor.model import ProcKey, Snapshot, WorkerInfo
 
 DEFAULT_MIN_AGE_S = 10.0
 """Jobs younger than this are never called stalled (a short wait is normal)."""
@@ -31,6 +31,8 @@ class JobFacts:
     timeout_s: int | None
     usual: UsualDuration | None = None
     """Recent finished runs of the same method, when there are any."""
+    here: str = ""
+    """The report's host: a process of another one is named with its host."""
 
     def identity(self) -> list[str]:
         """Evidence lines naming the job and its process."""
@@ -40,7 +42,8 @@ class JobFacts:
             ident = runner.identity
             where = f" in {ident.label().removeprefix(f'pid {runner.pid} (').removesuffix(')')}" \
                 if ident is not None and ident.foreign_ns else ""
-            lines.append(f"pid {runner.pid} ({self.link.runner_role}){where} of worker {job.worker_name or '?'}")
+            lines.append(f"pid {runner.pid} ({self.link.runner_role}){where}{on_host(runner, self.here)} of worker "
+                         f"{job.worker_name or '?'}")
         return lines
 
     def history(self) -> list[str]:
@@ -57,15 +60,16 @@ class JobFacts:
         group = runner.pgid or runner.pid
         if self.link.runner_role == "orphaned-horse":
             return (f"Its worker is gone: end the orphaned horse's process group, after checking that "
-                    f"{process_ref(runner)} still runs this job; the job stays 'started' until a registry cleanup "
-                    "fails it (AbandonedJobError).", [f"kill -TERM -{group}"])
+                    f"{process_ref(runner, self.here)} still runs this job; the job stays 'started' until a "
+                    "registry cleanup fails it (AbandonedJobError).",
+                    [on_host_command(runner, self.here, f"kill -TERM -{group}")])
         if self.link.runner_role == "worker":
-            return (f"Stop the worker itself ({process_ref(runner)}): TERM twice (warm, then cold shutdown); "
-                    "supervisor restarts it, and the job is failed by the next registry cleanup.",
-                    [f"kill -TERM {runner.pid}"])
-        return (f"Kill the horse's process group, after checking that {process_ref(runner)} still runs this "
+            return (f"Stop the worker itself ({process_ref(runner, self.here)}): TERM twice (warm, then cold "
+                    "shutdown); supervisor restarts it, and the job is failed by the next registry cleanup.",
+                    [on_host_command(runner, self.here, f"kill -TERM {runner.pid}")])
+        return (f"Kill the horse's process group, after checking that {process_ref(runner, self.here)} still runs this "
                 "job; the worker then fails the job with 'waitpid returned 9' and takes the next one.",
-                [f"kill -KILL -{group}"])
+                [on_host_command(runner, self.here, f"kill -KILL -{group}")])
 
 
 @dataclass
@@ -74,7 +78,7 @@ class Context:
 
     snapshot: Snapshot
     links: Links
-    activities: dict[int, Activity] = field(default_factory=dict)
+    activities: dict[ProcKey, Activity] = field(default_factory=dict)
     """Activity of each sampled pid."""
     min_age_s: float = DEFAULT_MIN_AGE_S
     graph: LockGraph = field(default_factory=LockGraph)
@@ -98,6 +102,11 @@ class Context:
         """Workers read from Redis (empty when Redis could not be read)."""
         return self.snapshot.redis.workers if self.snapshot.redis else []
 
+    @property
+    def here(self) -> str:
+        """The report's host (of a merged snapshot: the one whose Redis state is used)."""
+        return self.snapshot.host
+
     def job_facts(self, include_gone: bool = False) -> list[JobFacts]:
         """Every started job with its activity, age and effective timeout.
 
@@ -109,12 +118,12 @@ class Context:
             if link.gone and not include_gone:
                 continue
             job = link.job
-            activity = self.activities.get(link.runner.pid) if link.runner and not link.gone else None
+            activity = self.activities.get(self.snapshot.key(link.runner)) if link.runner and not link.gone else None
             timeout = job.timeout
             if timeout is None:
                 timeout = self.snapshot.target.queue_timeouts.get(job.queue.rsplit(":", 1)[-1])
             usual = self.usual.get(job.method) if job.method else None
-            facts.append(JobFacts(link, activity, age(self.now, job.started_at), timeout, usual))
+            facts.append(JobFacts(link, activity, age(self.now, job.started_at), timeout, usual, self.snapshot.host))
         return facts
 
     def long_running_jobs(self) -> list[JobFacts]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from rqdoctor.diagnose.activity import KIND_DB_QUERY, Activity
 from rqdoctor.diagnose.link import Links
-from rqdoctor.model import DatabaseState, DbSession, LockWait, ProcessInfo, Snapshot
+from rqdoctor.model import DatabaseState, DbSession, LockWait, ProcessInfo, ProcKey, Snapshot
 
 WEB_SERVERS = ("gunicorn", "uwsgi", "waitress", "frappe.app", "werkzeug")
 DB_CLIENTS = ("mysql", "mariadb", "psql", "pgcli", "mycli")
@@ -25,6 +25,13 @@ class SessionRole:
     pid: int | None = None
     job_id: str | None = None
     description: str = ""
+    host: str | None = None
+    """The host its client process runs on (set with ``pid``)."""
+
+    @property
+    def key(self) -> ProcKey | None:
+        """Its client process, when known."""
+        return ProcKey(self.host, self.pid) if self.pid is not None and self.host is not None else None
 
 
 @dataclass
@@ -41,6 +48,13 @@ class LikelyWait:
     """Session ids that could hold the lock, likeliest first."""
     holders_idle_before: bool = True
     """The holders were idle since before the wait began (else: every other idle session, a weaker guess)."""
+    host: str | None = None
+    """The host of the job's process (with ``pid``)."""
+
+    @property
+    def key(self) -> ProcKey | None:
+        """The job's process, when known."""
+        return ProcKey(self.host, self.pid) if self.pid is not None and self.host is not None else None
 
 
 @dataclass
@@ -80,24 +94,28 @@ class LockGraph:
 
 
 def role_of_process(process: ProcessInfo | None, links: Links) -> SessionRole:
-    """Classify a local client process."""
+    """Classify a client process (named ``pid N on HOST`` when not on the snapshot's host)."""
     if process is None:
         return SessionRole("unmatched")
-    job = links.job_for_pid(process.pid)
+    key = links.key(process)
+    on = f" on {key.host}" if key.host != links.host else ""
+    pid = process.pid
+    job = links.job_for(key)
     if job is not None:
-        return SessionRole("rq-job", process.pid, job.job.job_id, f"RQ job {job.job.job_id}")
+        where = f", pid {pid}{on}" if on else ""
+        return SessionRole("rq-job", pid, job.job.job_id, f"RQ job {job.job.job_id}{where}", key.host)
     argv = " ".join(process.cmdline)
     program = os.path.basename(process.cmdline[0]) if process.cmdline else ""
-    if links.worker_for_pid(process.pid) is not None or (process.worker_like and "worker" in argv):
-        return SessionRole("rq-worker", process.pid, description=f"RQ worker pid {process.pid}")
+    if links.worker_for(key) is not None or (process.worker_like and "worker" in argv):
+        return SessionRole("rq-worker", pid, description=f"RQ worker pid {pid}{on}", host=key.host)
     if any(w in argv for w in WEB_SERVERS):
-        return SessionRole("web-worker", process.pid, description=f"web worker pid {process.pid} ({program})")
+        return SessionRole("web-worker", pid, description=f"web worker pid {pid}{on} ({program})", host=key.host)
     if program in DB_CLIENTS:
-        return SessionRole("db-client", process.pid, description=f"{program} client pid {process.pid}")
+        return SessionRole("db-client", pid, description=f"{program} client pid {pid}{on}", host=key.host)
     programs = {os.path.basename(a) for a in process.cmdline}
     if any(c in programs or c in program for c in CONSOLES):
-        return SessionRole("console", process.pid, description=f"console pid {process.pid}")
-    return SessionRole("process", process.pid, description=f"pid {process.pid}: {argv[:80]}")
+        return SessionRole("console", pid, description=f"console pid {pid}{on}", host=key.host)
+    return SessionRole("process", pid, description=f"pid {pid}{on}: {argv[:80]}", host=key.host)
 
 
 def build_graph(snapshot: Snapshot, links: Links) -> LockGraph:
@@ -105,14 +123,17 @@ def build_graph(snapshot: Snapshot, links: Links) -> LockGraph:
     graph = LockGraph()
     if snapshot.database is None:
         return graph
-    processes = {p.pid: p for p in snapshot.processes}
+    processes = {snapshot.key(p): p for p in snapshot.processes}
     for s in snapshot.database.sessions:
         key = (s.server, s.session_id)
         graph.sessions[key] = s
         if s.client_pid is not None:
-            graph.roles[key] = role_of_process(processes.get(s.client_pid), links)
+            client = ProcKey(s.client_pid_host or snapshot.host, s.client_pid)
+            graph.roles[key] = role_of_process(processes.get(client), links)
             if graph.roles[key].role == "unmatched":
-                graph.roles[key] = SessionRole("process", s.client_pid, description=f"pid {s.client_pid}")
+                on = f" on {client.host}" if client.host != snapshot.host else ""
+                graph.roles[key] = SessionRole("process", s.client_pid, description=f"pid {s.client_pid}{on}",
+                                               host=client.host)
         elif s.client_match == "remote":
             graph.roles[key] = SessionRole("remote", description=f"remote host {s.client_host}")
     graph.waits = list(snapshot.database.lock_waits)
@@ -151,6 +172,7 @@ def blocker_dict(graph: LockGraph, wait: LockWait) -> dict[str, Any]:
         "server": wait.server,
         "session_id": wait.blocking_session,
         "pid": role.pid,
+        "host": role.host,
         "role": role.role,
         "job_id": role.job_id,
         "doing": holding(session),
@@ -191,7 +213,7 @@ def is_locking(query: str | None) -> bool:
     return bool(query and _LOCKING.search(query))
 
 
-def likely_waits(snapshot: Snapshot, graph: LockGraph, activities: dict[int, Activity]) -> list[LikelyWait]:
+def likely_waits(snapshot: Snapshot, graph: LockGraph, activities: dict[ProcKey, Activity]) -> list[LikelyWait]:
     """Jobs whose statement waits on a lock that no lock view named, each with its likely holders.
 
     Only on servers seen through a limited account (or PostgreSQL sessions in a ``Lock`` wait that no
@@ -208,12 +230,13 @@ def likely_waits(snapshot: Snapshot, graph: LockGraph, activities: dict[int, Act
         role = graph.role(*key)
         if role.role != "rq-job" or not role.job_id or key in waiting:
             continue
-        evidence = _wait_evidence(session, key[0] in database.limited_view, activities.get(role.pid or -1))
+        activity = activities.get(role.key) if role.key is not None else None
+        evidence = _wait_evidence(session, key[0] in database.limited_view, activity)
         if evidence is None:
             continue
-        holders, before = _holders(graph, session, role.pid, activities)
+        holders, before = _holders(graph, session, role.key, activities)
         found.append(LikelyWait(key[0], session.session_id, role.job_id, role.pid, session.time_s or 0.0,
-                                evidence, holders, before))
+                                evidence, holders, before, role.host))
     return found
 
 
@@ -242,15 +265,15 @@ def _wait_evidence(session: DbSession, limited: bool, activity: Activity | None)
             "this account cannot read the lock views (no PROCESS privilege), so the holder is not named by the server"]
 
 
-def _holders(graph: LockGraph, victim: DbSession, victim_pid: int | None,
-             activities: dict[int, Activity]) -> tuple[list[int], bool]:
+def _holders(graph: LockGraph, victim: DbSession, victim_key: ProcKey | None,
+             activities: dict[ProcKey, Activity]) -> tuple[list[int], bool]:
     """Idle sessions of the same account and database that could hold the lock, likeliest first."""
     pool = []
     for (server, sid), s in graph.sessions.items():
-        pid = graph.role(server, sid).pid
+        client = graph.role(server, sid).key
         if server != victim.server or sid == victim.session_id or s.user != victim.user or s.db != victim.db:
             continue
-        if pid is not None and pid == victim_pid:
+        if client is not None and client == victim_key:
             continue
         if not _idle(s):
             continue
@@ -269,8 +292,8 @@ def _idle(session: DbSession) -> bool:
     return session.idle_in_transaction
 
 
-def _progressing(role: SessionRole, activities: dict[int, Activity]) -> bool:
-    activity = activities.get(role.pid or -1)
+def _progressing(role: SessionRole, activities: dict[ProcKey, Activity]) -> bool:
+    activity = activities.get(role.key) if role.key is not None else None
     return activity is not None and activity.progress == "progressing"
 
 
@@ -283,7 +306,8 @@ def likely_blocker_dict(graph: LockGraph, likely: LikelyWait, holder: int) -> di
     doing = holding(session) if session is None or session.trx_age_s is not None or session.idle_in_transaction \
         else f"idle for {session.time_s or 0:.0f} s, perhaps in an open transaction"
     return {
-        "server": likely.server, "session_id": holder, "pid": role.pid, "role": role.role, "job_id": role.job_id,
+        "server": likely.server, "session_id": holder, "pid": role.pid, "host": role.host, "role": role.role,
+        "job_id": role.job_id,
         "doing": doing, "trx_age_s": session.trx_age_s if session else None, "table": None,
         "lock_kind": "row", "wait_age_s": likely.waited_s, "chain": [likely.waiting_session, holder],
         "cycle": False, "inferred": True, "kill": kill_statement(likely.server, holder),

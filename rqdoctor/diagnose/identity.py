@@ -4,10 +4,14 @@ A hash names a local process when its hostname is this host's and its pid a proc
 namespace, or when a foreign PID namespace (a container, ``unshare``) whose UTS hostname is the hash's
 holds a process whose last ``NSpid`` is the hash's pid. Every other hash is remote. Nothing else in
 diagnosis maps a hash's pid to a process.
+
+A snapshot merged from several hosts (``Snapshot.hosts``) resolves each hash against the processes of the
+host whose name it carries (or of a container on that host); only hashes of hosts not collected are remote.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from rqdoctor.model import ProcessInfo, Snapshot, WorkerInfo
@@ -22,6 +26,8 @@ class Resolution:
     process: ProcessInfo | None = None
     container: str | None = None
     """The container (UTS) hostname it was resolved through; None for this host's own namespace."""
+    host: str | None = None
+    """The collected host it is on (``local``), None when remote."""
 
 
 def container_names(processes: list[ProcessInfo]) -> set[str]:
@@ -46,9 +52,36 @@ def resolve(hostname: str | None, pid: int | None, host: str, processes: list[Pr
     return Resolution(True, inside[-1] if inside else None, hostname)
 
 
+class Hosts:
+    """The collected hosts of a snapshot (one, or each of a merged one), with their processes and containers."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.own = snapshot.host
+        self.processes: dict[str, list[ProcessInfo]] = {snapshot.host: []}
+        self.processes.update((h.name, []) for h in snapshot.hosts)
+        for p in snapshot.processes:
+            self.processes.setdefault(snapshot.key(p).host, []).append(p)
+        self.containers = {host: container_names(procs) for host, procs in self.processes.items()}
+
+    def host_of(self, hostname: str | None) -> str | None:
+        """The collected host a worker hash's hostname is (or is a container on), None when not collected."""
+        if not hostname:
+            return None
+        if hostname in self.processes:
+            return hostname
+        return next((host for host, names in self.containers.items() if hostname in names), None)
+
+    def resolve(self, hostname: str | None, pid: int | None) -> Resolution:
+        """:func:`resolve` against the processes of the host ``hostname`` is on."""
+        host = self.host_of(hostname)
+        if host is None:
+            return Resolution(False)
+        return dataclasses.replace(resolve(hostname, pid, host, self.processes[host]), host=host)
+
+
 def resolve_worker(w: WorkerInfo, snapshot: Snapshot) -> Resolution:
-    """:func:`resolve` for a worker hash of ``snapshot``."""
-    return resolve(w.hostname, w.pid, snapshot.host, snapshot.processes)
+    """:func:`resolve` for a worker hash of ``snapshot``, on the collected host its hostname names."""
+    return Hosts(snapshot).resolve(w.hostname, w.pid)
 
 
 def is_local_hostname(hostname: str | None, host: str, processes: list[ProcessInfo]) -> bool:

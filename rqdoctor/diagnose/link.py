@@ -8,6 +8,9 @@ its argv or title, and is old enough to have written the worker's ``birth``; oth
 is the child whose process group is its own; a job runs in that horse, in the worker itself (SimpleWorker), or in an
 orphaned horse: a horse-like process whose parent is not a live worker, that belongs to the
 diagnosed bench or Redis. Works on a snapshot loaded from JSON on any machine.
+
+Processes are named by :class:`~rqdoctor.model.ProcKey` (host, pid), never by a bare pid: a snapshot merged
+from several hosts holds each host's processes, and a worker, its horse and its orphans are on one host.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from rqdoctor.diagnose.identity import is_local_hostname, resolve
+from rqdoctor.diagnose.identity import Hosts
 from rqdoctor.endpoints import redis_host_port
-from rqdoctor.model import JobInfo, ProcessInfo, Snapshot, WorkerInfo
+from rqdoctor.model import JobInfo, ProcessInfo, ProcKey, Snapshot, WorkerInfo
 
 BIRTH_SLACK = 3.0
 """Seconds a worker's process may appear to start after its ``birth`` (clock ticks, boot-time rounding)."""
@@ -67,7 +70,10 @@ class WorkerLink:
     """The container (UTS hostname of a foreign PID namespace on this host) the hash was resolved in; its
     processes are still named by host pid."""
     on_this_host: bool = False
-    """Its hostname is this host's or a container's on it (:func:`rqdoctor.diagnose.identity.resolve`)."""
+    """Its hostname is this host's or a container's on it (:func:`rqdoctor.diagnose.identity.resolve`); merged
+    from several hosts: one of the collected hosts (:attr:`host`)."""
+    host: str | None = None
+    """The collected host it is on (None: remote, or no hostname)."""
 
 
 @dataclass
@@ -102,25 +108,36 @@ class Links:
     jobs: list[JobLink] = field(default_factory=list)
     orphans: list[ProcessInfo] = field(default_factory=list)
     """Orphaned work-horses of the diagnosed bench or Redis: their parent is not a live worker."""
-    orphan_evidence: dict[int, list[str]] = field(default_factory=dict)
-    """Per orphan pid: why it is an orphan and why it is ours (one line each)."""
-    gone: set[int] = field(default_factory=set)
-    """Pids that exited while rqdoctor read or sampled them (:func:`gone_pids`): no verdict, no advice."""
-    unmatched: set[int] = field(default_factory=set)
+    orphan_evidence: dict[ProcKey, list[str]] = field(default_factory=dict)
+    """Per orphan: why it is an orphan and why it is ours (one line each)."""
+    gone: set[ProcKey] = field(default_factory=set)
+    """Processes that exited while rqdoctor read or sampled them (:func:`gone_pids`): no verdict, no advice."""
+    unmatched: set[ProcKey] = field(default_factory=set)
     """Untitled orphans of the bench or Redis matched to no job while a gone worker's started job has no runner:
     weaker evidence (no title, start time outside :data:`ORPHAN_WINDOW`), yet one might be running that job."""
 
-    def job_for_pid(self, pid: int) -> JobLink | None:
-        """The job whose runner is ``pid`` or one of the runner's descendants."""
+    host: str = ""
+    """The snapshot's host: that of a process whose identity names none."""
+
+    def key(self, p: ProcessInfo) -> ProcKey:
+        """The host and pid of a process of the snapshot."""
+        return p.key(self.host)
+
+    def local(self, pid: int) -> ProcKey:
+        """Process ``pid`` of the snapshot's own host."""
+        return ProcKey(self.host, pid)
+
+    def job_for(self, key: ProcKey) -> JobLink | None:
+        """The job whose runner is that process or one of the runner's descendants."""
         for jl in self.jobs:
-            if jl.runner is not None and pid in {jl.runner.pid, *(c.pid for c in jl.children)}:
+            if jl.runner is not None and key in {self.key(p) for p in (jl.runner, *jl.children)}:
                 return jl
         return None
 
-    def worker_for_pid(self, pid: int) -> WorkerLink | None:
-        """The worker whose process or horse is ``pid``."""
+    def worker_for(self, key: ProcKey) -> WorkerLink | None:
+        """The worker whose process or horse is that process."""
         for wl in self.workers:
-            if pid in {p.pid for p in (wl.process, wl.horse) if p is not None}:
+            if key in {self.key(p) for p in (wl.process, wl.horse) if p is not None}:
                 return wl
         return None
 
@@ -128,28 +145,34 @@ class Links:
 def link(snapshot: Snapshot) -> Links:
     """Join the snapshot's Redis workers and started jobs to its processes (nothing without Redis)."""
     if snapshot.redis is None:
-        return Links(gone=gone_pids(snapshot))
-    tree = _Tree(snapshot.processes)
-    blind = any(e.probe == "processes" and e.kind not in _PARTIAL_ERRORS for e in snapshot.errors)
-    wlinks = [_link_worker(w, snapshot, blind) for w in snapshot.redis.workers]
-    _resolve_shared_pids(wlinks)
+        return Links(gone=gone_pids(snapshot), host=snapshot.host)
+    tree = _Tree(snapshot.processes, snapshot.host)
+    hosts = Hosts(snapshot)
+    blind = {h for h in hosts.processes if _blind(snapshot, h)}
+    wlinks = [_link_worker(w, snapshot, hosts, blind) for w in snapshot.redis.workers]
+    _resolve_shared_pids(wlinks, tree)
     for wl in wlinks:
         _attach_horse(wl, tree)
     candidates = _orphan_candidates(wlinks, tree)
-    links = Links(workers=wlinks, gone=gone_pids(snapshot))
-    links.jobs = _link_jobs(snapshot.redis.jobs, wlinks, candidates)
+    links = Links(workers=wlinks, gone=gone_pids(snapshot), host=snapshot.host)
+    links.jobs = _link_jobs(snapshot.redis.jobs, wlinks, candidates, tree)
     links.orphans, links.orphan_evidence = _ours(snapshot, candidates, tree, links)
-    orphans = {p.pid for p in links.orphans}
+    orphans = {tree.key(p) for p in links.orphans}
     for jl in links.jobs:
-        if jl.runner_role == "orphaned-horse" and jl.runner is not None and jl.runner.pid not in orphans:
+        if jl.runner_role == "orphaned-horse" and jl.runner is not None and tree.key(jl.runner) not in orphans:
             jl.runner, jl.runner_role, jl.matched_by = None, None, ""  # not an orphan of ours after all
             host = jl.worker.hostname if jl.worker else None
-            local = is_local_hostname(host, snapshot.host, snapshot.processes)
-            jl.location = "unknown" if not host else "local" if local else "remote"
+            jl.location = "unknown" if not host else "local" if hosts.host_of(host) else "remote"
         if jl.runner is not None:
-            jl.children = list(tree.descendants(jl.runner.pid))
-            jl.gone = jl.runner.pid in links.gone
+            jl.children = list(tree.descendants(jl.runner))
+            jl.gone = tree.key(jl.runner) in links.gone
     return links
+
+
+def _blind(snapshot: Snapshot, host: str) -> bool:
+    """The process probe of ``host`` failed: a missing process there proves nothing."""
+    return any(e.probe == "processes" and e.kind not in _PARTIAL_ERRORS and (e.host or snapshot.host) == host
+               for e in snapshot.errors)
 
 
 def alive(p: ProcessInfo) -> bool:
@@ -157,38 +180,49 @@ def alive(p: ProcessInfo) -> bool:
     return p.status not in GONE
 
 
-def gone_pids(snapshot: Snapshot) -> set[int]:
-    """Pids that exited while rqdoctor read or sampled them (vanished status or error, zombie)."""
-    pids = {p.pid for p in snapshot.processes if not alive(p)}
-    pids |= {s.pid for s in snapshot.stacks if s.error is not None and s.error.kind == VANISHED}
+def gone_pids(snapshot: Snapshot) -> set[ProcKey]:
+    """Processes that exited while rqdoctor read or sampled them (vanished status or error, zombie)."""
+    keys = {snapshot.key(p) for p in snapshot.processes if not alive(p)}
+    keys |= {ProcKey(s.host or snapshot.host, s.pid) for s in snapshot.stacks
+             if s.error is not None and s.error.kind == VANISHED}
     for e in snapshot.errors:
         if e.kind == VANISHED and e.subject:
             digits = e.subject.removeprefix("pid ").strip()
             if digits.isdigit():
-                pids.add(int(digits))
-    return pids
+                keys.add(ProcKey(e.host or snapshot.host, int(digits)))
+    return keys
 
 
 class _Tree:
-    """Processes by pid and by parent."""
+    """Processes by (host, pid) and by parent."""
 
-    def __init__(self, processes: list[ProcessInfo]) -> None:
-        self.by_pid = {p.pid: p for p in processes}
-        self.kids: dict[int, list[ProcessInfo]] = {}
-        for p in sorted(processes, key=lambda p: p.pid):
+    def __init__(self, processes: list[ProcessInfo], host: str) -> None:
+        self.host = host
+        self.by_key = {self.key(p): p for p in processes}
+        self.kids: dict[ProcKey, list[ProcessInfo]] = {}
+        for p in sorted(processes, key=lambda p: self.key(p)):
             if p.ppid is not None and p.ppid != p.pid:
-                self.kids.setdefault(p.ppid, []).append(p)
+                self.kids.setdefault(ProcKey(self.key(p).host, p.ppid), []).append(p)
 
-    def descendants(self, pid: int) -> Iterator[ProcessInfo]:
-        seen = {pid}
-        stack = list(reversed(self.kids.get(pid, [])))
+    def key(self, p: ProcessInfo) -> ProcKey:
+        return p.key(self.host)
+
+    def parent(self, p: ProcessInfo) -> ProcessInfo | None:
+        return self.by_key.get(ProcKey(self.key(p).host, p.ppid)) if p.ppid is not None else None
+
+    def children(self, p: ProcessInfo) -> list[ProcessInfo]:
+        return self.kids.get(self.key(p), [])
+
+    def descendants(self, root: ProcessInfo) -> Iterator[ProcessInfo]:
+        seen = {self.key(root)}
+        stack = list(reversed(self.children(root)))
         while stack:
             p = stack.pop()
-            if p.pid in seen:
+            if self.key(p) in seen:
                 continue
-            seen.add(p.pid)
+            seen.add(self.key(p))
             yield p
-            stack.extend(reversed(self.kids.get(p.pid, [])))
+            stack.extend(reversed(self.children(p)))
 
 
 def parse_title(p: ProcessInfo) -> tuple[str, str] | None:
@@ -201,10 +235,10 @@ def _is_group_leader(p: ProcessInfo) -> bool:
     return p.pgid == p.pid
 
 
-def _link_worker(w: WorkerInfo, snapshot: Snapshot, blind: bool) -> WorkerLink:
+def _link_worker(w: WorkerInfo, snapshot: Snapshot, hosts: Hosts, blind: set[str]) -> WorkerLink:
     wl = WorkerLink(worker=w)
-    found = resolve(w.hostname, w.pid, snapshot.host, snapshot.processes)
-    wl.container, wl.on_this_host = found.container, found.local
+    found = hosts.resolve(w.hostname, w.pid)
+    wl.container, wl.on_this_host, wl.host = found.container, found.local, found.host
     if not w.hostname or w.pid is None:
         wl.problems.append("no pid: the worker hash names no hostname or pid")
     elif not found.local:
@@ -213,8 +247,8 @@ def _link_worker(w: WorkerInfo, snapshot: Snapshot, blind: bool) -> WorkerLink:
         wl.location = "dead"
         wl.problems.append("death registered: the worker recorded a clean exit")
     else:
-        where = f"container {found.container} on {snapshot.host}" if found.container else snapshot.host
-        _identify(wl, found.process, where, blind)
+        where = f"container {found.container} on {found.host}" if found.container else str(found.host)
+        _identify(wl, found.process, where, found.host in blind)
     return wl
 
 
@@ -240,13 +274,13 @@ def _identify(wl: WorkerLink, p: ProcessInfo | None, host: str, blind: bool) -> 
         wl.process, wl.location = p, "local"
 
 
-def _resolve_shared_pids(wlinks: list[WorkerLink]) -> None:
-    """Two live-looking hashes on one pid: the latest birth keeps the process."""
-    by_pid: dict[int, list[WorkerLink]] = {}
+def _resolve_shared_pids(wlinks: list[WorkerLink], tree: _Tree) -> None:
+    """Two live-looking hashes on one process: the latest birth keeps it."""
+    by_process: dict[ProcKey, list[WorkerLink]] = {}
     for wl in wlinks:
         if wl.process is not None:
-            by_pid.setdefault(wl.process.pid, []).append(wl)
-    for group in by_pid.values():
+            by_process.setdefault(tree.key(wl.process), []).append(wl)
+    for group in by_process.values():
         group.sort(key=lambda wl: wl.worker.birth or 0.0, reverse=True)
         for wl in group[1:]:
             wl.problems.append(f"pid taken: process {wl.process.pid} belongs to worker {group[0].worker.name}")
@@ -259,10 +293,10 @@ def _attach_horse(wl: WorkerLink, tree: _Tree) -> None:
     if p is None:
         return
     v1 = (wl.worker.version or "").startswith("1.")
-    horses = [c for c in tree.kids.get(p.pid, []) if _is_group_leader(c) and (not v1 or c.sid in (None, c.pid))]
+    horses = [c for c in tree.children(p) if _is_group_leader(c) and (not v1 or c.sid in (None, c.pid))]
     horses.sort(key=lambda c: (alive(c), c.worker_like, c.create_time or 0.0))
     wl.horse = horses[-1] if horses else None
-    parent = tree.by_pid.get(p.ppid) if p.ppid is not None else None
+    parent = tree.parent(p)
     # A pool forks its workers, so they share its PID namespace (a container's parent, e.g. `unshare`, is none).
     wl.pool_parent = parent if parent is not None and parent.worker_like and _same_pid_ns(parent, p) else None
     own_title = parse_title(p)
@@ -270,7 +304,7 @@ def _attach_horse(wl: WorkerLink, tree: _Tree) -> None:
     # A fork caught before it made itself a process group still runs the worker's argv: a horse, not a job
     # of a SimpleWorker (whose children are the job's own programs).
     # (An idle worker's worker-like child is its scheduler; a busy one's could be too: then no verdict at all.)
-    wl.forking = bool(_current_jobs(wl.worker)) and any(c.worker_like and alive(c) for c in tree.kids.get(p.pid, []))
+    wl.forking = bool(_current_jobs(wl.worker)) and any(c.worker_like and alive(c) for c in tree.children(p))
     if forked and wl.horse is None and _current_jobs(wl.worker):
         wl.problems.append("horse missing: the worker's title says it forked, but no work-horse child was found")
     if wl.pool_parent is not None:
@@ -308,26 +342,26 @@ def _orphan_candidates(wlinks: list[WorkerLink], tree: _Tree) -> list[ProcessInf
     Redis does not list: another Redis's worker), a worker's own title (Listening / Forked / Spawned) and
     an unregistered worker with a horse of its own.
     """
-    taken = {wl.process.pid for wl in wlinks if wl.process is not None}
-    taken |= {wl.pool_parent.pid for wl in wlinks if wl.pool_parent is not None}
+    taken = {tree.key(wl.process) for wl in wlinks if wl.process is not None}
+    taken |= {tree.key(wl.pool_parent) for wl in wlinks if wl.pool_parent is not None}
     out = []
-    for p in tree.by_pid.values():
-        if not (p.worker_like and _is_group_leader(p)) or not alive(p) or p.pid in taken:
+    for p in tree.by_key.values():
+        if not (p.worker_like and _is_group_leader(p)) or not alive(p) or tree.key(p) in taken:
             continue
-        parent = tree.by_pid.get(p.ppid) if p.ppid is not None else None
+        parent = tree.parent(p)
         if parent is not None and parent.worker_like and alive(parent):
             continue  # the horse of a live worker (of this Redis or another)
         own_title = parse_title(p)
         if own_title and own_title[1] != "Processing":
             continue  # a worker's own title: Listening / Forked / Spawned
-        if any(c.worker_like and _is_group_leader(c) for c in tree.kids.get(p.pid, [])):
+        if any(c.worker_like and _is_group_leader(c) for c in tree.children(p)):
             continue  # a worker (not in Redis) with its own horse
         out.append(p)
-    return sorted(out, key=lambda p: p.pid)
+    return sorted(out, key=tree.key)
 
 
 def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
-          links: Links) -> tuple[list[ProcessInfo], dict[int, list[str]]]:
+          links: Links) -> tuple[list[ProcessInfo], dict[ProcKey, list[str]]]:
     """The candidates that are orphaned horses of the diagnosed bench or Redis, with the evidence.
 
     A titled horse (``Processing``) belongs only when its title names a worker this Redis knows (a worker hash,
@@ -341,7 +375,7 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
     names = {w.name for w in redis.workers} | {j.worker_name for j in redis.jobs if j.worker_name}
     bench = (snapshot.target.bench_path or "").rstrip("/")
     endpoint = _redis_endpoint(snapshot.target.redis_url)
-    matched = {jl.runner.pid: jl for jl in links.jobs if jl.runner_role == "orphaned-horse" and jl.runner}
+    matched = {tree.key(jl.runner): jl for jl in links.jobs if jl.runner_role == "orphaned-horse" and jl.runner}
     waiting = _waiting(links.jobs, links.workers)
     out, evidence = [], {}
     for p in candidates:
@@ -357,26 +391,26 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
             peer = next((c.raddr for c in p.connections if endpoint and _same_endpoint(c.raddr, endpoint)), None)
             if peer:
                 lines.append(f"it is connected to the diagnosed Redis at {peer}")
-            jl = matched.get(p.pid)
-            could = [w for w in waiting if _could_run(p, w.job)]
+            jl = matched.get(tree.key(p))
+            could = [w for w in waiting if _could_run(p, w.job) and _same_host(tree, p, w)]
             if not lines or (jl is None and not could):
                 continue
             if jl is None:
-                links.unmatched.add(p.pid)
+                links.unmatched.add(tree.key(p))
                 lines.append(_unmatched_line(p, could))
-        parent = tree.by_pid.get(p.ppid) if p.ppid is not None else None
+        parent = tree.parent(p)
         if p.ppid == 1:
             why = "its parent is pid 1 (re-parented: the worker that forked it is gone)"
         elif parent is None:
             why = f"its parent {p.ppid} is not an RQ worker (it adopted it, as a subreaper does: the worker is gone)"
         else:
             why = f"its parent {p.ppid} (`{' '.join(parent.cmdline)[:80]}`) is not a live RQ worker"
-        jl = matched.get(p.pid)
+        jl = matched.get(tree.key(p))
         if jl is not None:
             how = "its title" if jl.matched_by == "title" else "its start time (the job's started_at)"
             lines.append(f"runs job {jl.job.job_id} of worker {jl.job.worker_name} (matched by {how})")
         out.append(p)
-        evidence[p.pid] = [why, *lines]
+        evidence[tree.key(p)] = [why, *lines]
     return out, evidence
 
 
@@ -441,7 +475,8 @@ def _find_worker(job: JobInfo, wlinks: list[WorkerLink]) -> tuple[WorkerLink | N
     return None, ""
 
 
-def _link_jobs(jobs: list[JobInfo], wlinks: list[WorkerLink], orphans: list[ProcessInfo]) -> list[JobLink]:
+def _link_jobs(jobs: list[JobInfo], wlinks: list[WorkerLink], orphans: list[ProcessInfo],
+               tree: _Tree) -> list[JobLink]:
     out = []
     for job in jobs:
         wl, how = _find_worker(job, wlinks)
@@ -457,7 +492,7 @@ def _link_jobs(jobs: list[JobInfo], wlinks: list[WorkerLink], orphans: list[Proc
                     jl.runner, jl.runner_role = wl.process, "worker"
         jl.pre_start = jl.runner_role == "horse" and job.status == "queued"
         out.append(jl)
-    _match_orphans(out, wlinks, orphans)
+    _match_orphans(out, wlinks, orphans, tree)
     return out
 
 
@@ -472,7 +507,8 @@ def _waiting(jlinks: list[JobLink], wlinks: list[WorkerLink]) -> list[JobLink]:
     ]
 
 
-def _match_orphans(jlinks: list[JobLink], wlinks: list[WorkerLink], orphans: list[ProcessInfo]) -> None:
+def _match_orphans(jlinks: list[JobLink], wlinks: list[WorkerLink], orphans: list[ProcessInfo],
+                   tree: _Tree) -> None:
     """Give runner-less jobs of gone workers an orphaned horse: by title first, then by start time."""
     free = list(orphans)
     waiting = _waiting(jlinks, wlinks)
@@ -480,12 +516,21 @@ def _match_orphans(jlinks: list[JobLink], wlinks: list[WorkerLink], orphans: lis
         for jl in waiting:
             if jl.runner is not None:
                 continue
-            candidates = [p for p in free if _orphan_fits(p, jl.job, how)]
+            candidates = [p for p in free if _orphan_fits(p, jl.job, how) and _same_host(tree, p, jl)]
             if not candidates:
                 continue
             best = min(candidates, key=lambda p: _start_gap(p, jl.job))
             free.remove(best)
             jl.runner, jl.runner_role, jl.matched_by, jl.location = best, "orphaned-horse", how, "local"
+
+
+def _same_host(tree: _Tree, p: ProcessInfo, jl: JobLink) -> bool:
+    """The orphan may run the job: its host is the one the job's worker hash names (any, when that is unknown)."""
+    want = jl.worker.hostname if jl.worker else None
+    if not want or want == tree.key(p).host:
+        return True
+    ident = p.identity
+    return ident is not None and ident.foreign_ns and ident.uts_hostname == want
 
 
 def _orphan_fits(p: ProcessInfo, job: JobInfo, how: str) -> bool:

@@ -29,7 +29,7 @@ def _job_fields(job: JobInfo | None) -> dict[str, str | None]:
 
 def _process_fields(host: str, p: ProcessInfo) -> dict[str, object]:
     """Host pid identity, plus the namespace identity of a process in a container (re-verified too)."""
-    fields: dict[str, object] = {"host": host, "pid": p.pid, "pgid": p.pgid, "create_time": p.create_time}
+    fields: dict[str, object] = {"host": p.key(host).host, "pid": p.pid, "pgid": p.pgid, "create_time": p.create_time}
     ident = p.identity
     if ident is not None and ident.foreign_ns:
         fields.update(ns_pid=ident.ns_pid, pid_ns=ident.pid_ns, container_id=ident.container_id,
@@ -59,7 +59,7 @@ def for_job_runner(snapshot: Snapshot, jl: JobLink, reason: str) -> Remedy | Non
 
 def for_orphan(snapshot: Snapshot, links: Links, p: ProcessInfo, reason: str) -> Remedy:
     """End an orphaned horse's group; its job (when matched) is then failed from its started entry."""
-    jl = links.job_for_pid(p.pid)
+    jl = links.job_for(links.key(p))
     job = jl.job if jl is not None else None
     return Remedy("stop_orphan", reason, worker=job.worker_name if job else None, expected="failed",
                   **_process_fields(snapshot.host, p), **_job_fields(job))  # type: ignore[arg-type]
@@ -100,8 +100,8 @@ def unrun_blocker(snapshot: Snapshot, links: Links, jl: JobLink) -> str | None:
         return "its worker is not known to be dead"
     if any(e.probe == "processes" and e.kind not in ("vanished", "permission", "truncated") for e in snapshot.errors):
         return "the process table could not be read"
-    matched = {j.runner.pid for j in links.jobs if j.runner is not None}
-    loose = [p for p in links.orphans if p.pid not in matched and p.pid not in links.gone]
+    matched = {links.key(j.runner) for j in links.jobs if j.runner is not None}
+    loose = [p for p in links.orphans if links.key(p) not in matched and links.key(p) not in links.gone]
     if loose:
         return (f"an orphaned horse pid {loose[0].pid} of this bench or Redis is not matched to any job and "
                 "might be running it")

@@ -38,7 +38,7 @@ def foreign_workers(ctx: Context) -> Iterator[Hit]:
             continue
         yield Hit(f"worker {wl.worker.name}", worker=wl.worker.name, pid=p.pid, evidence=[
             f"it listens on {', '.join(wl.worker.queues)}: this bench's queues ({ctx.snapshot.target.queue_filter}*)",
-            f"its process {process_ref(p)} runs in {p.cwd}, not in {bench}"],
+            f"its process {process_ref(p, ctx.here)} runs in {p.cwd}, not in {bench}"],
             fix="Two benches on one Redis share a bench id, so each one's workers run the other's jobs (against "
                 "the wrong sites and code). Give each bench its own bench_id in sites/common_site_config.json "
                 "(or its own Redis), then restart both benches' workers.",
@@ -86,7 +86,7 @@ def worker_without_connection(ctx: Context) -> Iterator[Hit]:
                     "CLIENT LIST has no connection named after it (rq workers name their connection), while "
                     "other workers' connections are listed"]
         if wl.process is not None:
-            evidence.append(f"its process {process_ref(wl.process)} still runs: it lost its Redis connection")
+            evidence.append(f"its process {process_ref(wl.process, ctx.here)} still runs: it lost its Redis connection")
         yield Hit(f"worker {w.name}", worker=w.name, pid=wl.process.pid if wl.process else None, evidence=evidence,
                   fix="A worker without a connection takes no job: its process died (RQD201) or hangs outside its "
                       "loop. Look at it with the command below, then restart it.",

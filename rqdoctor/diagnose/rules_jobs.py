@@ -204,21 +204,21 @@ def busy_without_job(ctx: Context) -> Iterator[Hit]:
             continue
         if (w.version or "").startswith("3."):
             continue
-        horse = link.horse if link.horse is not None and link.horse.pid not in gone else None
+        horse = link.horse if link.horse is not None and ctx.snapshot.key(link.horse) not in gone else None
         if link.horse is not None and horse is None:
             continue  # its horse exited during the scan: nothing left to judge
         runner = horse or link.process
-        activity = ctx.activities.get(runner.pid)
+        activity = ctx.activities.get(ctx.snapshot.key(runner))
         evidence = ["state busy, no current_job: the horse never reached prepare_job_execution",
-                    f"worker process {process_ref(link.process)}"]
+                    f"worker process {process_ref(link.process, ctx.here)}"]
         if horse is not None:
-            evidence.append(f"its work-horse {process_ref(horse)}, leading its own process group")
+            evidence.append(f"its work-horse {process_ref(horse, ctx.here)}, leading its own process group")
         fix = ("A lock inherited across fork() from a background thread (logging, Sentry, gRPC) deadlocks the "
                "horse before the job body runs. Avoid starting threads before the fork, or use a spawn-based "
                "worker.")
         if horse is not None:
-            fix += (f" Kill the horse's process group ({process_ref(horse)}) to free the worker; the job is still "
-                    "queued or started.")
+            fix += (f" Kill the horse's process group ({process_ref(horse, ctx.here)}) to free the worker; the job is "
+                    "still queued or started.")
         remedy = None
         if horse is not None:
             pre = next((j.job for j in ctx.links.jobs if j.runner is horse), None)
@@ -238,7 +238,7 @@ def simple_worker_blocked(ctx: Context) -> Iterator[Hit]:
             continue
         yield _hit(
             facts,
-            [f"the job runs inside the worker process itself ({process_ref(runner)}): no work-horse, no hard "
+            [f"the job runs inside the worker process itself ({process_ref(runner, ctx.here)}): no work-horse, no hard "
              "kill at timeout + 60 s, and the worker takes no other job meanwhile", *_activity_line(facts.activity)],
             "Use the forking Worker for jobs that may hang, or make the job's blocking calls time out. "
             "Stopping this run stops the worker itself.",
@@ -265,14 +265,15 @@ def no_progress(ctx: Context) -> Iterator[Hit]:
 @rule("RQD110", "warning", "Orphaned work-horse: its worker is gone")
 def orphaned_horse(ctx: Context) -> Iterator[Hit]:
     for process in ctx.links.orphans:
-        if process.pid in ctx.links.gone:
+        key = ctx.snapshot.key(process)
+        if key in ctx.links.gone:
             continue  # it exited during the scan
-        job = ctx.links.job_for_pid(process.pid)
-        evidence = [f"{process_ref(process)} is an RQ work-horse with no live worker",
-                    *ctx.links.orphan_evidence.get(process.pid, [])]
+        job = ctx.links.job_for(key)
+        evidence = [f"{process_ref(process, ctx.here)} is an RQ work-horse with no live worker",
+                    *ctx.links.orphan_evidence.get(key, [])]
         if job is not None:
             evidence += expired_while_running(ctx, job)
-        remedy = None if process.pid in ctx.links.unmatched else remedies.for_orphan(
+        remedy = None if key in ctx.links.unmatched else remedies.for_orphan(
             ctx.snapshot, ctx.links, process, "orphaned work-horse: its worker is gone")
         yield Hit(
             f"process {process.pid}",
@@ -281,9 +282,10 @@ def orphaned_horse(ctx: Context) -> Iterator[Hit]:
             worker=job.job.worker_name if job else None,
             commands=[f"kill -TERM -{process.pgid or process.pid}"],
             fix="Nobody heartbeats or times out this job; when it finishes it may re-create a ghost worker hash "
-                f"(RQD202). If it is stuck, end its process group ({process_ref(process)}), then check the job's "
-                "status. " + (remedies.describe(remedy) if remedy else "rqdoctor offers no --kill for it: it could not "
-                               "tie it to a job by title or start time, so check it is this job's horse first."),
+                f"(RQD202). If it is stuck, end its process group ({process_ref(process, ctx.here)}), then check the "
+                "job's status. " + (remedies.describe(remedy) if remedy else "rqdoctor offers no --kill for it: it "
+                               "could not tie it to a job by title or start time, so check it is this job's horse "
+                               "first."),
             remedy=remedy,
         )
 

@@ -9,7 +9,7 @@ from rqdoctor.diagnose.advice import process_ref
 from rqdoctor.diagnose.context import Context, JobFacts
 from rqdoctor.diagnose.findings import Hit, rule
 from rqdoctor.diagnose.rules_jobs import _activity_line
-from rqdoctor.model import FileLock, ProcessInfo
+from rqdoctor.model import FileLock, ProcessIdentity, ProcessInfo, ProcKey
 
 _FIX_HOLDER = (
     "The lock is an OS flock held by {holder}: the job waits until that process closes the file or exits. "
@@ -46,13 +46,13 @@ class LockWait(NamedTuple):
 _PATH_LOCALS = ("lock_filename", "lock_file", "lock_path")
 
 
-def lock_wait(ctx: Context, pid: int, thread_id: int | None) -> LockWait | None:
+def lock_wait(ctx: Context, runner: ProcKey, thread_id: int | None) -> LockWait | None:
     """The file the job's thread waits to lock, from its latest sample that tells.
 
     Exactly: the blocked ``flock``/``fcntl`` call's fd. For a polling ``filelock`` (no fd between
     attempts): the held lock file a frame's locals name, else the only held lock file of the bench.
     """
-    stacks = next((s for s in ctx.snapshot.stacks if s.pid == pid), None)
+    stacks, pid = ctx.snapshot.stacks_of(runner), runner.pid
     threads = [t for s in reversed(stacks.samples if stacks else []) for t in s.threads if t.thread_id == thread_id]
     for t in threads:
         fd = next((w for w in t.wait_fds if w.target.startswith("/")), None)
@@ -75,13 +75,16 @@ def lock_wait(ctx: Context, pid: int, thread_id: int | None) -> LockWait | None:
     return None
 
 
-def _holder_process(ctx: Context, lock: FileLock) -> ProcessInfo:
-    known = next((p for p in ctx.snapshot.processes if p.pid == lock.pid), None)
-    return known or ProcessInfo(pid=lock.pid, cmdline=lock.cmdline, create_time=lock.create_time)
+def _holder_process(ctx: Context, host: str, lock: FileLock) -> ProcessInfo:
+    """The holder named by ``/proc/locks`` of ``host`` (a pid of that host)."""
+    known = ctx.snapshot.process(ProcKey(host, lock.pid))
+    return known or ProcessInfo(pid=lock.pid, cmdline=lock.cmdline, create_time=lock.create_time,
+                                identity=ProcessIdentity(host, lock.pid, lock.create_time, lock.pid))
 
 
-def _holder_job(ctx: Context, pid: int) -> str | None:
-    return next((j.job.job_id for j in ctx.links.jobs if j.runner is not None and j.runner.pid == pid), None)
+def _holder_job(ctx: Context, key: ProcKey) -> str | None:
+    return next((j.job.job_id for j in ctx.links.jobs if j.runner is not None and ctx.snapshot.key(j.runner) == key),
+                None)
 
 
 @rule("RQD112", "warning", "Job waits on a file lock held by another process")
@@ -90,11 +93,12 @@ def file_lock_wait(ctx: Context) -> Iterator[Hit]:
         a, runner = facts.activity, facts.link.runner
         if a is None or runner is None or not a.file_lock:
             continue
-        yield _hit(ctx, facts, runner.pid, lock_wait(ctx, runner.pid, a.thread_id))
+        key = ctx.snapshot.key(runner)
+        yield _hit(ctx, facts, key, lock_wait(ctx, key, a.thread_id))
 
 
-def _hit(ctx: Context, facts: JobFacts, pid: int, wait: LockWait | None) -> Hit:
-    job = facts.link.job
+def _hit(ctx: Context, facts: JobFacts, runner: ProcKey, wait: LockWait | None) -> Hit:
+    job, pid = facts.link.job, runner.pid
     evidence = [*facts.identity(), *_activity_line(facts.activity)]
     base = {"job_id": job.job_id, "pid": pid, "worker": job.worker_name}
     if wait is None or not wait.path:
@@ -114,9 +118,9 @@ def _hit(ctx: Context, facts: JobFacts, pid: int, wait: LockWait | None) -> Hit:
         return Hit(f"job {job.job_id}", evidence=evidence, fix=_FIX_NO_HOLDER, data=data, **base)
     refs, commands = [], []
     for lock in holders:
-        holder = _holder_process(ctx, lock)
-        holder_job = _holder_job(ctx, lock.pid)
-        ref = process_ref(holder) + (f", running job {holder_job}" if holder_job else "")
+        holder = _holder_process(ctx, runner.host, lock)
+        holder_job = _holder_job(ctx, ProcKey(runner.host, lock.pid))
+        ref = process_ref(holder, ctx.here) + (f", running job {holder_job}" if holder_job else "")
         refs.append(ref)
         evidence.append(f"/proc/locks: {lock.kind} {lock.access} lock held by {ref}")
         commands += [f"rqdoctor stack {lock.pid}", f"kill -TERM {lock.pid}"]

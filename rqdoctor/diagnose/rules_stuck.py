@@ -18,7 +18,7 @@ from rqdoctor.diagnose.findings import Hit, Remedy, rule
 from rqdoctor.diagnose.frappe_docs import DOC_LOCK, document_of, lock_name, longest_timeout, scheduled_method
 from rqdoctor.diagnose.link import JobLink, WorkerLink
 from rqdoctor.diagnose.rules_queues import is_scheduled_job
-from rqdoctor.model import DocLockFile, JobHash, JobLogRow, ProcessInfo, Snapshot
+from rqdoctor.model import DocLockFile, JobHash, JobLogRow, ProcessInfo, ProcKey, Snapshot
 
 ZOMBIE_MIN_AGE_S = 120
 """A job hash is called a zombie only once its last state change is this old (a dequeue in flight is not one)."""
@@ -67,7 +67,8 @@ def _no_runner(jl: JobLink) -> str:
 
 
 def _job_of_process(ctx: Context, p: ProcessInfo) -> tuple[JobLink | None, WorkerLink | None]:
-    return ctx.links.job_for_pid(p.pid), ctx.links.worker_for_pid(p.pid)
+    key = ctx.snapshot.key(p)
+    return ctx.links.job_for(key), ctx.links.worker_for(key)
 
 
 @rule("RQD302", "warning", "Work-horse is stopped (state T): it runs nothing until resumed")
@@ -79,7 +80,7 @@ def stopped_horse(ctx: Context) -> Iterator[Hit]:
         role = jl.runner_role if jl is not None else ("work-horse" if wl and wl.horse is p else None)
         if role is None and p not in ctx.links.orphans:
             continue  # not a process of this Redis's jobs
-        evidence = [f"{process_ref(p)} is in state T (stopped), at the scan and again a moment later",
+        evidence = [f"{process_ref(p, ctx.here)} is in state T (stopped), at the scan and again a moment later",
                     "a stopped process runs no code and no signal handler: RQ's SIGALRM timeout and TERM wait "
                     "until it is resumed; only KILL ends it"]
         if jl is not None:
@@ -101,16 +102,17 @@ def stopped_horse(ctx: Context) -> Iterator[Hit]:
 
 @rule("RQD303", "warning", "Zombie work-horse: it exited but its worker does not reap it")
 def zombie_horse(ctx: Context) -> Iterator[Hit]:
-    by_pid = {p.pid: p for p in ctx.snapshot.processes}
     for p in ctx.snapshot.processes:
         if p.status != "zombie" or p.status_again != "zombie" or p.ppid is None:
             continue
-        parent = next((wl for wl in ctx.links.workers if wl.process is not None and wl.process.pid == p.ppid), None)
-        if parent is None or parent.process is None or by_pid.get(p.ppid) is None:
+        ppid = ProcKey(ctx.snapshot.key(p).host, p.ppid)
+        parent = next((wl for wl in ctx.links.workers
+                       if wl.process is not None and ctx.snapshot.key(wl.process) == ppid), None)
+        if parent is None or parent.process is None:
             continue  # not the child of a live worker of this Redis
         w = parent.worker
         evidence = [f"pid {p.pid} exited and is a zombie: its parent, worker {w.name} "
-                    f"({process_ref(parent.process)}), has not reaped it (seen twice, a moment apart)",
+                    f"({process_ref(parent.process, ctx.here)}), has not reaped it (seen twice, a moment apart)",
                     "a forking worker reaps its horse at once in its monitor loop (wait4): that loop is not running"]
         heartbeat = age(ctx.now, w.last_heartbeat)
         if heartbeat is not None:
@@ -118,7 +120,7 @@ def zombie_horse(ctx: Context) -> Iterator[Hit]:
         job_id = w.current_job
         remedy = Remedy(
             "stop_worker", f"its horse {p.pid} is a zombie the worker does not reap: the worker loop is hung",
-            host=ctx.snapshot.host, pid=parent.process.pid, pgid=parent.process.pgid,
+            host=ppid.host, pid=parent.process.pid, pgid=parent.process.pgid,
             create_time=parent.process.create_time, worker=w.name, job_id=job_id, expected="absent",
             needs="--kill-worker")
         yield Hit(f"worker {w.name}", evidence=evidence, worker=w.name, pid=parent.process.pid, job_id=job_id,

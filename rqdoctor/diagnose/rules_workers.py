@@ -25,7 +25,8 @@ def dead_worker(ctx: Context) -> Iterator[Hit]:
         if link.claimed is None:
             evidence = [f"Redis says pid {w.pid} on host {w.hostname}; no such process here"]
         else:
-            evidence = [f"Redis says pid {w.pid} on host {w.hostname}; that pid is now {process_ref(link.claimed)}"]
+            now = process_ref(link.claimed, ctx.here)
+            evidence = [f"Redis says pid {w.pid} on host {w.hostname}; that pid is now {now}"]
         evidence += list(link.problems)
         if w.current_job:
             evidence.append(f"its current job {w.current_job} stays 'started' until a cleanup runs")

@@ -28,7 +28,7 @@ from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S, Context
 from rqdoctor.diagnose.dbjoin import blocker_dict, build_graph, job_waits, likely_blocker_dict, likely_waits
 from rqdoctor.diagnose.findings import RULES, Finding, severity_rank
 from rqdoctor.diagnose.link import Links, link
-from rqdoctor.model import Snapshot
+from rqdoctor.model import ProcKey, Snapshot
 
 
 @dataclass
@@ -46,8 +46,8 @@ class Diagnosis:
         return self.context.links
 
     @property
-    def activities(self) -> dict[int, Activity]:
-        """Activity per sampled pid."""
+    def activities(self) -> dict[ProcKey, Activity]:
+        """Activity per sampled process."""
         return self.context.activities
 
     def problems(self) -> list[Finding]:
@@ -78,25 +78,25 @@ def mark_lock_waits(context: Context) -> dict[str, dict[str, Any]]:
     for job_id, wait in job_waits(context.graph).items():
         blocker = blocker_dict(context.graph, wait)
         blockers[job_id] = blocker
-        pid = context.graph.role(wait.server, wait.waiting_session).pid
-        if pid is None:
+        victim = context.graph.role(wait.server, wait.waiting_session).key
+        if victim is None:
             continue
         detail = f"waiting {wait.wait_age_s or 0:.0f} s for a {wait.kind} lock" + (
             f" on {wait.table}" if wait.table else "") + f"; held by {blocker['summary']}"
-        current = context.activities.get(pid)
+        current = context.activities.get(victim)
         if current is None:
-            context.activities[pid] = Activity(KIND_DB_LOCK_WAIT, detail, progress="blocked")
+            context.activities[victim] = Activity(KIND_DB_LOCK_WAIT, detail, progress="blocked")
         else:
-            context.activities[pid] = dataclasses.replace(current, kind=KIND_DB_LOCK_WAIT, detail=detail)
+            context.activities[victim] = dataclasses.replace(current, kind=KIND_DB_LOCK_WAIT, detail=detail)
     for likely in context.graph.likely:
         holder = likely_blocker_dict(context.graph, likely, likely.holders[0]) if likely.holders else None
         if holder is not None:
             blockers.setdefault(likely.job_id, holder)
         detail = f"likely waiting {likely.waited_s:.0f} s for a row lock; " + (
             f"held by {holder['summary']}" if holder else "the holder is not visible to this account")
-        current = context.activities.get(likely.pid or -1)
-        if likely.pid is not None and current is not None:
-            context.activities[likely.pid] = dataclasses.replace(current, kind=KIND_DB_LOCK_WAIT, detail=detail)
+        current = context.activities.get(likely.key) if likely.key is not None else None
+        if likely.key is not None and current is not None:
+            context.activities[likely.key] = dataclasses.replace(current, kind=KIND_DB_LOCK_WAIT, detail=detail)
     return blockers
 
 
@@ -104,7 +104,7 @@ def mark_query_progress(context: Context) -> None:
     """A job waiting on its own query is not stuck while the server works on it (rows examined keep moving)."""
     for (server, session_id), session in context.graph.sessions.items():
         role = context.graph.role(server, session_id)
-        current = context.activities.get(role.pid) if role.role == "rq-job" and role.pid is not None else None
+        current = context.activities.get(role.key) if role.role == "rq-job" and role.key is not None else None
         if current is None or current.kind != KIND_DB_QUERY or session.command != "Query":
             continue
         before, after = session.examined_rows, session.examined_rows_later
@@ -112,18 +112,19 @@ def mark_query_progress(context: Context) -> None:
             continue  # MariaDB 10.11 often updates the counter only at the end: unchanged proves nothing
         line = (f"its query (session {session_id}) examined {after - before:+d} rows between two reads: "
                 "the server is working on it")
-        context.activities[role.pid] = dataclasses.replace(
+        context.activities[role.key] = dataclasses.replace(
             current, progress=PROGRESS_PROGRESSING, progress_evidence=[*current.progress_evidence, line])
 
 
-def classify_all(snapshot: Snapshot) -> dict[int, Activity]:
+def classify_all(snapshot: Snapshot) -> dict[ProcKey, Activity]:
     """Activity of every process that has stack samples."""
-    processes = {p.pid: p for p in snapshot.processes}
+    processes = {snapshot.key(p): p for p in snapshot.processes}
     activities = {}
     for stacks in snapshot.stacks:
         if not stacks.samples:
             continue
-        process = processes.get(stacks.pid)
-        children = [p for p in snapshot.processes if p.ppid == stacks.pid]
-        activities[stacks.pid] = classify(stacks, process, children, known=known_endpoints(snapshot, process))
+        key = ProcKey(stacks.host or snapshot.host, stacks.pid)
+        process = processes.get(key)
+        children = [p for p in snapshot.processes if p.ppid == stacks.pid and snapshot.key(p).host == key.host]
+        activities[key] = classify(stacks, process, children, known=known_endpoints(snapshot, process))
     return activities
