@@ -29,6 +29,7 @@ from tests.harness.hosts import CLAIM_DIR, Host, TestBed, multi_host_bed, requir
 from tests.harness.services import DBInfo
 from tests.harness.workers import (
     WorkerProcess,
+    Workers,
     enqueue,
     ns_pid,
     running_workers,
@@ -84,6 +85,7 @@ class Scene:
     b: Side
     redis: redis.Redis
     tmp: Path
+    workers: Workers
 
 
 def lay_out_bench(root: Path, bed: TestBed, db: DBInfo) -> Bench:
@@ -115,7 +117,7 @@ def wait_until(check: Any, what: str, timeout: float = 60) -> None:
         time.sleep(0.3)
 
 
-def start_side(bed: TestBed, r: redis.Redis, started: Any, db: DBInfo, tmp: Path, host: str, qtype: str,
+def start_side(bed: TestBed, r: redis.Redis, started: Workers, db: DBInfo, tmp: Path, host: str, qtype: str,
                method: str, seconds: float) -> Side:
     """Lay out ``host``'s bench, start its frappe worker on ``qtype`` inside it, run ``method`` there."""
     bench = lay_out_bench(tmp / f"bench-{qtype}", bed, db)  # no host name in a path: outputs must say it
@@ -139,7 +141,7 @@ def scene(bed: TestBed, tmp_path: Path) -> Iterator[Scene]:
             wait_until(lambda: row_locked(bed, db), "B's job locks row 1")
             a = start_side(bed, r, started, db, tmp_path, "hosta", "long", "mysql_lock_wait", 300)
             wait_until(lambda: lock_waiters(bed, db) == 1, "A's job waits on the row lock")
-            yield Scene(bed, db, a, b, r, tmp_path)
+            yield Scene(bed, db, a, b, r, tmp_path, started)
     finally:
         r.flushall()
         r.close()
@@ -233,6 +235,25 @@ def test_hangs_inside_host_a_sees_its_job_local_and_bs_job_remote(scene: Scene) 
     assert blocker is not None, report["errors"]
     assert (blocker["role"], blocker["pid"], blocker["job_id"]) == ("remote", None, None), blocker
     assert f"remote host {scene.b.host.ip}" in blocker["summary"], blocker
+
+
+def test_stuck_kill_inside_host_a_stops_a_hung_job_of_a_and_leaves_b_s_job_alone(scene: Scene) -> None:
+    bench = lay_out_bench(scene.tmp / "bench-default", scene.bed, scene.db)
+    worker = scene.workers.frappe(bench, FLAVOUR, ("default",), host=scene.a.host)
+    wait_for_worker_registered(scene.redis, worker, timeout=60)
+    hung = enqueue(FLAVOUR, bench.redis_url, bench.queue("default"), "rqdoctor.scenarios.sleep_for", {"seconds": 600})
+    horse = wait_for_job_started(scene.redis, hung, worker, timeout=60).horse
+    assert horse is not None
+    time.sleep(1.5)  # older than --older-than
+    run = rqdoctor("stuck", "--bench", str(scene.a.bench.root), "--kill", "--yes", "--older-than", "1s",
+                   "--timeout", "30", "--format", "json", host=scene.a.host, cwd=scene.tmp)
+    actions = run.json().get("actions", [])
+    assert [a["result"] for a in actions if a["action"] == "stop_horse" and hung in json.dumps(a)] == ["done"], run
+    wait_until(lambda: not horse.is_running() or horse.status() == psutil.STATUS_ZOMBIE, "A's hung horse stops")
+    # B's job, sleeping in its transaction just as long, is remote from A: neither signalled nor failed
+    assert scene.b.job_id not in json.dumps(actions), actions
+    assert scene.b.horse.is_running(), actions
+    assert scene.redis.hget(f"rq:job:{scene.b.job_id}", "status") == "started", actions
 
 
 def collect(scene: Scene, side: Side, *, db: bool = True) -> Path:
