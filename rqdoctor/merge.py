@@ -17,6 +17,7 @@ from rqdoctor.model import (
     DbSession,
     HostSnapshot,
     LockWait,
+    ProbeError,
     ProcessInfo,
     Snapshot,
 )
@@ -43,8 +44,7 @@ def merge(sources: list[tuple[str, Snapshot]]) -> Snapshot:
         merged.processes += [_stamped(p, snap.host) for p in snap.processes]
         merged.stacks += [dataclasses.replace(s, host=s.host or snap.host) for s in snap.stacks]
         # Another host's Redis read is not the one diagnosed: its failure says nothing about the state shown.
-        merged.errors += [dataclasses.replace(e, host=e.host or snap.host) for e in snap.errors
-                          if used or e.probe != "redis"]
+        merged.errors += [_host_error(e, snap.host) for e in snap.errors if used or e.probe != "redis"]
         merged.preflight += [c if used else dataclasses.replace(c, detail=f"{c.detail} (on {snap.host})")
                              for c in snap.preflight]
     merged.database = merge_databases([(s.host, s.database) for _, s in sources if s.database is not None])
@@ -85,6 +85,13 @@ def _other_redis(a: Snapshot, b: Snapshot) -> str:
     if a.target.key_prefix != b.target.key_prefix:
         return f"another RQ key prefix ({b.target.key_prefix!r}, not {a.target.key_prefix!r})"
     return ""
+
+
+def _host_error(e: ProbeError, host: str) -> ProbeError:
+    """``e`` with its host named (field and message)."""
+    if e.host:
+        return e
+    return dataclasses.replace(e, host=host, message=f"{host}: {e.message}")
 
 
 def _stamped(p: ProcessInfo, host: str) -> ProcessInfo:

@@ -229,10 +229,10 @@ def fold_errors(errors: list[ProbeError]) -> list[ErrorLine]:
 
     Others stay as they are, in order (a folded line stands where the first of its errors was).
     """
-    groups: dict[tuple[str, str, str] | int, list[tuple[ProbeError, str | None]]] = {}
+    groups: dict[tuple[str, str, str, str] | int, list[tuple[ProbeError, str | None]]] = {}
     for i, e in enumerate(errors):
         pid = _pid_subject(e.subject)
-        key = (e.probe, e.kind, e.hint) if pid is not None else i
+        key = (e.probe, e.kind, e.hint, e.host) if pid is not None else i
         groups.setdefault(key, []).append((e, pid))
     out = []
     for items in groups.values():
@@ -242,7 +242,8 @@ def fold_errors(errors: list[ProbeError]) -> list[ErrorLine]:
             out += [ErrorLine(e.probe, e.kind, e.message, e.hint, [e.subject] if e.subject else []) for e, _ in items]
             continue
         shown = ", ".join(pids[:SHOWN_PIDS]) + (f" and {len(pids) - SHOWN_PIDS} more" if len(pids) > SHOWN_PIDS else "")
-        message = f"{FOLDED.get(first.kind, first.kind)} for {len(pids)} processes (pids {shown})"
+        on = f" on {first.host}" if first.host else ""
+        message = f"{FOLDED.get(first.kind, first.kind)} for {len(pids)} processes{on} (pids {shown})"
         out.append(ErrorLine(first.probe, first.kind, message, first.hint, pids))
     return out
 

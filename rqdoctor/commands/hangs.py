@@ -62,10 +62,14 @@ def render(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[di
 def report(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[dict], verbose: bool) -> Report:
     """The job report: the database access lines, the jobs, then findings (``verbose``: whole stacks)."""
     local = sum(1 for j in jobs if j["location"] == "local")
-    line = f"{len(jobs)} running job(s), {local} on this host ({snapshot.host})"
+    if snapshot.hosts:
+        names = ", ".join(h.name for h in snapshot.hosts)
+        line = f"{len(jobs)} running job(s), {local} on the {len(snapshot.hosts)} hosts collected ({names})"
+    else:
+        line = f"{len(jobs)} running job(s), {local} on this host ({snapshot.host})"
     access = access_lines(snapshot.database)
     sections = [section(None, Items(tuple(spans(a) for a in access)) if access else None),
-                hangs_render.jobs_section(jobs, diagnosis.findings, verbose)]
+                hangs_render.jobs_section(jobs, diagnosis.findings, verbose, here=snapshot.host)]
     return snapshot_report(command, snapshot, diagnosis, line, [s for s in sections if s and s.blocks], True,
                            preflight=[asdict(c) for c in snapshot.preflight], jobs=jobs,
                            database_access=access_dicts(snapshot.database))

@@ -71,7 +71,9 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     if kill_only and not kill:
         raise RqdoctorError(f"{', '.join(kill_only)} only apply with --kill")
     if kill and from_file:
-        raise RqdoctorError("--kill cannot act on --from FILE: a saved snapshot cannot be acted on")
+        several = " (of several hosts: run `rqdoctor stuck --kill` on the host each process runs on)" \
+            if len(from_file) > 1 else ""
+        raise RqdoctorError(f"--kill cannot act on --from FILE: a saved snapshot cannot be acted on{several}")
     target: Target | None = None
     if from_file:
         snapshot = load_snapshots(from_file)

@@ -89,6 +89,8 @@ class Hit:
     """What ``stuck --kill`` may do about it (None: nothing it can do safely)."""
     severity: str | None = None
     """Only to raise the rule's severity for this hit (the evidence says why); None keeps the rule's."""
+    host: str | None = None
+    """The host :attr:`pid` is on (a snapshot merged from several hosts names processes of each)."""
 
 
 @dataclass
@@ -107,6 +109,8 @@ class Finding:
     worker: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     remedy: Remedy | None = None
+    host: str | None = None
+    """The host ``pid`` is on (set with ``pid`` where the rule knows the process; None: unknown or no pid)."""
 
     @property
     def more_info(self) -> str:
@@ -132,7 +136,7 @@ class Rule:
         """Apply the rule and stamp its code, severity and title on every hit."""
         for hit in self.check(context):
             yield Finding(self.code, hit.severity or self.severity, self.title, hit.subject, hit.evidence, hit.fix,
-                          hit.commands, hit.job_id, hit.pid, hit.worker, hit.data, hit.remedy)
+                          hit.commands, hit.job_id, hit.pid, hit.worker, hit.data, hit.remedy, hit.host)
 
 
 RULES: dict[str, Rule] = {}

@@ -35,7 +35,7 @@ def leftovers(snapshot: Snapshot, job_ids: Iterable[str], killed: Iterable[JobIn
     def stamp(code: str, hit: Hit) -> None:
         r = RULES[code]
         out.append(Finding(code, hit.severity or r.severity, r.title, hit.subject, hit.evidence, hit.fix,
-                           hit.commands, hit.job_id, hit.pid, hit.worker, hit.data, hit.remedy))
+                           hit.commands, hit.job_id, hit.pid, hit.worker, hit.data, hit.remedy, hit.host))
 
     for job, since in zombie_hashes(ctx, min_age_s=0):
         if job.job_id in ids:

@@ -36,7 +36,7 @@ def foreign_workers(ctx: Context) -> Iterator[Hit]:
         p = wl.process
         if p is None or p.cwd is None or p.cwd in roots or not _ours(ctx, wl.worker.queues):
             continue
-        yield Hit(f"worker {wl.worker.name}", worker=wl.worker.name, pid=p.pid, evidence=[
+        yield Hit(f"worker {wl.worker.name}", worker=wl.worker.name, pid=p.pid, host=wl.host, evidence=[
             f"it listens on {', '.join(wl.worker.queues)}: this bench's queues ({ctx.snapshot.target.queue_filter}*)",
             f"its process {process_ref(p, ctx.here)} runs in {p.cwd}, not in {bench}"],
             fix="Two benches on one Redis share a bench id, so each one's workers run the other's jobs (against "
@@ -87,7 +87,8 @@ def worker_without_connection(ctx: Context) -> Iterator[Hit]:
                     "other workers' connections are listed"]
         if wl.process is not None:
             evidence.append(f"its process {process_ref(wl.process, ctx.here)} still runs: it lost its Redis connection")
-        yield Hit(f"worker {w.name}", worker=w.name, pid=wl.process.pid if wl.process else None, evidence=evidence,
+        yield Hit(f"worker {w.name}", worker=w.name, pid=wl.process.pid if wl.process else None,
+                  host=wl.host if wl.process else None, evidence=evidence,
                   fix="A worker without a connection takes no job: its process died (RQD201) or hangs outside its "
                       "loop. Look at it with the command below, then restart it.",
                   commands=[rqdoctor_cli(ctx.snapshot.target, "workers")])

@@ -18,7 +18,8 @@ def lock_wait_victim(ctx: Context) -> Iterator[Hit]:
         blocker = blocker_dict(ctx.graph, wait)
         victim = ctx.graph.role(wait.server, wait.waiting_session)
         what = "a metadata lock" if wait.kind == "metadata" else "a row lock"
-        evidence = [f"session {wait.waiting_session} (pid {victim.pid}) waits "
+        on = f" on {victim.host}" if victim.host and victim.host != ctx.here else ""
+        evidence = [f"session {wait.waiting_session} (pid {victim.pid}{on}) waits "
                     f"{wait.wait_age_s or 0:.0f} s for {what}" + (f" on {wait.table}" if wait.table else ""),
                     f"held by {blocker['summary']}"]
         if blocker["job_id"]:
@@ -29,7 +30,8 @@ def lock_wait_victim(ctx: Context) -> Iterator[Hit]:
             outcome = ("The victim fails with 1205 after innodb_lock_wait_timeout (MariaDB default 50 s) unless it "
                        "is freed first; Frappe does not retry QueryTimeoutError.")
         yield Hit(
-            f"job {job_id}", evidence=evidence, job_id=job_id, pid=victim.pid, data={"blocker": blocker},
+            f"job {job_id}", evidence=evidence, job_id=job_id, pid=victim.pid, host=victim.host,
+            data={"blocker": blocker},
             commands=[blocker["kill"]],
             fix=f"End the blocker, not the victim: run the statement below on {wait.server} (printed, never run by "
                 f"rqdoctor{'; check first: the blocker is a guess' if wait.inferred else ''}). {outcome} Then fix "
@@ -53,7 +55,8 @@ def idle_blocker(ctx: Context) -> Iterator[Hit]:
             f"db session {wait.blocking_session}",
             evidence=[f"{role.description or role.role}: {holding(session)}, transaction open "
                       f"{session.trx_age_s or 0:.0f} s", f"blocks session(s) {', '.join(map(str, victims))}"],
-            pid=role.pid, job_id=role.job_id, data={"server": wait.server, "session_id": wait.blocking_session},
+            pid=role.pid, host=role.host, job_id=role.job_id,
+            data={"server": wait.server, "session_id": wait.blocking_session},
             fix="Its client holds a transaction open while doing something else (sleeping, a network call, an "
                 "open console). End it now with the statement below; then make that code commit before slow work.",
             commands=[kill_statement(*key)],
@@ -70,7 +73,7 @@ def long_transaction(ctx: Context) -> Iterator[Hit]:
             f"db session {sid}",
             evidence=[f"{role.description or role.role}: transaction open {session.trx_age_s:.0f} s, "
                       f"{session.trx_rows_locked or 0} row(s) locked; {holding(session)}"],
-            pid=role.pid, job_id=role.job_id, data={"server": server, "session_id": sid},
+            pid=role.pid, host=role.host, job_id=role.job_id, data={"server": server, "session_id": sid},
             fix="Long transactions hold row locks and block others: commit in chunks and keep network calls "
                 "outside transactions. If it is stuck, end it with the statement below.",
             commands=[kill_statement(server, sid)],
@@ -88,7 +91,8 @@ def metadata_lock_wait(ctx: Context) -> Iterator[Hit]:
             f"db session {wait.waiting_session}",
             evidence=[f"`{(waiter.query if waiter else None) or '?'}` waits for a metadata lock"
                       + (f" on {wait.table}" if wait.table else ""), f"held by {blocker['summary']}"],
-            pid=ctx.graph.role(wait.server, wait.waiting_session).pid, data={"blocker": blocker},
+            pid=ctx.graph.role(wait.server, wait.waiting_session).pid,
+            host=ctx.graph.role(wait.server, wait.waiting_session).host, data={"blocker": blocker},
             fix="DDL (a migrate, an ALTER) waits until every open transaction on the table ends, and every new "
                 "query queues behind it. End the holder (an idle console or a long job) with the statement below, "
                 "then run migrations when no long job holds the table.",
@@ -139,7 +143,7 @@ def likely_lock_wait(ctx: Context) -> Iterator[Hit]:
         else:
             evidence.append("no idle session of this account could hold it: the holder is another account's")
         yield Hit(
-            f"job {likely.job_id}", evidence=evidence, job_id=likely.job_id, pid=likely.pid,
+            f"job {likely.job_id}", evidence=evidence, job_id=likely.job_id, pid=likely.pid, host=likely.host,
             data={"server": likely.server, "session_id": likely.waiting_session, "likely_holders": holders},
             commands=[h["kill"] for h in holders],
             fix=f"The account rqdoctor used on {likely.server} cannot read the lock views, so the holder is a guess: "

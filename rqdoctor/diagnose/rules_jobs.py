@@ -29,7 +29,7 @@ def _hit(facts: JobFacts, evidence: list[str], fix: str, stop: bool = True, **da
         fix = f"{fix} {advice}".strip()
     return Hit(f"job {job.job_id}", evidence=[*facts.identity(), *evidence, *facts.history()], fix=fix,
                commands=commands, job_id=job.job_id, pid=runner.pid if runner else None, worker=job.worker_name,
-               data=dict(data))
+               data=dict(data), host=runner.key(facts.here).host if runner else None)
 
 
 def _activity_line(activity: Activity | None) -> list[str]:
@@ -226,7 +226,8 @@ def busy_without_job(ctx: Context) -> Iterator[Hit]:
                                              "busy worker with no current job: its horse never started the job")
             fix += " " + remedies.describe(remedy)
         yield Hit(f"worker {w.name}", evidence=[*evidence, *_activity_line(activity)], worker=w.name,
-                  pid=runner.pid, commands=[f"kill -KILL -{horse.pgid or horse.pid}"] if horse else [], fix=fix,
+                  pid=runner.pid, host=ctx.snapshot.key(runner).host,
+                  commands=[f"kill -KILL -{horse.pgid or horse.pid}"] if horse else [], fix=fix,
                   remedy=remedy)
 
 
@@ -278,7 +279,7 @@ def orphaned_horse(ctx: Context) -> Iterator[Hit]:
         yield Hit(
             f"process {process.pid}",
             evidence=evidence,
-            pid=process.pid, job_id=job.job.job_id if job else None,
+            pid=process.pid, host=key.host, job_id=job.job.job_id if job else None,
             worker=job.job.worker_name if job else None,
             commands=[f"kill -TERM -{process.pgid or process.pid}"],
             fix="Nobody heartbeats or times out this job; when it finishes it may re-create a ghost worker hash "

@@ -100,7 +100,7 @@ def file_lock_wait(ctx: Context) -> Iterator[Hit]:
 def _hit(ctx: Context, facts: JobFacts, runner: ProcKey, wait: LockWait | None) -> Hit:
     job, pid = facts.link.job, runner.pid
     evidence = [*facts.identity(), *_activity_line(facts.activity)]
-    base = {"job_id": job.job_id, "pid": pid, "worker": job.worker_name}
+    base = {"job_id": job.job_id, "pid": pid, "host": runner.host, "worker": job.worker_name}
     if wait is None or not wait.path:
         if wait is None:
             seen = "the lock file and its holder were not seen (no /proc facts for this thread)"

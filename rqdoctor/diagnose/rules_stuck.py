@@ -57,6 +57,7 @@ def older_than(ctx: Context) -> Iterator[Hit]:
             evidence.append(_no_runner(jl))
         yield Hit(f"job {jl.job.job_id}", evidence=evidence, fix=fix, job_id=jl.job.job_id,
                   pid=jl.runner.pid if jl.runner else None, worker=jl.job.worker_name, remedy=remedy,
+                  host=ctx.snapshot.key(jl.runner).host if jl.runner else None,
                   data={"running_for_s": round(running, 1), "older_than_s": limit})
 
 
@@ -97,6 +98,7 @@ def stopped_horse(ctx: Context) -> Iterator[Hit]:
         if remedy is not None:
             fix += " To end the job instead: " + remedies.describe(remedy)
         yield Hit(f"process {p.pid}", evidence=evidence, fix=fix, commands=[f"kill -CONT {p.pid}"], pid=p.pid,
+                  host=ctx.snapshot.key(p).host,
                   job_id=jl.job.job_id if jl else None, worker=wl.worker.name if wl else None, remedy=remedy)
 
 
@@ -123,7 +125,8 @@ def zombie_horse(ctx: Context) -> Iterator[Hit]:
             host=ppid.host, pid=parent.process.pid, pgid=parent.process.pgid,
             create_time=parent.process.create_time, worker=w.name, job_id=job_id, expected="absent",
             needs="--kill-worker")
-        yield Hit(f"worker {w.name}", evidence=evidence, worker=w.name, pid=parent.process.pid, job_id=job_id,
+        yield Hit(f"worker {w.name}", evidence=evidence, worker=w.name, pid=parent.process.pid, host=ppid.host,
+                  job_id=job_id,
                   fix="The worker is hung after its horse ended: restart it (its job stays 'started' until a "
                       "registry cleanup fails it, see RQD503). A zombie itself cannot be killed; it goes when its "
                       "parent reaps it or exits. " + remedies.describe(remedy),

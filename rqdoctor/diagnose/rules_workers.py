@@ -54,6 +54,7 @@ def dead_worker(ctx: Context) -> Iterator[Hit]:
                 fix += " " + remedies.describe(remedy)
         yield Hit(f"worker {w.name}", evidence=evidence, worker=w.name, fix=fix, commands=commands,
                   pid=w.pid if link.claimed is None else None,  # never point at a process that is not the worker
+                  host=link.host if link.claimed is None else None,
                   job_id=remedy.job_id if remedy else None, remedy=remedy)
 
 
@@ -96,7 +97,7 @@ def stale_heartbeat(ctx: Context) -> Iterator[Hit]:
         yield Hit(
             f"worker {w.name}",
             evidence=[f"state {w.state}, last heartbeat {heartbeat_age:.0f} s ago (limit {limit} s)"],
-            worker=w.name, pid=w.pid,
+            worker=w.name, pid=w.pid, host=link.host,
             fix="The worker's own loop is not running: look at its stack (a hung Redis connection or a stuck "
                 "monitor loop); restart it if it is hung.",
             commands=[f"rqdoctor stack {w.pid}"] if link.process is not None else [],

@@ -22,8 +22,14 @@ def in_container(job: dict[str, Any]) -> str:
     return f" in container {ctr.get('name') or '?'}{short} pid {ctr.get('ns_pid')}"
 
 
-def facts_lines(job: dict[str, Any]) -> list[str]:
-    """The key facts of one job as short lines (shared by text and Markdown)."""
+def on_host(job: dict[str, Any], here: str) -> str:
+    """`` on HOST`` for a job whose process runs on another host than ``here`` (a merged snapshot), else empty."""
+    host = job.get("process_host")
+    return f" on {host}" if here and host and host != here else ""
+
+
+def facts_lines(job: dict[str, Any], here: str = "") -> list[str]:
+    """The key facts of one job as short lines (shared by text and Markdown); ``here``: the report's host."""
     timeout = f", timeout {duration(job['timeout_s'])}" if job["timeout_s"] not in (None, -1) else ""
     lines = [f"queue {job['queue']}, status {value(job['status'])}, running {duration(job['running_for_s'])}{timeout}"]
     if job.get("usual_duration"):
@@ -31,7 +37,8 @@ def facts_lines(job: dict[str, Any]) -> list[str]:
     if job["location"] == "remote":
         lines.append(f"runs on host {job['host']} (worker {job['worker']}): no process or stack from here")
     elif job["pid"]:
-        lines.append(f"pid {job['pid']} ({job['runner_role']}){in_container(job)} of worker {value(job['worker'])}, "
+        lines.append(f"pid {job['pid']} ({job['runner_role']}){in_container(job)}{on_host(job, here)} of worker "
+                     f"{value(job['worker'])}, "
                      f"CPU {value(job['cpu_percent'])} %, RSS {size(job['rss_bytes'])}")
     else:
         lines.append(f"no local process found for worker {value(job['worker'])}")
@@ -96,20 +103,21 @@ JOB_COLUMNS = (Col("severity"), Col("job", code=True), Col("method", code=True, 
 
 
 def jobs_section(jobs: list[dict[str, Any]], findings: list[Finding], verbose: bool,
-                 title: str = "Jobs") -> Section | None:
+                 title: str = "Jobs", here: str = "") -> Section | None:
     """One line per job, then a block per job with its facts and stack (trimmed on a terminal unless
-    ``verbose``); None without jobs."""
+    ``verbose``); None without jobs. ``here``: the report's host (another host's pid is shown ``N on HOST``)."""
     if not jobs:
         return None
     table = Table(JOB_COLUMNS,
                   tuple((severity(j, findings), j["job_id"], value(j["method"]), value(j["site"]),
-                         duration(j["running_for_s"]), value(j["pid"]), waits_on(j), value(j["findings"]))
+                         duration(j["running_for_s"]), value(j["pid"]) + on_host(j, here), waits_on(j),
+                         value(j["findings"]))
                         for j in jobs),
                   tones=tuple(_tone(severity(j, findings)) for j in jobs), brief=True)
     blocks: list[Block] = [table]
     for job in jobs:
         stack = tuple(stack_lines(job, verbose=True))
-        body: list[Block] = [Items(tuple(spans(line) for line in facts_lines(job)))]
+        body: list[Block] = [Items(tuple(spans(line) for line in facts_lines(job, here)))]
         if stack:
             body.append(CodeBlock(stack, None if verbose else tuple(stack_lines(job, verbose=False))))
         blocks.append(Details(job["job_id"], f"{job['method'] or '?'} ({job['site'] or 'no site'})", tuple(body),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rqdoctor.model import ProbeError, RedisState, Snapshot
+from rqdoctor.model import HostSnapshot, ProbeError, RedisState, Snapshot
 from rqdoctor.render.document import Fact
 
 
@@ -41,11 +41,19 @@ def hidden_line(counts: dict[str, int]) -> str:
     return f"{queues} and {workers} of other benches hidden; --all-queues shows them"
 
 
+def hosts_line(snapshot: Snapshot) -> str:
+    """A merged snapshot's hosts, each with when it was collected; the one whose Redis state is shown first."""
+    def one(h: HostSnapshot) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(h.generated_at))
+        return f"{h.name} ({when}" + ("; its Redis state is the one shown, the newest" if h.redis_used else "") + ")"
+    return ", ".join(one(h) for h in sorted(snapshot.hosts, key=lambda h: not h.redis_used))
+
+
 def facts(snapshot: Snapshot) -> list[tuple[str, str]]:
     """(label, line) pairs: host, bench and why, bench id, Redis and where it came from, queue filter and hidden."""
     t = snapshot.target
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.generated_at))
-    rows = [("host", f"{snapshot.host}, {when}")]
+    rows = [("host", f"{snapshot.host}, {when}")] if not snapshot.hosts else [("hosts", hosts_line(snapshot))]
     if t.bench_path:
         rows.append(("bench", f"{t.bench_path} (from {t.bench_source or '?'})"))
     else:
