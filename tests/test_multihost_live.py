@@ -311,8 +311,8 @@ def test_merged_snapshots_show_both_jobs_local_and_b_s_job_as_the_blocker(scene:
     assert holder["blocker"] is None, holder["blocker"]
 
 
-@pytest.mark.xfail(strict=False, reason="multihost 3dd579c: RQD401's evidence names the blocker's job but not its "
-                   "host or pid ('held by session 6 = RQ job …')")
+@pytest.mark.xfail(strict=False, reason="multihost 596f945: RQD401's evidence names the blocker's job but not its "
+                   "host or pid ('held by session 46 = RQ job …'); only the victim's pid gets 'on hosta'")
 def test_merged_victim_finding_names_the_blockers_session_host_pid_and_job(scene: Scene) -> None:
     report = merged_hangs(scene)
     blocker = job_row(report, scene.a.job_id)["blocker"]
@@ -322,7 +322,7 @@ def test_merged_victim_finding_names_the_blockers_session_host_pid_and_job(scene
         assert fact in evidence, (fact, finding["evidence"])
 
 
-@pytest.mark.xfail(strict=False, reason="multihost 3dd579c: RQD609 (bench id collision) for host A's worker, its "
+@pytest.mark.xfail(strict=False, reason="multihost 596f945: RQD609 (bench id collision) for host A's worker, its "
                    "cwd compared with host B's bench path")
 def test_merged_workers_each_run_in_their_own_hosts_bench(scene: Scene) -> None:
     report = merged_hangs(scene)
@@ -336,8 +336,8 @@ def job_sections(text: str) -> dict[str, str]:
     return {part.split("\n", 1)[0].strip(): part.split("\nFindings\n", 1)[0] for part in parts}
 
 
-@pytest.mark.xfail(strict=False, reason="multihost 3dd579c: the text header names one host ('2 on this host "
-                   "(hostb)'); a job's 'pid 5 (horse)' line does not say which host's pid 5")
+@pytest.mark.xfail(strict=False, reason="multihost 596f945: the text header names one host ('2 on this host "
+                   "(hostb)'); the newest snapshot's host's jobs show 'pid N (horse)' with no host")
 def test_merged_text_names_each_jobs_host_beside_its_pid(scene: Scene) -> None:
     run = rqdoctor("hangs", *from_both(scene), "--min-age", "1", host=None, cwd=scene.tmp)
     assert run.code == 1, run
