@@ -189,7 +189,8 @@ class Host:
     netns: str
     ip: str
     leader: psutil.Process
-    popen: subprocess.Popen[str]
+    leader_popen: subprocess.Popen[str]
+    """``ip netns exec … unshare …``, the leader's parent."""
 
     def enter(self, argv: Sequence[str], cwd: str | os.PathLike[str] = "/") -> list[str]:
         """``argv`` run inside this host (its PID, UTS, network and mount namespaces) with cwd ``cwd``."""
@@ -209,19 +210,15 @@ class Host:
             return subprocess.Popen(self.enter(argv, cwd), env=env, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
 
-    def pid_here(self, host_pid: int) -> int | None:
-        """The pid this host's processes see for root-namespace pid ``host_pid``."""
-        return ns_pid(host_pid)
-
     def stop(self) -> None:
         """SIGKILL the leader (the kernel then ends every process of this PID namespace) and reap it."""
         with suppress(psutil.NoSuchProcess):
             self.leader.send_signal(signal.SIGKILL)  # psutil refuses a reused pid
         with suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=10)
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
+            self.leader_popen.wait(timeout=10)
+        if self.leader_popen.poll() is None:
+            self.leader_popen.kill()
+            self.leader_popen.wait(timeout=10)
 
 
 def _start_host(stack: ExitStack, claim: Claim, bridge: str, token: str, index: int, name: str) -> Host:
