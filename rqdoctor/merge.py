@@ -22,6 +22,8 @@ from rqdoctor.model import (
     Snapshot,
 )
 
+SPREAD_S = 60.0
+"""Snapshots collected further apart than this (by their hosts' clocks) get an error entry saying so."""
 _MATCHED = ("tcp", "unix", "_pid")
 """``client_match`` values that name a process of the host whose database probe saw the session."""
 
@@ -40,13 +42,20 @@ def merge(sources: list[tuple[str, Snapshot]]) -> Snapshot:
     merged = dataclasses.replace(base, processes=[], stacks=[], errors=[], preflight=[], database=None, hosts=[])
     for name, snap in sources:
         used = snap is base
-        merged.hosts.append(HostSnapshot(snap.host, snap.generated_at, snap.rqdoctor_version, name, used))
+        merged.hosts.append(HostSnapshot(snap.host, snap.generated_at, snap.rqdoctor_version, name, used,
+                                         snap.target.bench_path))
         merged.processes += [_stamped(p, snap.host) for p in snap.processes]
         merged.stacks += [dataclasses.replace(s, host=s.host or snap.host) for s in snap.stacks]
         # Another host's Redis read is not the one diagnosed: its failure says nothing about the state shown.
         merged.errors += [_host_error(e, snap.host) for e in snap.errors if used or e.probe != "redis"]
         merged.preflight += [c if used else dataclasses.replace(c, detail=f"{c.detail} (on {snap.host})")
                              for c in snap.preflight]
+    spread = max(s.generated_at for _, s in sources) - min(s.generated_at for _, s in sources)
+    if spread > SPREAD_S:
+        merged.errors.append(ProbeError(
+            "merge", "spread", f"the hosts' snapshots were collected {spread:.0f} s apart (by each host's clock): "
+            "jobs that started or ended in between show as in the newest Redis state, their processes as each "
+            "host saw them", "collect every host in one round (the ssh loop in parallel), with synchronised clocks"))
     merged.database = merge_databases([(s.host, s.database) for _, s in sources if s.database is not None])
     if merged.database is not None:
         match_remote_clients(merged.database.sessions, merged.processes)
@@ -84,6 +93,8 @@ def _other_redis(a: Snapshot, b: Snapshot) -> str:
                 "whether it is the same server)")
     if a.target.key_prefix != b.target.key_prefix:
         return f"another RQ key prefix ({b.target.key_prefix!r}, not {a.target.key_prefix!r})"
+    if a.target.queue_filter and b.target.queue_filter and a.target.queue_filter != b.target.queue_filter:
+        return f"another bench id ({b.target.bench_id!r}, not {a.target.bench_id!r}: another bench's queues)"
     return ""
 
 

@@ -802,6 +802,8 @@ class HostSnapshot:
     """The file it was read from."""
     redis_used: bool = False
     """Its Redis state is the one diagnosed (the newest snapshot's)."""
+    bench_path: str | None = None
+    """Its bench's root (each host's own: its workers run there)."""
 
 
 @dataclass
@@ -831,6 +833,17 @@ class Snapshot:
     def key(self, p: ProcessInfo) -> ProcKey:
         """The host and pid of one of its processes."""
         return p.key(self.host)
+
+    @property
+    def own_host(self) -> str:
+        """The host whose processes are named without it (this snapshot's); empty when merged from several hosts,
+        where every process is named with its host."""
+        return "" if self.hosts else self.host
+
+    def bench_of(self, host: str) -> str | None:
+        """The bench root on ``host`` (merged: that host's own, from its snapshot)."""
+        found = next((h for h in self.hosts if h.name == host), None)
+        return found.bench_path if found is not None else self.target.bench_path
 
     def stacks_of(self, key: ProcKey) -> ProcessStacks | None:
         """The stack samples of a process."""

@@ -199,7 +199,8 @@ ROLES = [
 @pytest.mark.parametrize(("argv", "role"), ROLES)
 def test_role_of_a_client_process(argv: list[str], role: str) -> None:
     process = ProcessInfo(pid=4242, ppid=1, cmdline=argv, worker_like=False)
-    found = role_of_process(process, link(_snapshot(processes=[process])))
+    snapshot = _snapshot(processes=[process])
+    found = role_of_process(process, link(snapshot), snapshot.own_host)
     assert (found.role, found.pid, found.job_id) == (role, 4242, None)
     assert "4242" in found.description
 

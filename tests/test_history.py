@@ -118,13 +118,13 @@ def test_hangs_view_and_json_carry_the_usual_duration() -> None:
     assert (usual["runs"], usual["p50_s"], usual["p95_s"], usual["max_s"]) == (120, 3.5, 4.0, 9.0)
     assert (usual["failed_runs"], usual["failed_max_s"]) == (1, 30.0)
     assert usual["summary"].endswith("; 1 recent failed run(s), longest 30 s; this run is at 340 s")
-    assert usual["summary"] in facts_lines(row)
+    assert usual["summary"] in facts_lines(row, snap.own_host)
     assert "RQD111" in row["findings"]
     json.dumps(row)
 
     (quiet,) = job_rows(diagnose(bench_with(running=340)))
     assert quiet["usual_duration"] is None
-    assert not any("usually" in line for line in facts_lines(quiet))
+    assert not any("usually" in line for line in facts_lines(quiet, quiet["process_host"]))
 
 
 def test_snapshot_with_history_round_trips() -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from rqdoctor.actions.plan import build_plan
+from rqdoctor.diagnose.advice import on_host_command, process_ref
 from rqdoctor.diagnose.run import diagnose
 from rqdoctor.merge import MergeError, merge
 from rqdoctor.model import (
@@ -142,7 +144,8 @@ def test_a_blocker_session_from_another_host_is_matched_by_its_client_address() 
     diagnosis = diagnose(snap)
     [finding] = [f for f in diagnosis.findings if f.code == "RQD401"]
     assert (finding.job_id, finding.pid, finding.host) == ("ja", 4300, "host-a")
-    assert finding.evidence[0].startswith("session 10 (pid 4300) waits 30 s for a row lock on tabItem")
+    # merged from several hosts, every pid is named with its host (none is "this host")
+    assert finding.evidence[0].startswith("session 10 (pid 4300 on host-a) waits 30 s for a row lock on tabItem")
     assert finding.evidence[1].startswith("held by session 42 = RQ job jb, pid 4301 on host-b, idle in transaction")
     assert finding.evidence[2] == "the blocker is RQ job jb"
     data = finding.data["blocker"]
@@ -155,6 +158,7 @@ def test_a_blocker_session_from_another_host_is_matched_by_its_client_address() 
 def test_without_the_other_host_the_blocker_stays_remote() -> None:
     diagnosis = diagnose(host_a())
     [finding] = [f for f in diagnosis.findings if f.code == "RQD401"]
+    assert finding.evidence[0].startswith("session 10 (pid 4300) waits")  # one host: pids as before
     assert "held by session 42 = remote host 10.0.0.2" in finding.evidence[1]
     assert finding.data["blocker"]["pid"] is None
 
@@ -224,6 +228,73 @@ def test_kill_plan_refuses_a_process_of_another_host() -> None:
     assert steps["host-a"].refused is None
 
 
+def test_snapshots_collected_far_apart_say_so() -> None:
+    assert [e for e in merged().errors if e.probe == "merge"] == []  # 10 s apart
+    b = host_b()
+    b.generated_at = T0 - 200
+    [spread] = [e for e in merge([("a.json", host_a()), ("b.json", b)]).errors if e.probe == "merge"]
+    assert spread.message.startswith("the hosts' snapshots were collected 300 s apart")
+
+
 def test_a_single_snapshot_is_not_changed_by_a_merge() -> None:
     one = host_a()
     assert merge([("a.json", one)]) is one and one.hosts == []
+
+
+def test_a_command_for_another_hosts_process_goes_through_ssh() -> None:
+    snap = merged()
+    horse_b = snap.process(ProcKey("host-b", 4301))
+    horse_a = snap.process(ProcKey("host-a", 4300))
+    assert horse_a is not None and horse_b is not None
+    assert on_host_command(horse_b, "host-a", "kill -TERM -4301") == "ssh host-b 'kill -TERM -4301'"
+    assert on_host_command(horse_a, "host-a", "kill -TERM -4300") == "kill -TERM -4300"
+    assert process_ref(horse_b, "host-a").startswith("pid 4301 on host-b (started ")
+    assert process_ref(horse_a, "host-a").startswith("pid 4300 (started ")
+
+
+def test_a_dead_worker_of_another_collected_host_is_dead_there_not_remote() -> None:
+    b = host_b()
+    b.processes = []  # worker wb and its horse exited before host B was read
+    diagnosis = diagnose(merge([("a.json", host_a()), ("b.json", b)]))
+    [wb] = [wl for wl in diagnosis.links.workers if wl.worker.name == "wb"]
+    assert (wb.host, wb.location) == ("host-b", "dead")
+    [finding] = [f for f in diagnosis.findings if f.code == "RQD201"]
+    assert finding.evidence[0] == "Redis says pid 4242 on host host-b; no such process in the snapshot of host-b"
+    assert (finding.pid, finding.host, finding.remedy) == (4242, "host-b", None)
+
+
+def test_a_recorded_one_host_snapshot_loads_with_the_new_fields_defaulted() -> None:
+    recorded = Path(__file__).parent / "data" / "snapshots" / "frappe-15.54.1-lockwait.json"
+    data = json.loads(recorded.read_text())
+    snap = Snapshot.from_dict(data.get("snapshot", data))
+    assert snap.hosts == [] and snap.redis is not None and snap.redis.run_id is None
+    assert all(s.host == "" for s in snap.stacks) and all(e.host == "" for e in snap.errors)
+    assert merge([("x.json", snap)]) is snap
+
+
+def _benches(b_cwd: str) -> Snapshot:
+    """Each host's bench at its own path, the workers running in ``sites`` of it (B's in ``b_cwd``)."""
+    sides = []
+    for snap, bench, cwd in ((host_a(), "/srv/a-bench", "/srv/a-bench/sites"), (host_b(), "/srv/b-bench", b_cwd)):
+        snap.target.bench_path, snap.target.queue_filter, snap.target.bench_id = bench, "bench:", "bench"
+        assert snap.redis is not None
+        for w in snap.redis.workers:
+            w.queues = ["bench:short"]
+        for p in snap.processes:
+            p.cwd = cwd
+        sides.append((f"{snap.host}.json", snap))
+    return merge(sides)
+
+
+def test_each_worker_is_checked_against_its_own_hosts_bench() -> None:
+    assert [f for f in diagnose(_benches("/srv/b-bench/sites")).findings if f.code == "RQD609"] == []
+    [foreign] = [f for f in diagnose(_benches("/srv/other-bench/sites")).findings if f.code == "RQD609"]
+    assert (foreign.worker, foreign.host) == ("wb", "host-b")
+    assert foreign.evidence[1].endswith("runs in /srv/other-bench/sites, not in /srv/b-bench")
+
+
+def test_snapshots_of_another_bench_id_are_refused() -> None:
+    a, b = host_a(), host_b()
+    a.target.queue_filter, b.target.queue_filter = "one:", "two:"
+    with pytest.raises(MergeError, match=r"^b\.json: another bench id"):
+        merge([("a.json", a), ("b.json", b)])

@@ -43,6 +43,7 @@ def test_hangs_merges_two_files_and_names_the_other_hosts_blocker(tmp_path: Path
     text = run_cli("hangs", "--from", str(a), "--from", str(b))
     assert "3 running job(s), 2 on the 2 hosts collected (host-a, host-b)" in text.stdout
     assert "pid 4301 (horse) on host-b of worker wb" in text.stdout
+    assert "pid 4300 (horse) on host-a of worker wa" in text.stdout
 
 
 def test_hangs_refuses_files_of_another_redis_in_one_line(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def report(command: str, snapshot: Snapshot, diagnosis: Diagnosis, jobs: list[di
         line = f"{len(jobs)} running job(s), {local} on this host ({snapshot.host})"
     access = access_lines(snapshot.database)
     sections = [section(None, Items(tuple(spans(a) for a in access)) if access else None),
-                hangs_render.jobs_section(jobs, diagnosis.findings, verbose, here=snapshot.host)]
+                hangs_render.jobs_section(jobs, diagnosis.findings, verbose, here=snapshot.own_host)]
     return snapshot_report(command, snapshot, diagnosis, line, [s for s in sections if s and s.blocks], True,
                            preflight=[asdict(c) for c in snapshot.preflight], jobs=jobs,
                            database_access=access_dicts(snapshot.database))

@@ -40,7 +40,7 @@ def lock_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
         role = graph.role(wait.server, wait.waiting_session)
         rows.append({
             "server": wait.server, "kind": wait.kind, "table": wait.table, "wait_age_s": wait.wait_age_s,
-            "waiting": {"session_id": wait.waiting_session, "pid": role.pid, "role": role.role,
+            "waiting": {"session_id": wait.waiting_session, "pid": role.pid, "host": role.host, "role": role.role,
                         "job_id": role.job_id, "query": waiter.query if waiter else None},
             "blocker": blocker_dict(graph, wait),
         })
@@ -49,8 +49,8 @@ def lock_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
         for holder in likely.holders or [None]:
             rows.append({
                 "server": likely.server, "kind": "row (likely)", "table": None, "wait_age_s": likely.waited_s,
-                "waiting": {"session_id": likely.waiting_session, "pid": likely.pid, "role": "rq-job",
-                            "job_id": likely.job_id, "query": waiter.query if waiter else None},
+                "waiting": {"session_id": likely.waiting_session, "pid": likely.pid, "host": likely.host,
+                            "role": "rq-job", "job_id": likely.job_id, "query": waiter.query if waiter else None},
                 "blocker": likely_blocker_dict(graph, likely, holder) if holder is not None else _unseen(likely),
             })
     return rows
@@ -58,7 +58,8 @@ def lock_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
 
 def _unseen(likely: Any) -> dict[str, Any]:
     """The blocker of a likely wait when no session of this account could hold the lock."""
-    return {"server": likely.server, "session_id": None, "pid": None, "role": "not visible", "job_id": None,
+    return {"server": likely.server, "session_id": None, "pid": None, "host": None, "role": "not visible",
+            "job_id": None,
             "doing": "held by another account's session", "inferred": True, "kill": "",
             "summary": "not visible to this account"}
 

@@ -115,6 +115,7 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
     codes = {c for r in rows for c in r["findings"]}
     row = rows[0]
     diagnosis.findings = [f for f in diagnosis.findings
-                          if f.code in codes and (f.job_id == row["job_id"] or f.pid == row["pid"])]
+                          if f.code in codes and (f.job_id == row["job_id"] or (
+                              f.pid == row["pid"] and f.host in (None, row["process_host"])))]
     render("stack", snapshot, diagnosis, rows, fmt, output, verbose=True, fatal=fatal)
     raise typer.Exit(exit_code(diagnosis, snapshot, essential=essential))

@@ -23,7 +23,7 @@ def started(create_time: float | None) -> str:
 
 
 def process_ref(p: ProcessInfo, here: str | None = None, limit: int = 120) -> str:
-    """The exact process advice was checked against: pid (``on HOST`` when not on ``here``, the report's host),
+    """The exact process advice was checked against: pid (``on HOST`` when not on ``here``: see :func:`on_host`),
     start time and what it runs."""
     command = " ".join(p.cmdline) or "?"
     if len(command) > limit:
@@ -34,9 +34,10 @@ def process_ref(p: ProcessInfo, here: str | None = None, limit: int = 120) -> st
 
 
 def on_host(p: ProcessInfo, here: str | None) -> str:
-    """`` on HOST`` for a process of another host than ``here`` (a snapshot merged from several), else empty."""
+    """`` on HOST`` for a process of another host than ``here``, the host named without it (``Snapshot.own_host``:
+    empty in a snapshot merged from several hosts, where every process is named with its host); None: never."""
     host = p.identity.host if p.identity is not None else None
-    return f" on {host}" if here and host and host != here else ""
+    return f" on {host}" if here is not None and host and host != here else ""
 
 
 def on_host_command(p: ProcessInfo, here: str | None, command: str) -> str:

@@ -31,8 +31,8 @@ class JobFacts:
     timeout_s: int | None
     usual: UsualDuration | None = None
     """Recent finished runs of the same method, when there are any."""
-    here: str = ""
-    """The report's host: a process of another one is named with its host."""
+    here: str | None = None
+    """The host named without it (``Snapshot.own_host``): a process of another one is named with its host."""
 
     def identity(self) -> list[str]:
         """Evidence lines naming the job and its process."""
@@ -104,8 +104,8 @@ class Context:
 
     @property
     def here(self) -> str:
-        """The report's host (of a merged snapshot: the one whose Redis state is used)."""
-        return self.snapshot.host
+        """The host whose processes are named without it; empty when merged from several hosts (each is named)."""
+        return self.snapshot.own_host
 
     def job_facts(self, include_gone: bool = False) -> list[JobFacts]:
         """Every started job with its activity, age and effective timeout.
@@ -123,7 +123,7 @@ class Context:
             if timeout is None:
                 timeout = self.snapshot.target.queue_timeouts.get(job.queue.rsplit(":", 1)[-1])
             usual = self.usual.get(job.method) if job.method else None
-            facts.append(JobFacts(link, activity, age(self.now, job.started_at), timeout, usual, self.snapshot.host))
+            facts.append(JobFacts(link, activity, age(self.now, job.started_at), timeout, usual, self.here))
         return facts
 
     def long_running_jobs(self) -> list[JobFacts]:

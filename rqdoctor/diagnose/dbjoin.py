@@ -93,12 +93,12 @@ class LockGraph:
             current = onward[0]
 
 
-def role_of_process(process: ProcessInfo | None, links: Links) -> SessionRole:
-    """Classify a client process (named ``pid N on HOST`` when not on the snapshot's host)."""
+def role_of_process(process: ProcessInfo | None, links: Links, here: str) -> SessionRole:
+    """Classify a client process (named ``pid N on HOST`` when not on ``here``: see ``Snapshot.own_host``)."""
     if process is None:
         return SessionRole("unmatched")
     key = links.key(process)
-    on = f" on {key.host}" if key.host != links.host else ""
+    on = f" on {key.host}" if key.host != here else ""
     pid = process.pid
     job = links.job_for(key)
     if job is not None:
@@ -129,9 +129,9 @@ def build_graph(snapshot: Snapshot, links: Links) -> LockGraph:
         graph.sessions[key] = s
         if s.client_pid is not None:
             client = ProcKey(s.client_pid_host or snapshot.host, s.client_pid)
-            graph.roles[key] = role_of_process(processes.get(client), links)
+            graph.roles[key] = role_of_process(processes.get(client), links, snapshot.own_host)
             if graph.roles[key].role == "unmatched":
-                on = f" on {client.host}" if client.host != snapshot.host else ""
+                on = f" on {client.host}" if client.host != snapshot.own_host else ""
                 graph.roles[key] = SessionRole("process", s.client_pid, description=f"pid {s.client_pid}{on}",
                                                host=client.host)
         elif s.client_match == "remote":

@@ -56,7 +56,6 @@ class Hosts:
     """The collected hosts of a snapshot (one, or each of a merged one), with their processes and containers."""
 
     def __init__(self, snapshot: Snapshot) -> None:
-        self.own = snapshot.host
         self.processes: dict[str, list[ProcessInfo]] = {snapshot.host: []}
         self.processes.update((h.name, []) for h in snapshot.hosts)
         for p in snapshot.processes:
@@ -83,7 +82,3 @@ def resolve_worker(w: WorkerInfo, snapshot: Snapshot) -> Resolution:
     """:func:`resolve` for a worker hash of ``snapshot``, on the collected host its hostname names."""
     return Hosts(snapshot).resolve(w.hostname, w.pid)
 
-
-def is_local_hostname(hostname: str | None, host: str, processes: list[ProcessInfo]) -> bool:
-    """The hostname is this host's or a container's on it."""
-    return bool(hostname) and (hostname == host or hostname in container_names(processes))

@@ -373,7 +373,6 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
     redis = snapshot.redis
     assert redis is not None
     names = {w.name for w in redis.workers} | {j.worker_name for j in redis.jobs if j.worker_name}
-    bench = (snapshot.target.bench_path or "").rstrip("/")
     endpoint = _redis_endpoint(snapshot.target.redis_url)
     matched = {tree.key(jl.runner): jl for jl in links.jobs if jl.runner_role == "orphaned-horse" and jl.runner}
     waiting = _waiting(links.jobs, links.workers)
@@ -385,6 +384,7 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
             if own_title[0] not in names:
                 continue  # a worker this Redis does not know: another Redis's (or a SimpleWorker's own title)
             lines.append(f"its title names worker {own_title[0]} of this Redis")
+        bench = (snapshot.bench_of(tree.key(p).host) or "").rstrip("/")  # its own host's bench
         if bench and p.cwd and (p.cwd + "/").startswith(bench + "/"):
             lines.append(f"its working directory {p.cwd} is in the bench {bench}")
         if own_title is None:

@@ -28,13 +28,14 @@ def _ours(ctx: Context, queues: list[str]) -> bool:
 
 @rule("RQD609", "critical", "Workers of another bench take this bench's jobs (bench id collision)")
 def foreign_workers(ctx: Context) -> Iterator[Hit]:
-    bench = ctx.snapshot.target.bench_path
-    if bench is None or ctx.snapshot.target.queue_filter is None:
+    if ctx.snapshot.target.queue_filter is None:
         return
-    roots = {os.path.realpath(bench), os.path.realpath(os.path.join(bench, "sites"))}
     for wl in ctx.links.workers:
         p = wl.process
-        if p is None or p.cwd is None or p.cwd in roots or not _ours(ctx, wl.worker.queues):
+        bench = ctx.snapshot.bench_of(wl.host) if wl.host is not None else None  # its own host's bench
+        if p is None or p.cwd is None or bench is None or not _ours(ctx, wl.worker.queues):
+            continue
+        if p.cwd in {os.path.realpath(bench), os.path.realpath(os.path.join(bench, "sites"))}:
             continue
         yield Hit(f"worker {wl.worker.name}", worker=wl.worker.name, pid=p.pid, host=wl.host, evidence=[
             f"it listens on {', '.join(wl.worker.queues)}: this bench's queues ({ctx.snapshot.target.queue_filter}*)",

@@ -18,7 +18,7 @@ def lock_wait_victim(ctx: Context) -> Iterator[Hit]:
         blocker = blocker_dict(ctx.graph, wait)
         victim = ctx.graph.role(wait.server, wait.waiting_session)
         what = "a metadata lock" if wait.kind == "metadata" else "a row lock"
-        on = f" on {victim.host}" if victim.host and victim.host != ctx.here else ""
+        on = f" on {victim.host}" if victim.host is not None and victim.host != ctx.here else ""
         evidence = [f"session {wait.waiting_session} (pid {victim.pid}{on}) waits "
                     f"{wait.wait_age_s or 0:.0f} s for {what}" + (f" on {wait.table}" if wait.table else ""),
                     f"held by {blocker['summary']}"]

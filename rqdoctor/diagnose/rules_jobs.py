@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from rqdoctor.diagnose import remedies
 from rqdoctor.diagnose.activity import Activity, short_path
-from rqdoctor.diagnose.advice import process_ref
+from rqdoctor.diagnose.advice import on_host, on_host_command, process_ref
 from rqdoctor.diagnose.cleanup import expired_while_running
 from rqdoctor.diagnose.context import Context, JobFacts, age
 from rqdoctor.diagnose.findings import Hit, rule
@@ -227,7 +227,8 @@ def busy_without_job(ctx: Context) -> Iterator[Hit]:
             fix += " " + remedies.describe(remedy)
         yield Hit(f"worker {w.name}", evidence=[*evidence, *_activity_line(activity)], worker=w.name,
                   pid=runner.pid, host=ctx.snapshot.key(runner).host,
-                  commands=[f"kill -KILL -{horse.pgid or horse.pid}"] if horse else [], fix=fix,
+                  commands=[on_host_command(horse, ctx.here, f"kill -KILL -{horse.pgid or horse.pid}")]
+                  if horse else [], fix=fix,
                   remedy=remedy)
 
 
@@ -277,11 +278,11 @@ def orphaned_horse(ctx: Context) -> Iterator[Hit]:
         remedy = None if key in ctx.links.unmatched else remedies.for_orphan(
             ctx.snapshot, ctx.links, process, "orphaned work-horse: its worker is gone")
         yield Hit(
-            f"process {process.pid}",
+            f"process {process.pid}{on_host(process, ctx.here)}",
             evidence=evidence,
             pid=process.pid, host=key.host, job_id=job.job.job_id if job else None,
             worker=job.job.worker_name if job else None,
-            commands=[f"kill -TERM -{process.pgid or process.pid}"],
+            commands=[on_host_command(process, ctx.here, f"kill -TERM -{process.pgid or process.pid}")],
             fix="Nobody heartbeats or times out this job; when it finishes it may re-create a ghost worker hash "
                 f"(RQD202). If it is stuck, end its process group ({process_ref(process, ctx.here)}), then check the "
                 "job's status. " + (remedies.describe(remedy) if remedy else "rqdoctor offers no --kill for it: it "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from rqdoctor.diagnose.advice import process_ref
+from rqdoctor.diagnose.advice import on_host_command, process_ref
 from rqdoctor.diagnose.context import Context, JobFacts
 from rqdoctor.diagnose.findings import Hit, rule
 from rqdoctor.diagnose.rules_jobs import _activity_line
@@ -123,6 +123,7 @@ def _hit(ctx: Context, facts: JobFacts, runner: ProcKey, wait: LockWait | None) 
         ref = process_ref(holder, ctx.here) + (f", running job {holder_job}" if holder_job else "")
         refs.append(ref)
         evidence.append(f"/proc/locks: {lock.kind} {lock.access} lock held by {ref}")
-        commands += [f"rqdoctor stack {lock.pid}", f"kill -TERM {lock.pid}"]
+        commands += [on_host_command(holder, ctx.here, f"rqdoctor stack {lock.pid}"),
+                     on_host_command(holder, ctx.here, f"kill -TERM {lock.pid}")]
     return Hit(f"job {job.job_id}", evidence=evidence, fix=_FIX_HOLDER.format(holder="; ".join(refs)),
                commands=commands, data=data, **base)

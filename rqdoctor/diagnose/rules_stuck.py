@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from rqdoctor.diagnose import remedies
-from rqdoctor.diagnose.advice import bench_cli, process_ref, redis_cli, rq_key
+from rqdoctor.diagnose.advice import bench_cli, on_host, on_host_command, process_ref, redis_cli, rq_key
 from rqdoctor.diagnose.cleanup import expired_while_running
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, Remedy, rule
@@ -97,7 +97,8 @@ def stopped_horse(ctx: Context) -> Iterator[Hit]:
                "nobody is debugging it, resume it (the command below).")
         if remedy is not None:
             fix += " To end the job instead: " + remedies.describe(remedy)
-        yield Hit(f"process {p.pid}", evidence=evidence, fix=fix, commands=[f"kill -CONT {p.pid}"], pid=p.pid,
+        yield Hit(f"process {p.pid}{on_host(p, ctx.here)}", evidence=evidence, fix=fix,
+                  commands=[on_host_command(p, ctx.here, f"kill -CONT {p.pid}")], pid=p.pid,
                   host=ctx.snapshot.key(p).host,
                   job_id=jl.job.job_id if jl else None, worker=wl.worker.name if wl else None, remedy=remedy)
 
@@ -130,7 +131,8 @@ def zombie_horse(ctx: Context) -> Iterator[Hit]:
                   fix="The worker is hung after its horse ended: restart it (its job stays 'started' until a "
                       "registry cleanup fails it, see RQD503). A zombie itself cannot be killed; it goes when its "
                       "parent reaps it or exits. " + remedies.describe(remedy),
-                  commands=[f"kill -TERM {parent.process.pid}"], remedy=remedy)
+                  commands=[on_host_command(parent.process, ctx.here, f"kill -TERM {parent.process.pid}")],
+                  remedy=remedy)
 
 
 def zombie_since(job: JobHash) -> float | None:

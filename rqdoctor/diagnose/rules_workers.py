@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rqdoctor.diagnose import remedies
-from rqdoctor.diagnose.advice import process_ref, redis_cli, rq_key, supervisor_restart_workers
+from rqdoctor.diagnose.advice import on_host_command, process_ref, redis_cli, rq_key, supervisor_restart_workers
 from rqdoctor.diagnose.context import Context, age
 from rqdoctor.diagnose.findings import Hit, rule
 from rqdoctor.diagnose.link import JobLink
@@ -23,7 +23,8 @@ def dead_worker(ctx: Context) -> Iterator[Hit]:
         if link.location not in ("dead", "not-found") or w.death is not None:
             continue
         if link.claimed is None:
-            evidence = [f"Redis says pid {w.pid} on host {w.hostname}; no such process here"]
+            there = "here" if link.host in (None, ctx.here) else f"in the snapshot of {link.host}"
+            evidence = [f"Redis says pid {w.pid} on host {w.hostname}; no such process {there}"]
         else:
             now = process_ref(link.claimed, ctx.here)
             evidence = [f"Redis says pid {w.pid} on host {w.hostname}; that pid is now {now}"]
@@ -100,7 +101,8 @@ def stale_heartbeat(ctx: Context) -> Iterator[Hit]:
             worker=w.name, pid=w.pid, host=link.host,
             fix="The worker's own loop is not running: look at its stack (a hung Redis connection or a stuck "
                 "monitor loop); restart it if it is hung.",
-            commands=[f"rqdoctor stack {w.pid}"] if link.process is not None else [],
+            commands=[on_host_command(link.process, ctx.here, f"rqdoctor stack {w.pid}")]
+            if link.process is not None else [],
         )
 
 

@@ -74,7 +74,7 @@ def bundle_report(diagnosis: Diagnosis, views: dict[str, list[dict[str, Any]]],
 
 def hung_jobs(jobs: list[dict[str, Any]], diagnosis: Diagnosis) -> Section:
     """The jobs (a table, then each job's facts and stack folded), then each job -> process -> blocker chain."""
-    table = jobs_section(jobs, diagnosis.findings, verbose=False)
+    table = jobs_section(jobs, diagnosis.findings, verbose=False, here=diagnosis.context.snapshot.own_host)
     return section("Hung jobs", *(table.blocks if table else ()), *chains(jobs, diagnosis))
 
 

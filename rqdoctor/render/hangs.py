@@ -22,14 +22,15 @@ def in_container(job: dict[str, Any]) -> str:
     return f" in container {ctr.get('name') or '?'}{short} pid {ctr.get('ns_pid')}"
 
 
-def on_host(job: dict[str, Any], here: str) -> str:
-    """`` on HOST`` for a job whose process runs on another host than ``here`` (a merged snapshot), else empty."""
+def on_host(job: dict[str, Any], here: str | None) -> str:
+    """`` on HOST`` for a job whose process runs on another host than ``here`` (``Snapshot.own_host``: empty when
+    merged from several hosts, where every process is named with its host; None: never), else empty."""
     host = job.get("process_host")
-    return f" on {host}" if here and host and host != here else ""
+    return f" on {host}" if here is not None and host and host != here else ""
 
 
-def facts_lines(job: dict[str, Any], here: str = "") -> list[str]:
-    """The key facts of one job as short lines (shared by text and Markdown); ``here``: the report's host."""
+def facts_lines(job: dict[str, Any], here: str | None) -> list[str]:
+    """The key facts of one job as short lines (shared by text and Markdown); ``here``: see :func:`on_host`."""
     timeout = f", timeout {duration(job['timeout_s'])}" if job["timeout_s"] not in (None, -1) else ""
     lines = [f"queue {job['queue']}, status {value(job['status'])}, running {duration(job['running_for_s'])}{timeout}"]
     if job.get("usual_duration"):
@@ -103,7 +104,7 @@ JOB_COLUMNS = (Col("severity"), Col("job", code=True), Col("method", code=True, 
 
 
 def jobs_section(jobs: list[dict[str, Any]], findings: list[Finding], verbose: bool,
-                 title: str = "Jobs", here: str = "") -> Section | None:
+                 title: str = "Jobs", here: str | None = None) -> Section | None:
     """One line per job, then a block per job with its facts and stack (trimmed on a terminal unless
     ``verbose``); None without jobs. ``here``: the report's host (another host's pid is shown ``N on HOST``)."""
     if not jobs:
