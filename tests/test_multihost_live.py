@@ -349,6 +349,28 @@ def test_merged_text_names_each_jobs_host_beside_its_pid(scene: Scene) -> None:
         assert side.host.name in pid_line, section
 
 
+def test_merged_workers_locks_and_stack_views_keep_each_process_on_its_host(scene: Scene) -> None:
+    merged = from_both(scene)
+    workers = rqdoctor("workers", *merged, "--format", "json", host=None, cwd=scene.tmp)
+    assert workers.code == 0, workers
+    rows = {r["host"]: r for r in workers.json()["workers"]}
+    for side in (scene.a, scene.b):
+        row = rows[side.host.name]
+        assert (row["location"], row["process_host"], row["horse_pid"]) == (
+            "local", side.host.name, side.horse_pid_here), row
+    locks = rqdoctor("locks", *merged, "--format", "json", host=None, cwd=scene.tmp)
+    assert locks.code == 1, locks
+    [edge] = locks.json()["locks"]
+    assert (edge["waiting"]["host"], edge["waiting"]["pid"], edge["waiting"]["job_id"]) == (
+        "hosta", scene.a.horse_pid_here, scene.a.job_id), edge
+    assert (edge["blocker"]["host"], edge["blocker"]["pid"], edge["blocker"]["job_id"]) == (
+        "hostb", scene.b.horse_pid_here, scene.b.job_id), edge
+    stack = rqdoctor("stack", scene.b.job_id, *merged, host=None, cwd=scene.tmp)
+    assert stack.code in (0, 1), stack
+    assert f"pid {scene.b.horse_pid_here} (horse) on hostb" in stack.stdout, stack.stdout
+    assert "mysql_hold_lock" in stack.stdout, stack.stdout
+
+
 def test_stuck_and_report_run_on_merged_snapshots(scene: Scene) -> None:
     merged = from_both(scene)
     stuck = rqdoctor("stuck", "--format", "json", *merged, host=None, cwd=scene.tmp)
