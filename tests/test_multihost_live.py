@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +110,7 @@ def row_locked(bed: TestBed, db: DBInfo) -> bool:
     return int(rows[0][0]) > 0
 
 
-def wait_until(check: Any, what: str, timeout: float = 60) -> None:
+def wait_until(check: Callable[[], object], what: str, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < end, f"{what}: not within {timeout}s"
@@ -132,6 +132,7 @@ def start_side(bed: TestBed, r: redis.Redis, started: Workers, db: DBInfo, tmp: 
 
 @pytest.fixture
 def scene(bed: TestBed, tmp_path: Path) -> Iterator[Scene]:
+    """B's holder job and A's waiting job running; workers stopped, Redis flushed, database dropped after."""
     r = text_client(f"{bed.redis_url}/0")
     r.flushall()
     db = bed.database(f"rqd_{uuid.uuid4().hex[:12]}")
