@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 import redis
@@ -151,6 +151,14 @@ def unshare_refusal() -> str | None:
     return None if done.returncode == 0 else f"unshare --pid --uts failed: {done.stderr.strip()[:200]}"
 
 
+class OtherHost(Protocol):
+    """A host of :mod:`tests.harness.hosts`: runs a command inside its own namespaces."""
+
+    name: str
+
+    def enter(self, argv: Sequence[str], cwd: str | os.PathLike[str] = "/") -> list[str]: ...
+
+
 def _spawn(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -176,12 +184,14 @@ def start_frappe_worker(
     burst: bool = False,
     env: dict[str, str] | None = None,
     namespace: str | None = None,
+    host: OtherHost | None = None,
 ) -> WorkerProcess:
     """Start ``python -m frappe.utils.bench_helper frappe worker --queue …`` (cwd ``sites``).
 
     ``queues`` are Frappe queue types (None = all); ``pool_size`` runs ``worker-pool``; ``env`` is added to
     the worker's environment (e.g. ``RQ_KEY_PREFIX``); ``namespace``: in its own PID and UTS namespace with
-    that hostname, as in a container (root only; see :func:`in_namespace`).
+    that hostname, as in a container (root only; see :func:`in_namespace`); ``host``: inside that host of
+    :mod:`tests.harness.hosts` (its hash names the host's name and its pid there).
     """
     python = bench.attach_env(ensure_venv(flavour))
     argv = [str(python), "-m", "frappe.utils.bench_helper", "frappe"]
@@ -193,9 +203,10 @@ def start_frappe_worker(
     if burst:
         argv.append("--burst")
     log = bench.logs_path / "worker.log"
-    popen = _spawn(in_namespace(argv, namespace) if namespace else argv, bench.sites_path,
-                   {**_env(bench, simple), **(env or {})}, log)
-    return WorkerProcess(popen, argv, bench.sites_path, flavour, log, simple=simple, namespace=namespace)
+    command = host.enter(argv, bench.sites_path) if host else in_namespace(argv, namespace) if namespace else argv
+    popen = _spawn(command, bench.sites_path, {**_env(bench, simple), **(env or {})}, log)
+    return WorkerProcess(popen, argv, bench.sites_path, flavour, log, simple=simple,
+                         namespace=host.name if host else namespace)
 
 
 def start_rq_worker(
