@@ -62,6 +62,22 @@ def test_stuck_kill_refuses_merged_snapshots(tmp_path: Path) -> None:
     assert result.code == 2 and "run `rqdoctor stuck --kill` on the host each process runs on" in result.stderr
 
 
+def test_stack_of_a_pid_two_hosts_have_asks_which_and_takes_host_colon_pid(tmp_path: Path) -> None:
+    a, b = _files(tmp_path)  # both hosts run a worker with pid 4242
+    both = ("--from", str(a), "--from", str(b))
+    ambiguous = run_cli("stack", "4242", *both)
+    assert ambiguous.code == 2 and ambiguous.stdout == "", ambiguous
+    assert ambiguous.stderr.startswith("rqdoctor: error: pid 4242 is on several hosts: host-a, host-b")
+    assert "rqdoctor stack host-a:4242" in ambiguous.stderr and "Traceback" not in ambiguous.stderr
+    one = run_cli("stack", "host-b:4242", *both, "--format", "json")
+    assert one.code in (0, 1), one
+    [row] = json.loads(one.stdout)["jobs"]
+    assert (row["pid"], row["process_host"], row["worker"]) == (4242, "host-b", "wb"), row
+    assert run_cli("stack", "4301", *both, "--format", "json").code in (0, 1)  # only host B has 4301: no question
+    unknown = run_cli("stack", "host-z:4242", *both)
+    assert unknown.code == 2 and "no host 'host-z' in this snapshot (its hosts: host-a, host-b)" in unknown.stderr
+
+
 def test_from_standard_input_cannot_be_merged(tmp_path: Path) -> None:
     a, _ = _files(tmp_path)
     result = run_cli("hangs", "--from", str(a), "--from", "-")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import typer
@@ -25,16 +26,18 @@ from rqdoctor.diagnose.context import DEFAULT_MIN_AGE_S
 from rqdoctor.diagnose.link import ZOMBIE
 from rqdoctor.diagnose.run import Diagnosis, diagnose
 from rqdoctor.errors import RqdoctorError
-from rqdoctor.model import ProcKey
+from rqdoctor.model import ProcKey, Snapshot
 from rqdoctor.views import activity_dict, job_rows, threads_of
 
-Subject = Annotated[str, typer.Argument(help="A process id, or an RQ job id (as stored in Redis).")]
+Subject = Annotated[str, typer.Argument(
+    help="A process id (HOST:PID for one host of a merged --from), or an RQ job id (as stored in Redis).")]
+HOST_PID = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*):(?P<pid>[0-9]+)$")
 
 
-def what_it_is(diagnosis: Diagnosis, pid: int) -> list[str]:
+def what_it_is(diagnosis: Diagnosis, key: ProcKey) -> list[str]:
     """Plain statements of what a process that runs no job is: its command line, Python or not, any claim on it."""
     snapshot = diagnosis.context.snapshot
-    key = ProcKey(snapshot.host, pid)
+    pid = key.pid
     process, stacks = snapshot.process(key), snapshot.stacks_of(key)
     command = " ".join(process.cmdline) if process and process.cmdline else "?"
     if process is not None and process.status == ZOMBIE:
@@ -58,25 +61,44 @@ def what_it_is(diagnosis: Diagnosis, pid: int) -> list[str]:
     return lines
 
 
-def process_row(diagnosis: Diagnosis, pid: int) -> dict[str, Any]:
-    """A ``hangs`` row for a process of the report's host that runs no job (a worker parent, any process)."""
+def process_row(diagnosis: Diagnosis, key: ProcKey) -> dict[str, Any]:
+    """A ``hangs`` row for a process that runs no job (a worker parent, any process)."""
     snapshot = diagnosis.context.snapshot
-    key = ProcKey(snapshot.host, pid)
+    pid = key.pid
     process = snapshot.process(key)
     worker = diagnosis.links.worker_for(key)
     return {
         "job_id": f"pid {pid}", "queue": "-", "site": None,
         "method": " ".join(process.cmdline)[:80] if process else None,
         "status": process.status if process else None, "running_for_s": None, "timeout_s": None,
-        "worker": worker.worker.name if worker else None, "host": snapshot.host, "location": "local",
-        "pid": pid, "process_host": snapshot.host, "runner_role": "worker" if worker else "process",
-        "gone": key in diagnosis.links.gone, "notes": what_it_is(diagnosis, pid),
+        "worker": worker.worker.name if worker else None, "host": key.host, "location": "local",
+        "pid": pid, "process_host": key.host, "runner_role": "worker" if worker else "process",
+        "gone": key in diagnosis.links.gone, "notes": what_it_is(diagnosis, key),
         "cpu_percent": process.cpu_percent if process else None, "rss_bytes": process.rss if process else None,
         "activity": activity_dict(diagnosis.activities.get(key)), "blocker": None,
         "children": [{"pid": c.pid, "cmdline": c.cmdline, "cpu_percent": c.cpu_percent, "status": c.status}
                      for c in snapshot.processes if c.ppid == pid and snapshot.key(c).host == key.host],
         "threads": threads_of(diagnosis, key), "findings": [],
     }
+
+
+def process_key(snapshot: Snapshot, pid: int, host: str | None) -> ProcKey:
+    """The process ``pid`` (on ``host`` when given) names: this host's; in a merged snapshot, the one host that
+    has that pid (several: the user must say which, ``HOST:PID``)."""
+    hosts = [h.name for h in snapshot.hosts] or [snapshot.host]
+    if host is not None:
+        if host not in hosts:
+            raise RqdoctorError(f"no host {host!r} in this snapshot (its hosts: {', '.join(hosts)})",
+                                "give PID alone for this host, or HOST:PID with a host of the merged --from files")
+        return ProcKey(host, pid)
+    if not snapshot.hosts:
+        return ProcKey(snapshot.host, pid)
+    having = sorted({k.host for k in (snapshot.key(p) for p in snapshot.processes) if k.pid == pid}
+                    | {s.host for s in snapshot.stacks if s.pid == pid and s.host})
+    if len(having) > 1:
+        raise RqdoctorError(f"pid {pid} is on several hosts: {', '.join(having)}",
+                            f"say which: `rqdoctor stack {having[0]}:{pid} --from …`")
+    return ProcKey(having[0] if having else snapshot.host, pid)
 
 
 def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueues = False,
@@ -88,25 +110,28 @@ def command(subject: Subject, redis_url: RedisUrl = None, bench: Bench = None, a
     """Show one process or one job: its live stack, what it waits on, and the fix."""
     options = collect_options(timeout, samples, interval, blocking, native, with_locals, not no_db)
     options.root_db = not no_root_db
-    pid = int(subject) if subject.isdigit() else None
-    if pid is not None:
+    named = HOST_PID.match(subject)
+    pid = int(subject) if subject.isdigit() else int(named["pid"]) if named else None
+    if pid is not None and from_file is None:
         options.stack_pids = [pid]
     snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix)
     fatal = require_redis(snapshot, fmt)
     diagnosis = diagnose(snapshot, min_age_s=min_age)
-    rows = [r for r in job_rows(diagnosis) if r["job_id"] == subject
-            or (pid is not None and r["pid"] == pid and r["process_host"] == snapshot.host)]
+    job_matches = [r for r in job_rows(diagnosis) if r["job_id"] == subject]
+    key = None if pid is None or job_matches else process_key(snapshot, pid, named["host"] if named else None)
+    rows = job_matches or [r for r in job_rows(diagnosis)
+                           if key is not None and r["pid"] == key.pid and r["process_host"] == key.host]
     essential: tuple[str, ...] = ("redis", "stacks")
-    if fatal is not None and pid is None:
+    if fatal is not None and key is None:
         raise fatal  # a job id cannot be looked up without Redis
-    if not rows and pid is not None:
+    if not rows and key is not None:
         unread = any(e.probe == "processes" and e.kind == "timeout" for e in snapshot.errors)  # cut off: unknown
-        key = ProcKey(snapshot.host, pid)
         stacks = snapshot.stacks_of(key)
         if not unread and snapshot.process(key) is None and not (stacks and stacks.samples):
-            raise RqdoctorError(f"no process {pid} on this host ({snapshot.host})",
+            where = key.host if snapshot.hosts else f"this host ({snapshot.host})"
+            raise RqdoctorError(f"no process {key.pid} on {where}",
                                 "list running jobs and their pids with `rqdoctor hangs`")
-        rows = [process_row(diagnosis, pid)]
+        rows = [process_row(diagnosis, key)]
         if stacks is not None and stacks.error is not None and stacks.error.kind == "unsupported":
             essential = ("redis",)  # not Python: having no stack is the answer, not a failure
     if not rows:
