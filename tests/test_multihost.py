@@ -325,3 +325,10 @@ def test_scheduler_health_without_a_scheduler_anywhere_is_the_newest_hosts() -> 
     snap = merge([("a.json", _scheduler(host_a(), running=False)), ("b.json", _scheduler(host_b(), running=False))])
     assert {h.name: h.health_used for h in snap.hosts} == {"host-a": True, "host-b": False}
     assert [f.code for f in diagnose(snap).findings if f.code == "RQD605"] == ["RQD605"]
+
+
+def test_the_header_names_each_hosts_bench_path() -> None:
+    from rqdoctor.render.header import facts
+
+    rows = dict(facts(_benches("/srv/b-bench/sites")))
+    assert rows["bench"] == "/srv/a-bench on host-a, /srv/b-bench on host-b"

@@ -56,7 +56,10 @@ def facts(snapshot: Snapshot) -> list[tuple[str, str]]:
     t = snapshot.target
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(snapshot.generated_at))
     rows = [("host", f"{snapshot.host}, {when}")] if not snapshot.hosts else [("hosts", hosts_line(snapshot))]
-    if t.bench_path:
+    paths = {h.name: h.bench_path for h in snapshot.hosts if h.bench_path}
+    if len(set(paths.values())) > 1:  # a merge of hosts whose benches sit at different paths: each its own
+        rows.append(("bench", ", ".join(f"{path} on {host}" for host, path in paths.items())))
+    elif t.bench_path:
         rows.append(("bench", f"{t.bench_path} (from {t.bench_source or '?'})"))
     else:
         rows.append(("bench", t.bench_source or "none"))
