@@ -386,6 +386,11 @@ def test_stuck_and_report_run_on_merged_snapshots(scene: Scene) -> None:
         assert side.job_id in markdown, markdown[:3000]
         assert side.host.name in markdown
     assert bundle, bundle
+    # collect read the scheduler part on each host: the merged scheduler view has it (no scheduler runs here)
+    scheduler = rqdoctor("scheduler", *merged, "--format", "json", host=None, cwd=scene.tmp)
+    assert scheduler.code in (0, 1), scheduler
+    view = scheduler.json()["scheduler"]
+    assert view["read"] and view["lock"]["state"] == "missing" and view["processes"] == [], view
 
 
 def test_stuck_kill_on_merged_snapshots_signals_no_other_hosts_process(scene: Scene) -> None:
