@@ -207,10 +207,16 @@ def _database(target: Target, root_db: bool, deadline: Deadline) -> tuple[Databa
 
 def _join_database(snapshot: Snapshot, database: Background[tuple[DatabaseState, list[ProbeError]]],
                    deadline: Deadline) -> None:
+    from rqdoctor.merge import match_remote_clients
     from rqdoctor.probes.database import client_processes
 
     snapshot.database, errors = database.result(deadline.remaining() + JOIN_GRACE_S)
     snapshot.errors.extend(errors)
+    # A container with its own network: its sockets are in no table of this host's; each of its processes'
+    # connections was read from its own namespace (/proc/<pid>/net/tcp), and names the client address the
+    # server reports.
+    match_remote_clients(snapshot.database.sessions,
+                         [p for p in snapshot.processes if p.identity is not None and p.identity.foreign_ns])
     known = {p.pid for p in snapshot.processes}
     wanted = {s.client_pid for s in snapshot.database.sessions if s.client_pid and s.client_pid not in known}
     snapshot.processes.extend(client_processes(sorted(wanted)))

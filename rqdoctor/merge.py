@@ -173,8 +173,9 @@ def _new_waits(have: list[LockWait], more: list[LockWait]) -> list[LockWait]:
 
 
 def match_remote_clients(sessions: Iterable[DbSession], processes: list[ProcessInfo]) -> None:
-    """Tie each session whose client no host matched to the one collected process whose TCP socket's local
-    address is the client address the server reports (``client_match`` ``tcp@<host>``).
+    """Tie each session whose client no host matched to the collected process whose TCP socket's local address
+    is the client address the server reports (``client_match`` ``tcp@<host>``): on another host, or in a
+    container of this one with its own network.
 
     Behind NAT or a proxy the server sees another address: no socket has it, and the session stays unmatched.
     """
@@ -193,9 +194,11 @@ def match_remote_clients(sessions: Iterable[DbSession], processes: list[ProcessI
             continue  # each host has its own loopback: such an address names no process of another host
         found = owners.get((_canonical(s.client_host), s.client_port), [])
         hosts = {p.identity.host for p in found if p.identity is not None}
-        if len(found) == 1 and len(hosts) == 1:
+        if found and len(hosts) == 1:
             host = hosts.pop()
-            s.client_pid, s.client_pid_host, s.client_match = found[0].pid, host, f"tcp@{host}"
+            # a socket shared across fork() (a worker and its horse): the youngest holder uses it, as on one host
+            client = max(found, key=lambda p: p.create_time or 0.0)
+            s.client_pid, s.client_pid_host, s.client_match = client.pid, host, f"tcp@{host}"
 
 
 def _address(text: str) -> tuple[str, int] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pymysql
 import pytest
 
@@ -452,6 +454,44 @@ def test_tcp_mapping_normalises_localhost_names() -> None:
     remote.sessions = [_s(1, client_host="10.1.2.3", client_port=5000)]
     database.attach_clients([remote], sockets)
     assert remote.sessions[0].client_pid == 77
+
+
+@pytest.fixture
+def pid_namespace_process() -> Iterator[int]:
+    """A process in its own PID namespace (pid 1 there, as a container's main process): its host pid."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and util-linux unshare (a PID namespace)")
+    leader = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "60"])
+    try:
+        end = time.monotonic() + 10
+        while not (children := psutil.Process(leader.pid).children()) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert children, "unshare started no child"
+        yield children[0].pid
+    finally:
+        leader.kill()
+        leader.wait(10)
+
+
+@pytest.mark.cli
+def test_a_pid_attribute_names_its_client_through_the_client_s_pid_namespace(pid_namespace_process: int) -> None:
+    from types import SimpleNamespace as NS
+
+    from rqdoctor.probes.sockets import LocalSockets
+
+    inside = pid_namespace_process  # a containerised client: it reports _pid 1, its own getpid()
+    bystander = os.getppid()  # a live host process that holds no connection to the server
+    sockets = LocalSockets()
+    sockets.__dict__["tcp"] = [NS(laddr=NS(ip="172.17.0.2", port=41000), raddr=NS(ip="127.0.0.1", port=3306),
+                                  pid=inside)]
+    sockets.__dict__["unix"], sockets.__dict__["local_ips"] = {}, {"127.0.0.1", "::1", "172.17.0.2"}
+    view = ServerView(target=parse_db_url("mysql://root@127.0.0.1:3306"), server_ports={3306}, server_ip="127.0.0.1")
+    view.sessions = [_s(5, client_host="localhost", client_port=39000), _s(6, client_host="localhost",
+                                                                             client_port=39001)]
+    view.attr_pids = {5: 1, 6: bystander}
+    database.attach_clients([view], sockets)
+    # host pid 1 is init, not the client; the bystander holds no connection: neither is named
+    assert [(s.client_pid, s.client_match) for s in view.sessions] == [(inside, "_pid"), (None, "no_local_socket")]
 
 
 def test_client_processes_redacts_the_command_line() -> None:

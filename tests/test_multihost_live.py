@@ -456,3 +456,25 @@ def test_a_dead_runs_claim_is_swept_with_what_it_lists() -> None:
     finally:
         claim.unlink(missing_ok=True)
         subprocess.run(["ip", "netns", "del", leftover], capture_output=True, timeout=30)
+
+
+def test_from_the_node_each_host_is_a_container_and_its_db_session_is_matched_in_its_own_network(
+        scene: Scene) -> None:
+    # rqdoctor on the machine itself sees both "hosts" as containers with their own PID, UTS and network
+    # namespaces: each job's horse by its host pid and namespace pid, and each DB session (its client address a
+    # container's, in no socket table of the machine's) tied to it through the container's own /proc/<pid>/net/tcp
+    run = rqdoctor("hangs", "--redis-url", f"{scene.bed.redis_url}/0", "--db-url", scene.bed.db_url, "--all-queues",
+                   "--format", "json", "--min-age", "1", "--timeout", "30", *FAST, host=None, cwd=scene.tmp)
+    assert run.code == 1, run
+    report = run.json()
+    rows = {j["job_id"]: j for j in report["jobs"]}
+    for side in (scene.a, scene.b):
+        row = rows[side.job_id]
+        assert (row["location"], row["pid"]) == ("local", side.horse.pid), row
+        assert (row["container"]["name"], row["container"]["ns_pid"]) == (side.host.name, side.horse_pid_here), row
+    sessions = {s["client_pid"]: s for s in report["snapshot"]["database"]["sessions"]
+                if s["db"] == scene.db.database}
+    assert set(sessions) == {scene.a.horse.pid, scene.b.horse.pid}, sessions
+    assert {s["client_match"] for s in sessions.values()} == {f"tcp@{report['snapshot']['host']}"}, sessions
+    blocker = rows[scene.a.job_id]["blocker"]
+    assert (blocker["pid"], blocker["job_id"]) == (scene.b.horse.pid, scene.b.job_id), blocker

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import ModuleType
 
 import psutil
@@ -258,12 +259,14 @@ def attach_clients(views: list[ServerView], sockets: LocalSockets) -> None:
     """Fill ``client_pid`` and ``client_match`` of every session from the local socket tables."""
     for view in views:
         unix_pid, unix_reason = _only_unix_client(view, sockets)
+        holders = ServerClients(view, sockets)
         for session in view.sessions:
-            session.client_pid, session.client_match = _client_of(session, view, sockets, unix_pid, unix_reason)
+            session.client_pid, session.client_match = _client_of(session, view, sockets, unix_pid, unix_reason,
+                                                                  holders)
 
 
 def _client_of(session: DbSession, view: ServerView, sockets: LocalSockets, unix_pid: int | None,
-               unix_reason: str) -> tuple[int | None, str]:
+               unix_reason: str, holders: ServerClients) -> tuple[int | None, str]:
     attr = view.attr_pids.get(session.session_id)
     host, port = session.client_host, session.client_port
     if host is None:
@@ -280,11 +283,36 @@ def _client_of(session: DbSession, view: ServerView, sockets: LocalSockets, unix
                   for pid in pids]
         if owners:
             return _pick(owners, attr), "unix"
-    if attr is not None and psutil.pid_exists(attr):
-        return attr, "_pid"
+    verified = holders.by_attr(attr) if attr is not None else None
+    if verified is not None:
+        return verified, "_pid"
     if port is None and view.target.kind != "postgres":
         return unix_pid, ("unix" if unix_pid else unix_reason)
     return None, "no_local_socket"
+
+
+class ServerClients:
+    """The local holders of a connection to one server, read once, to verify ``_pid`` connection attributes."""
+
+    def __init__(self, view: ServerView, sockets: LocalSockets) -> None:
+        self.view, self.sockets = view, sockets
+
+    @cached_property
+    def _namespace_pids(self) -> dict[int, int | None]:
+        """Holder host pid -> its innermost ``NSpid`` (the pid it sees itself as)."""
+        from rqdoctor.probes.namespaces import last_nspid
+
+        pids = {pid for owners in self.sockets.unix_client_owners(self.view.unix_paths).values() for pid in owners}
+        pids |= {c.pid for c in self.sockets.tcp if c.raddr and c.raddr.port in self.view.server_ports}
+        pids.discard(os.getpid())
+        return {pid: last_nspid(pid) for pid in pids}
+
+    def by_attr(self, attr: int) -> int | None:
+        """The one holder a ``_pid`` attribute names: its host pid is ``attr``, or (in a container, where the client
+        reports its namespace pid, which on the host may be an unrelated process) its innermost ``NSpid`` is.
+        None for none or several: the session stays unmatched rather than name the wrong process."""
+        found = {pid for pid, inner in self._namespace_pids.items() if attr in (pid, inner)}
+        return found.pop() if len(found) == 1 else None
 
 
 def _only_unix_client(view: ServerView, sockets: LocalSockets) -> tuple[int | None, str]:
