@@ -15,9 +15,11 @@ The manual routine's blocking dumps wake every horse into a ptrace stop and back
 last-run marks then show for a second; the variant after it waits :data:`SETTLE_S` (see
 :meth:`Variant.settle`).
 
-Then one memory-sampled run of each, the issue 8 goals against the same run's figures (see
-:func:`goals`), and one run of each (plus ``rqdoctor hangs --blocking``, to show the counters do
-see stops) under :class:`~benchmarks.stops.StopCounter`.
+Python commands run with byte-code caching (:mod:`benchmarks.pycache`, one warm-up run each), as an
+installed rqdoctor runs and as the other benchmarks measure it. Then one memory-sampled run of each,
+the issue 8 goals against the same run's figures (see :func:`goals`), and one run of each (plus
+``rqdoctor hangs --blocking``, to show the counters do see stops) under
+:class:`~benchmarks.stops.StopCounter`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 import redis
 
 from benchmarks.measure import Measured, checked, measure, median_run, mib, spread, table
+from benchmarks.pycache import compiled
 from benchmarks.stops import StopCounter
 from rqdoctor import scenarios
 from rqdoctor.commands import hangs as hangs_command
@@ -107,7 +110,7 @@ def run(counts: list[int], flavour: str, repeats: int) -> str:
     stops: list[list[object]] = []
     notes: list[str] = []
     with private_redis_db() as url, tempfile.TemporaryDirectory(prefix="rqd-bench-") as tmp, \
-            scenarios.tarpit() as pit, running_workers() as workers:
+            scenarios.tarpit() as pit, running_workers() as workers, compiled():
         bench = Bench.create(Path(tmp) / "bench", url, sites=("site1.local",), db_type="sqlite")
         r = text_client(url)
         horses: list[int] = []
@@ -115,6 +118,7 @@ def run(counts: list[int], flavour: str, repeats: int) -> str:
             horses += _hang(workers, bench, flavour, count - len(horses), pit.url, r)
             watched = horses + [w.pid for w in workers.started]
             variants = _variants(Path(tmp), bench, url, rq, py_spy, horses)
+            _warm_up(variants, Path(tmp))
             before = _load()
             rows, medians = _timing(variants, repeats, Path(tmp), count)
             notes.append(f"{count} workers: all {len(horses)} jobs started; pids watched for stops "
@@ -218,6 +222,14 @@ def _timing(variants: list[Variant], repeats: int, tmp: Path,
                      f"{best.cpu:.1f}", mib(best.max_process_rss), mib(memory.peak_tree_pss), _coverage(v, count)])
     rqdoctor, floor, probe, manual = (median_run(runs[v.name]) for v in variants)
     return rows, (rqdoctor, floor, manual, peaks[0], probe)
+
+
+def _warm_up(variants: list[Variant], tmp: Path) -> None:
+    """One untimed run of each Python variant: fills the byte-code cache (:mod:`benchmarks.pycache`)."""
+    for v in variants:
+        if v.argv[0] == sys.executable:
+            v.reset()
+            checked(measure(v.argv, tmp), v.name)
 
 
 def _hang(workers: Workers, bench: Bench, flavour: str, more: int, tarpit_url: str, r: redis.Redis) -> list[int]:

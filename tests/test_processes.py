@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import select
@@ -285,6 +286,34 @@ def test_the_scan_sees_every_process_as_psutil_does() -> None:
     stable = {pid for pid in set(scanned) & set(seen) if pid in again and again[pid] == scanned[pid]}
     assert {tree.worker, tree.horse, tree.child} <= stable  # other processes come, exec and go meanwhile
     assert {pid: (scanned[pid].ppid, scanned[pid].argv) for pid in stable} == {pid: seen[pid] for pid in stable}
+
+
+@pytest.mark.unit
+def test_one_environ_value_is_read_as_psutils_whole_environ_reads_it() -> None:
+    """Every block of up to four entries among the awkward ones (no ``=``, empty key, repeats, an empty entry,
+    an unterminated tail) gives what ``psutil.Process.environ().get`` would."""
+    from psutil._common import parse_environ_block
+
+    name = "SUPERVISOR_PROCESS_NAME"
+    entries = ["A=1", f"{name}=x", f"{name}=y=z", f"{name}=", "=v", "noeq", "", f"{name}X=q", name.lower() + "=l"]
+    for count in range(5):
+        for combo in itertools.product(entries, repeat=count):
+            for tail in ("", "\0", "garbage"):
+                block = "".join(e + "\0" for e in combo) + tail
+                assert processes.environ_value(block, name) == parse_environ_block(block).get(name), repr(block)
+
+
+@pytest.mark.integration
+def test_supervisor_program_of_a_live_process_is_psutils() -> None:
+    env = {**os.environ, "SUPERVISOR_PROCESS_NAME": "first", "OTHER": "1"}
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env) as child:
+        try:
+            proc = psutil.Process(child.pid)
+            assert processes._environ_value(proc, "SUPERVISOR_PROCESS_NAME") == proc.environ().get(
+                "SUPERVISOR_PROCESS_NAME") == "first"
+            assert processes._environ_value(proc, "NOT_SET_ANYWHERE") is None
+        finally:
+            child.kill()
 
 
 # --- connections: one TCP table for all the processes ---------------------------------------------------

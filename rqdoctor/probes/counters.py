@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 
@@ -66,6 +65,17 @@ class Reading:
     """By kernel thread id; empty when ``/proc/PID/task`` could not be listed."""
 
 
+def read_text(path: str) -> str:
+    """A small ``/proc`` file as text (``Path.read_text`` without a ``Path`` per read: thousands per run)."""
+    with open(path) as f:
+        return f.read()
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def read_counters(proc: psutil.Process | None, pid: int) -> Counters:
     """CPU time, I/O counters and context switches; raises ``psutil.NoSuchProcess`` once the process is gone."""
     counters = Counters()
@@ -84,7 +94,7 @@ def read_counters(proc: psutil.Process | None, pid: int) -> Counters:
 def io_counters(pid: int) -> tuple[IoCounters | None, str | None]:
     """``/proc/PID/io`` (readable as root or as the process's user), or why not."""
     try:
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines() if ":" in line)
+        fields = dict(line.split(":", 1) for line in read_text(f"/proc/{pid}/io").splitlines() if ":" in line)
         values = {k: int(fields[k]) for k in ("syscr", "syscw", "rchar", "wchar", "read_bytes", "write_bytes")}
     except (OSError, KeyError, ValueError) as exc:
         return None, str(exc)
@@ -95,7 +105,7 @@ def read_thread(pid: int, tid: int, state: bool = True) -> ThreadFacts:
     """The kernel facts of one thread (each unreadable one left None)."""
     facts = ThreadFacts(state=thread_state(pid, tid) if state else None, wchan=wchan(pid, tid))
     try:
-        fields = Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()
+        fields = read_text(f"/proc/{pid}/task/{tid}/syscall").split()
     except OSError:
         return facts
     facts.syscall = read_syscall(pid, fields)
@@ -118,7 +128,7 @@ def read_process(proc: psutil.Process | None, pid: int) -> Reading:
 def thread_state(pid: int, tid: int) -> str | None:
     """The one-letter scheduler state of ``/proc/PID/task/TID/stat`` (the field after the command name)."""
     try:
-        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_bytes()
+        stat = read_bytes(f"/proc/{pid}/task/{tid}/stat")
     except OSError:
         return None
     rest = stat.rpartition(b")")[2].split()
@@ -128,7 +138,7 @@ def thread_state(pid: int, tid: int) -> str | None:
 def wchan(pid: int, tid: int) -> str | None:
     """Kernel wait channel of a thread (``0``: running)."""
     try:
-        return Path(f"/proc/{pid}/task/{tid}/wchan").read_text().strip() or None
+        return read_text(f"/proc/{pid}/task/{tid}/wchan").strip() or None
     except OSError:
         return None
 
@@ -161,11 +171,11 @@ def run_mark(pid: int, tid: int) -> RunMark:
     base = f"/proc/{pid}/task/{tid}"
     run_ns = delay_ns = state = exec_start = cpu = None
     with contextlib.suppress(OSError, ValueError, IndexError):
-        run_ns, delay_ns = (int(n) for n in Path(f"{base}/schedstat").read_text().split()[:2])
+        run_ns, delay_ns = (int(n) for n in read_text(f"{base}/schedstat").split()[:2])
     with contextlib.suppress(OSError, ValueError):
-        exec_start = exec_start_ms(Path(f"{base}/sched").read_text())
+        exec_start = exec_start_ms(read_text(f"{base}/sched"))
     with contextlib.suppress(OSError, ValueError, IndexError):
-        rest = Path(f"{base}/stat").read_bytes().rpartition(b")")[2].split()
+        rest = read_bytes(f"{base}/stat").rpartition(b")")[2].split()
         state, cpu = rest[0].decode(), int(rest[36])
     return RunMark(run_ns, delay_ns, state, exec_start, cpu)
 
@@ -199,7 +209,7 @@ def cpu_clocks(cpus: Iterable[int]) -> dict[int, float]:
         for cpu in sorted(set(cpus) & allowed):
             with contextlib.suppress(OSError, ValueError):
                 os.sched_setaffinity(0, {cpu})  # returns on that CPU: the scheduler has just set exec_start
-                value = exec_start_ms(Path("/proc/thread-self/sched").read_text())
+                value = exec_start_ms(read_text("/proc/thread-self/sched"))
                 if value:
                     clocks[cpu] = value
     finally:

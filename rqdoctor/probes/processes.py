@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -22,6 +23,8 @@ MAX_DEPTH = 4
 MAX_PROCESSES = 500
 """Hard cap, so a mis-matched pid (say 1) cannot pull in the whole host."""
 _WORKER_COMMANDS = {"worker", "worker-pool"}
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+"""How psutil decodes ``/proc/<pid>/environ``."""
 
 
 class _Row(NamedTuple):
@@ -280,7 +283,7 @@ def _describe(pid: int, row: _Row, denied: dict[int, list[str]],
         "rss": lambda: proc.memory_info().rss,
         "num_threads": proc.num_threads,
         "cwd": proc.cwd,
-        "supervisor_program": lambda: proc.environ().get("SUPERVISOR_PROCESS_NAME"),
+        "supervisor_program": lambda: _environ_value(proc, "SUPERVISOR_PROCESS_NAME"),
         "connections": lambda: _connections(pid, lambda: tcp(pid)),
     }
     try:
@@ -303,6 +306,27 @@ def _describe(pid: int, row: _Row, denied: dict[int, list[str]],
     except psutil.NoSuchProcess:
         info.status = VANISHED
     return info
+
+
+def _environ_value(proc: psutil.Process, name: str) -> str | None:
+    """``proc.environ().get(name)`` without building the whole dict; psutil's own call (and its errors) when
+    ``/proc/<pid>/environ`` cannot be read."""
+    try:
+        with open(f"/proc/{proc.pid}/environ", encoding=_FS_ENCODING, errors=_FS_ERRORS) as environ:
+            data = environ.read()
+    except OSError:
+        return proc.environ().get(name)
+    return environ_value(data, name)
+
+
+def environ_value(block: str, name: str) -> str | None:
+    """The value of ``name`` in a NUL-separated environ block, read the way psutil's ``parse_environ_block`` reads
+    it: up to the first empty entry, without the unterminated tail, the last assignment winning."""
+    entries = block.split("\0")[:-1]
+    if "" in entries:
+        entries = entries[: entries.index("")]
+    prefix = name + "="
+    return next((entry[len(prefix):] for entry in reversed(entries) if entry.startswith(prefix)), None)
 
 
 def _measure_cpu(proc: psutil.Process, info: ProcessInfo, denied: dict[int, list[str]]) -> None:

@@ -68,6 +68,11 @@ _THREAD_FRAME = re.compile(r"^thread \((0[xX][0-9a-fA-F]+|\d+)\)(?:: (.*))?$", r
 _IDLE_POLLERS = ("asyncore.py", "zmq", "gevent", "tornado")
 
 
+def py_spy_env() -> dict[str, str]:
+    """The environment py-spy runs with: this one, without Rust backtraces in its error messages."""
+    return {**os.environ, "RUST_BACKTRACE": "0"}
+
+
 def record_command(exe: str, pid: int, rate: int, duration: int) -> list[str]:
     """argv of one recorder; ``duration`` only bounds py-spy should rqdoctor die before stopping it."""
     return [exe, "record", "--pid", str(pid), "--nonblocking", "--idle", "--threads", "--rate", str(rate),
@@ -263,6 +268,7 @@ class _Window:
     def __init__(self, exe: str, deadline: Deadline, samples: int, interval: float, max_parallel: int,
                  targets: int) -> None:
         self.exe, self.deadline, self.samples, self.interval = exe, deadline, samples, interval
+        self.env = py_spy_env()
         self.rate = sample_rate(interval, targets)
         self.max_parallel = max(1, max_parallel)
         self.selector = selectors.DefaultSelector()
@@ -304,10 +310,9 @@ class _Window:
         except psutil.AccessDenied:
             proc = None
         cmd = record_command(self.exe, pid, self.rate, math.ceil(self.deadline.remaining()) + 1)
-        env = {**os.environ, "RUST_BACKTRACE": "0"}
         try:
             popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, close_fds=False)  # see SPAWN_NOTE
+                                     env=self.env, close_fds=False)  # see SPAWN_NOTE
         except OSError as exc:
             self.done[pid] = Recording(pid, failure="missing_tool", detail=str(exc))
             return

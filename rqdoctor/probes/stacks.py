@@ -50,7 +50,7 @@ from rqdoctor.probes.counters import (
     tid_of,
 )
 from rqdoctor.probes.procfs import record_lock_files
-from rqdoctor.probes.record import MAX_RECORDERS, Recording, record_window
+from rqdoctor.probes.record import MAX_RECORDERS, Recording, py_spy_env, record_window
 from rqdoctor.redact import redact_mapping, redact_text
 
 PROBE = "stacks"
@@ -169,6 +169,8 @@ class _Options:
     code_at: dict[tuple[str, int], str | None] = field(default_factory=dict)
     """Redacted source line per (file, line), as frames repeat across samples and processes."""
     loop_at: dict[tuple[str, int], list[str] | None] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=py_spy_env)
+    """py-spy's environment, built once per probe (not once per dump)."""
 
 
 @dataclass
@@ -426,10 +428,9 @@ def _begin(pid: int, options: _Options) -> _Dump | _Result:
     taken_at = time.time()
     timeout = options.deadline.timeout(cap=DUMP_TIMEOUT_CAP)
     cmd = py_spy_command(options.exe, pid, options.blocking, options.native, options.with_locals)
-    env = {**os.environ, "RUST_BACKTRACE": "0"}
     try:
         popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 env=env, close_fds=False)  # see SPAWN_NOTE
+                                 env=options.env, close_fds=False)  # see SPAWN_NOTE
     except OSError as exc:
         error = ProbeError(PROBE, "missing_tool", f"cannot run py-spy: {exc}", HINT_MISSING, str(pid))
         return _Result(error=error)
