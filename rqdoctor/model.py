@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, Union
 
@@ -849,11 +850,23 @@ class Snapshot:
 
     def stacks_of(self, key: ProcKey) -> ProcessStacks | None:
         """The stack samples of a process."""
-        return next((s for s in self.stacks if (s.host or self.host, s.pid) == key), None)
+        return self._index("stacks", self.stacks, lambda s: ProcKey(s.host or self.host, s.pid)).get(key)
 
     def process(self, key: ProcKey) -> ProcessInfo | None:
         """A process by host and pid."""
-        return next((p for p in self.processes if self.key(p) == key), None)
+        return self._index("processes", self.processes, self.key).get(key)
+
+    def _index(self, name: str, items: list[T], key_of: Callable[[T], ProcKey]) -> dict[ProcKey, T]:
+        """``items`` by process key, the first of each key; rebuilt when the list was replaced or grew (the
+        probes append to it while collecting), so that per-job lookups stay O(1) at thousands of processes."""
+        cache = self.__dict__.setdefault("_indexes", {})
+        cached = cache.get(name)
+        if cached is None or cached[0] is not items or cached[1] != len(items):
+            index: dict[ProcKey, T] = {}
+            for item in items:
+                index.setdefault(key_of(item), item)
+            cached = cache[name] = (items, len(items), index)
+        return cached[2]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
