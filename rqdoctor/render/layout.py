@@ -17,7 +17,7 @@ from rich.containers import Lines
 from rich.control import strip_control_codes
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
+from rich.text import Span, Text
 
 ID, TEXT = "id", "text"
 GAP = "  "
@@ -55,8 +55,18 @@ def lines_of(text: Text | str, width: int, indent: int = 0, hang: int | None = N
     """``text`` wrapped at spaces to ``width``, ``indent`` spaces before the first line and ``hang`` before the
     others (default: ``indent``); words are never folded or cut."""
     text = Text(text) if isinstance(text, str) else text
-    return Lines(_line(pad, text[start:end])
+    return Lines(_line(pad, _slice(text, start, end))
                  for pad, start, end in _breaks(text.plain, width, indent, indent if hang is None else hang))
+
+
+def _slice(text: Text, start: int, end: int) -> Text:
+    """``text[start:end]`` without ``Text.divide`` (which costs a dozen times more): its spans cut to the range."""
+    if start == 0 and end == len(text):
+        return text
+    part = text.blank_copy(text.plain[start:end])
+    part.spans = [Span(max(s, start) - start, min(e, end) - start, style)
+                  for s, e, style in text.spans if min(e, end) > max(s, start)]
+    return part
 
 
 def wrap_plain(text: str, width: int, indent: int = 0, hang: int | None = None) -> list[str]:
