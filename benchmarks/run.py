@@ -1,6 +1,6 @@
 """Run the benchmarks and print their tables: ``python -m benchmarks [--quick] [--only NAME]``.
 
-NAME is one of redis, workers, hangs, startup, deadline.
+NAME is one of redis, workers, hangs, startup, deadline, render.
 
 Every figure is measured side by side with its comparison in the same run, on this machine,
 right now; ratios matter more than absolute times on a shared, noisy host.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from benchmarks import deadline, hangs, startup, workers_queues
+from benchmarks import deadline, hangs, render, startup, workers_queues
 from benchmarks.workers_queues import Size
 from rqdoctor import __version__
 from rqdoctor.probes.stacks import find_py_spy
@@ -30,7 +30,7 @@ from tests.harness.venvs import RQ_FLAVOURS, venv_python
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (a smoke run)")
-    parser.add_argument("--only", choices=("redis", "workers", "hangs", "startup", "deadline"),
+    parser.add_argument("--only", choices=("redis", "workers", "hangs", "startup", "deadline", "render"),
                         help="run one benchmark")
     parser.add_argument("--flavour", default="rq26", choices=sorted(RQ_FLAVOURS),
                         help="rq venv of the harness for workers and `rq info` (default rq26)")
@@ -58,6 +58,10 @@ def main() -> None:
     if args.only in (None, "deadline"):
         print("\n## deadline: every command against Redis, MariaDB and PostgreSQL tarpits\n", flush=True)
         print(deadline.run(args.repeats or 1), flush=True)
+    if args.only in (None, "render"):
+        sizes = [16, 64] if args.quick else [16, 64, 600]
+        print(f"\n## render: the hangs report of {', '.join(map(str, sizes))} running jobs, in-process\n", flush=True)
+        print(render.run(sizes, args.repeats or 5), flush=True)
     print(f"\ntotal {time.monotonic() - started:.0f}s")
 
 

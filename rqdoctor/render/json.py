@@ -4,14 +4,13 @@ findings, with a schema version; see docs/json.md)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from rich.console import Console
 
 from rqdoctor.diagnose.run import Diagnosis
 from rqdoctor.model import SCHEMA_VERSION
-from rqdoctor.render import header
+from rqdoctor.render import header, indented
 from rqdoctor.render.document import Report
 from rqdoctor.views import fold_errors
 
@@ -48,4 +47,4 @@ def render(report: Report, console: Console) -> None:
 
 def text(report: Report) -> str:
     """The report's data, indented, one trailing newline."""
-    return json.dumps(report.data(), indent=2, sort_keys=False, default=str) + "\n"
+    return indented.dumps(report.data(), default=str) + "\n"
