@@ -869,8 +869,10 @@ class Snapshot:
         return cached[2]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
-        return dataclasses.asdict(self)
+        """Plain dict for JSON: what ``dataclasses.asdict`` gives, without its deep copy of every leaf value
+        (most of a big report's JSON time; the leaves here are immutable, or shared lists copied level by
+        level as asdict does)."""
+        return plain(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Snapshot:
@@ -885,6 +887,38 @@ class Snapshot:
             raise ValueError(f"unsupported snapshot schema_version {version!r} "
                              f"(this rqdoctor reads {SCHEMA_VERSION})")
         return from_plain(cls, data)
+
+
+def plain(value: Any) -> Any:
+    """``dataclasses.asdict`` of a dataclass tree: dataclasses to dicts, lists, tuples and dicts rebuilt, leaves
+    (str, int, float, bool, None) kept as they are."""
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
+    if kind is list:
+        return [plain(v) for v in value]
+    names = _field_names(kind)
+    if names is not None:
+        return {name: plain(getattr(value, name)) for name in names}
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        items = [plain(v) for v in value]
+        return kind(*items) if hasattr(value, "_fields") else kind(items)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...] | None:
+    """The field names of a dataclass type (None: not a dataclass)."""
+    if not dataclasses.is_dataclass(kind):
+        return None
+    return tuple(f.name for f in dataclasses.fields(kind))
 
 
 def from_plain(cls: type[T], data: Any) -> T:

@@ -8,7 +8,7 @@ from typing import Any
 from rqdoctor.diagnose.activity import Activity
 from rqdoctor.diagnose.context import age
 from rqdoctor.diagnose.run import Diagnosis
-from rqdoctor.model import ProbeError, ProcessInfo, ProcKey
+from rqdoctor.model import ProbeError, ProcessInfo, ProcKey, plain
 
 
 def _round(value: float | None) -> float | None:
@@ -161,7 +161,7 @@ def activity_dict(activity: Activity | None) -> dict[str, Any] | None:
     """An activity as plain JSON data."""
     if activity is None:
         return None
-    return dataclasses.asdict(activity)
+    return plain(activity)
 
 
 def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
@@ -182,7 +182,7 @@ def job_rows(diagnosis: Diagnosis) -> list[dict[str, Any]]:
             "status": job.status,
             "running_for_s": _round(facts.running_for_s),
             "timeout_s": facts.timeout_s,
-            "usual_duration": None if facts.usual is None else {**dataclasses.asdict(facts.usual),
+            "usual_duration": None if facts.usual is None else {**plain(facts.usual),
                                                                 "summary": facts.history()[0]},
             "worker": job.worker_name,
             "host": link.worker.hostname if link.worker else None,

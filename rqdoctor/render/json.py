@@ -3,13 +3,12 @@ findings, with a schema version; see docs/json.md)."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from rich.console import Console
 
 from rqdoctor.diagnose.run import Diagnosis
-from rqdoctor.model import SCHEMA_VERSION
+from rqdoctor.model import SCHEMA_VERSION, plain
 from rqdoctor.render import header, indented
 from rqdoctor.render.document import Report
 from rqdoctor.views import fold_errors
@@ -27,15 +26,15 @@ def report(command: str, diagnosis: Diagnosis, **sections: Any) -> dict[str, Any
         "target": header.as_dict(snapshot),
         **sections,
         "findings": [finding_dict(f) for f in diagnosis.findings],
-        "errors": [dataclasses.asdict(e) for e in snapshot.errors],
-        "errors_folded": [dataclasses.asdict(e) for e in fold_errors(snapshot.errors)],
+        "errors": [plain(e) for e in snapshot.errors],
+        "errors_folded": [plain(e) for e in fold_errors(snapshot.errors)],
         "snapshot": snapshot.to_dict(),
     }
 
 
 def finding_dict(finding: Any) -> dict[str, Any]:
     """A finding with its documentation link."""
-    data = dataclasses.asdict(finding)
+    data = plain(finding)
     data["more_info"] = finding.more_info
     return data
 
