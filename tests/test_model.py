@@ -137,6 +137,13 @@ def test_generated_full_snapshot_round_trips(variant: int) -> None:
     float_fields_are_floats(loaded)
 
 
+@pytest.mark.parametrize("variant", range(6))
+def test_to_dict_is_what_dataclasses_asdict_gives(variant: int) -> None:
+    snapshot = full_snapshot(variant)  # every dataclass of the model, every field filled
+    assert snapshot.to_dict() == dataclasses.asdict(snapshot)
+    assert json.dumps(snapshot.to_dict(), default=str) == json.dumps(dataclasses.asdict(snapshot), default=str)
+
+
 def test_every_dataclass_is_reached_by_the_generator() -> None:
     reached: set[type] = set()
 
