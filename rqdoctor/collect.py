@@ -6,18 +6,22 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from rqdoctor import __version__, progress
 from rqdoctor.config import Target
 from rqdoctor.deadline import JOIN_GRACE_S, Background, Deadline
 from rqdoctor.diagnose.link import link
 from rqdoctor.errors import ProbeFailure, RqdoctorError
-from rqdoctor.model import DatabaseState, ProbeError, ProcessInfo, RedisState, Snapshot
+from rqdoctor.model import DatabaseState, ProbeError, RedisState, Snapshot
 from rqdoctor.redact import redact_text, redact_url
 
 if TYPE_CHECKING:
     import redis
+
+    from rqdoctor.probes.processes import CpuWindow
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,40 +45,61 @@ class CollectOptions:
     """Try the privileged database routes (:mod:`rqdoctor.dbroutes`) before the site accounts."""
     redis: bool = True
     cpu_window: float | None = 0.2
-    """Seconds over which the processes' CPU percent is measured; None: not measured (a command that shows none)."""
+    """Seconds (at least) over which the processes' CPU percent is measured; None: not measured (a command that
+    shows none). The window stays open while the later probes run (:func:`collect`)."""
     since_process_start: bool = True
     """Count ``timeout`` from the process start; False: from the call (``demo``, whose set-up comes first)."""
 
 
-def collect(target: Target, options: CollectOptions) -> Snapshot:
+def collect(target: Target, options: CollectOptions, then: Callable[[Snapshot], None] | None = None) -> Snapshot:
     """Gather every requested fact by the deadline; probe failures become ``snapshot.errors``, never exceptions.
 
     The deadline counts from the process start (:meth:`Deadline.for_run`); the probes stop
     :data:`~rqdoctor.deadline.REPORT_RESERVE_S` before it, leaving that for the report. Redis and
     the databases are read in daemon threads, so a peer that answers a byte a second is abandoned
     at the deadline, with an error entry saying so, while the rest of the report goes on.
+
+    The processes' CPU window (``options.cpu_window``) opens with the process probe and closes last, after
+    the stacks, the databases and ``then`` (more reads of the caller's: ``stuck``'s, ``scheduler``'s), waiting
+    only for what remains of it: until then ``cpu_percent`` and ``cpu_time`` are None, and the process
+    probe's errors are not yet in ``snapshot.errors``; nothing before may read them.
     """
     run = Deadline.for_run(options.timeout) if options.since_process_start else Deadline(options.timeout)
     deadline = run.for_probes()
     snapshot = Snapshot(host=socket.gethostname(), generated_at=time.time(), target=target.info(),
                         rqdoctor_version=__version__)
-    with progress.status() as show:
-        database = None
-        if options.database:
-            database = Background(lambda: _database(target, options.root_db, deadline), "rqdoctor-db")
-        if options.redis:
-            show("reading Redis…")
-            _guard(snapshot.errors, "redis", lambda: _redis(target, deadline, snapshot))
-        if options.processes:
-            show("reading the processes…")
-            _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options, deadline))
-        if options.stacks:
-            _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline, show))
-            _guard(snapshot.errors, "preflight", lambda: _preflight(snapshot, deadline))
-        if database is not None:
-            show("reading the databases…")
-            _guard(snapshot.errors, "database", lambda: _join_database(snapshot, database, deadline))
+    window: CpuWindow | None = None
+    try:
+        with progress.status() as show:
+            window = _collect(target, options, deadline, snapshot, show)
+        if then is not None:
+            then(snapshot)
+    finally:
+        if window is not None:
+            _guard(snapshot.errors, "processes", lambda: _close_cpu_window(snapshot, window, deadline))
     return snapshot
+
+
+def _collect(target: Target, options: CollectOptions, deadline: Deadline, snapshot: Snapshot,
+             show: progress.Show) -> CpuWindow | None:
+    """Every probe of :func:`collect`; the processes' CPU window is left open."""
+    window = None
+    database = None
+    if options.database:
+        database = Background(lambda: _database(target, options.root_db, deadline), "rqdoctor-db")
+    if options.redis:
+        show("reading Redis…")
+        _guard(snapshot.errors, "redis", lambda: _redis(target, deadline, snapshot))
+    if options.processes:
+        show("reading the processes…")
+        window = _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options, deadline))
+    if options.stacks:
+        _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline, show))
+        _guard(snapshot.errors, "preflight", lambda: _preflight(snapshot, deadline))
+    if database is not None:
+        show("reading the databases…")
+        _guard(snapshot.errors, "database", lambda: _join_database(snapshot, database, deadline))
+    return window
 
 
 def _redis(target: Target, deadline: Deadline, snapshot: Snapshot) -> None:
@@ -141,23 +166,40 @@ def _prefix_of_titled(client: redis.Redis, target: Target, snapshot: Snapshot, o
     return True
 
 
-def _processes(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> None:
-    """The local processes, in a daemon thread abandoned at the deadline (a busy host has thousands)."""
-    from rqdoctor.probes.processes import probe_processes
+def _processes(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> CpuWindow:
+    """The local processes, in a daemon thread abandoned at the deadline (a busy host has thousands); their CPU
+    window is left open (:func:`_close_cpu_window`)."""
+    from rqdoctor.probes.processes import start_processes
 
     workers = snapshot.redis.workers if snapshot.redis else []
 
-    def read() -> tuple[list[ProcessInfo], list[ProbeError]]:
-        errors: list[ProbeError] = []
-        return probe_processes(workers, snapshot.host, errors, options.cpu_window, options.stack_pids), errors
+    def read() -> CpuWindow:
+        return start_processes(workers, snapshot.host, options.cpu_window, options.stack_pids)
 
     try:
-        snapshot.processes, errors = Background(read, "rqdoctor-processes").result(deadline.remaining() + JOIN_GRACE_S)
+        window = Background(read, "rqdoctor-processes").result(deadline.remaining() + JOIN_GRACE_S)
     except TimeoutError:
         raise ProbeFailure("processes", "timeout", f"local processes not all read within the {deadline.seconds:g} s "
                            "deadline: no process is tied to a worker or a database session",
                            "raise --timeout (a busy host, or Redis answered late)") from None
-    snapshot.errors.extend(errors)
+    snapshot.processes = list(window.infos)
+    return window
+
+
+def _close_cpu_window(snapshot: Snapshot, window: CpuWindow, deadline: Deadline) -> None:
+    """Close the processes' CPU window, in a daemon thread: sleep what remains of it (not past the deadline), read
+    each process's CPU times; then fill the infos in and add the process probe's errors (also when abandoned)."""
+    readings = None
+    try:
+        readings = Background(lambda: window.read(deadline.remaining()), "rqdoctor-cpu").result(
+            deadline.remaining() + JOIN_GRACE_S)
+    except TimeoutError:
+        raise ProbeFailure("processes", "timeout", f"the processes' CPU use not read within the {deadline.seconds:g} "
+                           "s deadline: no CPU percent is shown", "raise --timeout") from None
+    finally:
+        gone = {int(e.subject) for e in snapshot.errors if e.probe == "stacks" and e.kind == "vanished"
+                and e.subject.isdigit()}
+        window.finish(readings, snapshot.errors, gone)
 
 
 def _stacks(snapshot: Snapshot, options: CollectOptions, deadline: Deadline, show: progress.Show) -> None:
@@ -222,10 +264,11 @@ def _join_database(snapshot: Snapshot, database: Background[tuple[DatabaseState,
     snapshot.processes.extend(client_processes(sorted(wanted)))
 
 
-def _guard(errors: list[ProbeError], probe: str, work: Callable[[], None]) -> None:
-    """Run one probe step; its failure becomes an error entry and the others go on."""
+def _guard(errors: list[ProbeError], probe: str, work: Callable[[], T]) -> T | None:
+    """Run one probe step and return what it returns; its failure becomes an error entry (None returned) and the
+    others go on."""
     try:
-        work()
+        return work()
     except ProbeFailure as exc:
         errors.append(ProbeError(exc.probe, exc.kind, exc.message, exc.hint))
     except RqdoctorError as exc:
@@ -236,3 +279,4 @@ def _guard(errors: list[ProbeError], probe: str, work: Callable[[], None]) -> No
     except Exception as exc:
         errors.append(ProbeError(probe, "internal", redact_text(f"{probe} probe failed: {type(exc).__name__}: {exc}"),
                                  "please report this as a bug with the command line used"))
+    return None

@@ -17,18 +17,19 @@ from rqdoctor.redact import redact_url
 
 
 def collect_health(target: Target, timeout: float) -> Snapshot:
-    """Everything ``scheduler`` judges."""
-    snapshot = collect_stuck(target, timeout)
-    deadline = Deadline.for_run(timeout).for_probes()
-    snapshot.health = health = HealthState()
-    add_health(target, snapshot, health, deadline)
-    return snapshot
+    """Everything ``scheduler`` judges (the health read while the processes' CPU window is open)."""
+    def health_facts(snapshot: Snapshot) -> None:
+        deadline = Deadline.for_run(timeout).for_probes()
+        snapshot.health = health = HealthState()
+        add_health(target, snapshot, health, deadline)
+
+    return collect_stuck(target, timeout, then=health_facts)
 
 
 def add_health(target: Target, snapshot: Snapshot, health: HealthState, deadline: Deadline,
                database: bool = True) -> None:
     """Fill ``health`` (each part guarded: a failure is an error entry; ``database``: read the sites' System
-    Settings and Scheduled Job rows too)."""
+    Settings and Scheduled Job rows too). Reads no ``cpu_percent`` or ``cpu_time``."""
     if target.bench is not None:
         _guard(snapshot.errors, "scheduler", lambda: _bench(target, snapshot, health, deadline, database))
     if snapshot.redis is not None:

@@ -9,7 +9,7 @@ Frappe leftovers (document lock files, Scheduled Job Log rows in ``Start``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import psutil
 
@@ -27,22 +27,28 @@ milliseconds, and a live worker reaps its exited horse at once."""
 
 
 def collect_stuck(target: Target, timeout: float, database: bool = True, known_ids: Iterable[str] = (),
-                  fresh: bool = False) -> Snapshot:
+                  fresh: bool = False, then: Callable[[Snapshot], None] | None = None) -> Snapshot:
     """Everything ``stuck`` judges; ``known_ids``: job ids to look up directly besides the scan.
 
     ``fresh``: a new deadline of ``timeout`` seconds from now (a re-read after ``--kill``), not from the
-    process start.
+    process start. The stuck facts, then ``then`` (more reads), are read while the processes' CPU window is
+    open (see :func:`~rqdoctor.collect.collect`): none of them may read ``cpu_percent``.
     """
-    snapshot = collect(target, CollectOptions(timeout=timeout, since_process_start=not fresh))
-    deadline = (Deadline(timeout) if fresh else Deadline.for_run(timeout)).for_probes()
-    add_stuck_facts(target, snapshot, deadline, database, known_ids)
-    return snapshot
+    def stuck_facts(snapshot: Snapshot) -> None:
+        deadline = (Deadline(timeout) if fresh else Deadline.for_run(timeout)).for_probes()
+        add_stuck_facts(target, snapshot, deadline, database, known_ids)
+        if then is not None:
+            then(snapshot)
+
+    return collect(target, CollectOptions(timeout=timeout, since_process_start=not fresh), then=stuck_facts)
 
 
 def add_stuck_facts(target: Target, snapshot: Snapshot, deadline: Deadline, database: bool = True,
                     known_ids: Iterable[str] = ()) -> None:
     """What only ``stuck`` reads, added to a snapshot of :func:`rqdoctor.collect.collect` (also used by
-    ``scheduler`` and ``report``): stopped processes read again, the Frappe leftovers, the job-hash scan."""
+    ``scheduler`` and ``report``): stopped processes read again, the Frappe leftovers, the job-hash scan.
+
+    Reads no ``cpu_percent`` or ``cpu_time``: it may run before the processes' CPU window closes."""
     _guard(snapshot.errors, "processes", lambda: recheck_stopped(snapshot, deadline))
     if target.bench is not None:
         from rqdoctor.probes.frappe_state import read_frappe

@@ -614,3 +614,93 @@ def test_extra_pid_is_described_and_a_process_that_exits_later_is_marked_vanishe
         for p in (sleeper, keep):
             p.kill()
             p.wait(timeout=10)
+
+
+# --- the CPU window left open while other probes run -----------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_cpu_window_closed_late_waits_for_nothing_and_measures_the_whole_window(monkeypatch: pytest.MonkeyPatch,
+                                                                                  ) -> None:
+    """``start_processes`` reads everything but CPU; the window, closed after other work, needs no more wait."""
+    with fake_tree() as tree:
+        window = processes.start_processes([], HOST, cpu_window=0.1)
+        infos = _by_pid(window.infos)
+        horse, worker = infos[tree.horse], infos[tree.worker]
+        assert horse.worker_like and horse.connections and horse.status != "vanished"  # read already
+        assert horse.cpu_percent is None and horse.cpu_time is None  # not yet
+        time.sleep(0.3)  # the stacks, the databases…
+        waits = _counting_sleeps(monkeypatch)
+        errors: list[ProbeError] = []
+        window.finish(window.read(), errors)
+    assert waits == [0.0] and _mine(errors, tree) == []
+    assert horse.cpu_percent is not None and horse.cpu_percent > 20  # busy all along the window
+    assert horse.cpu_time is not None and horse.cpu_time > 0
+    assert worker.cpu_percent is not None and worker.cpu_percent < 20
+
+
+@pytest.mark.integration
+def test_cpu_window_never_waits_past_what_it_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``read(max_wait)``: the deadline caps the wait; the CPU is read all the same, over a shorter window."""
+    with fake_tree() as tree:
+        window = processes.start_processes([], HOST, cpu_window=30.0)
+        waits = _counting_sleeps(monkeypatch)
+        readings = window.read(max_wait=0.0)
+    assert waits == [0.0] and readings[tree.horse].failure is None and readings[tree.horse].seconds is not None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["gone", "gone-reported", "rechecked"])
+def test_a_target_gone_before_the_window_closes_is_vanished_with_one_error(how: str) -> None:
+    """Gone at the late read: ``vanished`` and an error (a target), unless another probe reported it (``reported``)
+    or :func:`recheck_gone` marked it already (its error only)."""
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        window = processes.start_processes([], HOST, cpu_window=0.0, extra_pids=[victim.pid])
+        gone = _by_pid(window.infos)[victim.pid]
+        assert gone.status != "vanished"
+        _kill_and_reap(victim)
+        errors: list[ProbeError] = []
+        if how == "rechecked":
+            recheck_gone(window.infos, [victim.pid], errors)
+        window.finish(window.read(), errors, reported={victim.pid} if how == "gone-reported" else ())
+    finally:
+        if victim.poll() is None:
+            _kill_and_reap(victim)
+    assert gone.status == "vanished" and gone.cpu_percent is None and gone.cpu_time is None
+    mine = [(e.probe, e.kind) for e in errors if str(victim.pid) in e.subject.split()]
+    assert mine == ([] if how == "gone-reported" else [("processes", "vanished")])
+
+
+@pytest.mark.integration
+def test_collect_closes_the_cpu_window_after_the_callers_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``collect(then=…)``: ``then`` runs with the window open (no CPU yet, no wait for it); the window closes
+    after it, under the deadline, and a target that exited meanwhile is vanished with the probe's error."""
+    from rqdoctor.collect import CollectOptions, collect
+    from rqdoctor.config import Target
+
+    keep, victim = subprocess.Popen(["sleep", "30"]), subprocess.Popen(["sleep", "30"])
+    seen: list[float | None] = []
+
+    def then(snapshot: Snapshot) -> None:
+        seen.extend(p.cpu_percent for p in snapshot.processes)
+        _kill_and_reap(victim)
+        time.sleep(0.2)  # longer than the window
+
+    try:
+        waits = _counting_sleeps(monkeypatch)
+        options = CollectOptions(timeout=30, redis=False, stack_pids=[keep.pid, victim.pid], cpu_window=0.1,
+                                 since_process_start=False)
+        snapshot = collect(Target("redis://127.0.0.1:1", "test"), options, then=then)
+    finally:
+        for p in (keep, victim):
+            if p.poll() is None:
+                _kill_and_reap(p)
+    infos = _by_pid(snapshot.processes)
+    assert seen and all(cpu is None for cpu in seen)
+    assert waits == [0.0]
+    assert infos[keep.pid].cpu_percent is not None and infos[keep.pid].cpu_time is not None
+    assert infos[victim.pid].status == "vanished" and infos[victim.pid].cpu_percent is None
+    ours = {f"pid {keep.pid}", f"pid {victim.pid}"}
+    assert [(e.probe, e.subject) for e in snapshot.errors if e.kind == "vanished" and e.subject in ours] == [
+        ("processes", f"pid {victim.pid}")]

@@ -6,7 +6,8 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import psutil
@@ -82,45 +83,125 @@ def probe_processes(
 ) -> list[ProcessInfo]:
     """Collect worker-like local processes, this host's Redis worker pids, ``extra_pids``, and their descendants.
 
-    CPU percent is measured over one shared ``cpu_window`` for all processes (None: CPU not read). A process that
-    vanishes or denies access gives partial data, never an exception, plus an entry in ``errors``: for
-    denied access always, for a vanished process only when it is a target (:func:`_targets`); any other
-    process that exits during the scan (a horse's short-lived child, another Redis's worker) is no error,
-    its ``status`` just says ``vanished``. The host's TCP table is read once, for all of them.
+    :func:`start_processes` with its CPU window closed at once (waiting it out); errors go to ``errors``.
+    """
+    window = start_processes(workers, hostname, cpu_window, extra_pids)
+    window.finish(window.read(), errors)
+    return window.infos
+
+
+def start_processes(workers: list[WorkerInfo], hostname: str, cpu_window: float | None = 0.2,
+                    extra_pids: list[int] | None = None) -> CpuWindow:
+    """Read every field but CPU of the processes :func:`probe_processes` collects, and open their CPU window.
+
+    CPU percent is measured over one shared window for all processes (None: CPU not read), of at least
+    ``cpu_window`` seconds: it opens here and closes in :meth:`CpuWindow.read`, so the caller can do other work
+    meanwhile (sample the stacks) instead of waiting. A process that vanishes or denies access gives partial
+    data, never an exception, plus an entry in the errors :meth:`CpuWindow.finish` adds: for denied access
+    always, for a vanished process only when it is a target (:func:`_targets`); any other process that exits
+    before the window closes (a horse's short-lived child, another Redis's worker) is no error, its ``status``
+    just says ``vanished``. The host's TCP table is read once, for all of them.
     """
     table = _scan()
     namespaces = NamespaceReader(hostname)
     claimed = _container_claims(table, workers, hostname, namespaces)
     _complete(table, [w.pid for w in workers if w.hostname == hostname and w.pid is not None] + list(claimed))
-    pids = _select(table, workers, hostname, errors, extra_pids or [], claimed)
+    truncated: list[ProbeError] = []
+    pids = _select(table, workers, hostname, truncated, extra_pids or [], claimed)
     if not pids:
-        return []
+        return CpuWindow([], {}, None, time.monotonic(), truncated)
     _complete(table, pids)
     started = time.monotonic()
+    primed: dict[int, psutil.Process] = {}
     for pid in pids:
         proc = table[pid].proc
         if proc is not None and cpu_window is not None:
             with contextlib.suppress(psutil.Error):
                 proc.cpu_percent(None)
+                primed[pid] = proc
     denied: dict[int, list[str]] = {}
     tcp = _tcp_tables()
     infos = [_describe(pid, table[pid], denied, tcp, namespaces) for pid in pids]
-    if cpu_window is not None:
-        time.sleep(max(0.0, cpu_window - (time.monotonic() - started)))
-    for info in infos:
-        proc = table[info.pid].proc
-        if info.status != VANISHED and proc is not None and cpu_window is not None:
-            _measure_cpu(proc, info, denied)
-    if denied:
-        errors.append(_denied_error(denied))
-    if namespaces.failures:
-        errors.append(ProbeError(
-            PROBE, "permission", "could not read the container hostname (UTS namespace) of "
-            + ", ".join(namespaces.failures[:10]) + ": their workers' hashes cannot be matched to them",
-            hint="run rqdoctor as root (it uses nsenter -u), see docs/containers.md", subject="uts namespace"))
-    targets = _targets(table, workers, hostname, extra_pids or [])
-    errors.extend([_vanished_error(i.pid) for i in infos if i.status == VANISHED and i.pid in targets])
-    return infos
+    return CpuWindow(infos, primed, cpu_window, started, truncated, denied, list(namespaces.failures),
+                     _targets(table, workers, hostname, extra_pids or []),
+                     {i.pid for i in infos if i.status == VANISHED})
+
+
+class CpuReading(NamedTuple):
+    """What :meth:`CpuWindow.read` found of one process: its CPU use, or why there is none."""
+
+    percent: float | None = None
+    """Of one core, since the process was primed (psutil's ``cpu_percent``: its own CPU times over the wall time)."""
+    seconds: float | None = None
+    """User + system CPU seconds."""
+    failure: str | None = None
+    """``vanished`` (gone, or its pid now another process's) or ``denied``."""
+
+
+@dataclass
+class CpuWindow:
+    """The processes :func:`start_processes` read, and their open CPU window.
+
+    Until :meth:`finish`, ``cpu_percent`` and ``cpu_time`` of every one of :attr:`infos` are None and a process
+    that exits meanwhile keeps the status first read: nothing may read those before. :meth:`read` closes the
+    window (it sleeps, so it may run in a thread, and touches no info); :meth:`finish` fills the infos in and
+    adds the probe's errors, in the caller's thread.
+    """
+
+    infos: list[ProcessInfo]
+    primed: dict[int, psutil.Process]
+    """pid → its process, CPU times taken at :attr:`started`."""
+    window: float | None
+    """Seconds at least; None: no CPU is read."""
+    started: float
+    """``time.monotonic()`` of the priming."""
+    truncated: list[ProbeError]
+    denied: dict[int, list[str]] = field(default_factory=dict)
+    """pid → the fields it would not give."""
+    namespace_failures: list[str] = field(default_factory=list)
+    """Processes whose UTS namespace could not be read."""
+    targets: set[int] = field(default_factory=set)
+    vanished: set[int] = field(default_factory=set)
+    """Pids gone before the window opened."""
+
+    def read(self, max_wait: float | None = None) -> dict[int, CpuReading]:
+        """Sleep what remains of the window (``max_wait`` seconds at most), then read each primed process's CPU."""
+        if self.window is None:
+            return {}
+        wait = self.window - (time.monotonic() - self.started)
+        time.sleep(max(0.0, wait if max_wait is None else min(wait, max_wait)))
+        return {pid: _read_cpu(proc) for pid, proc in self.primed.items()}
+
+    def finish(self, readings: dict[int, CpuReading] | None, errors: list[ProbeError],
+               reported: Collection[int] = ()) -> None:
+        """Fill in what :meth:`read` found (None: nothing, the read was abandoned) and add the probe's errors.
+
+        A process gone at the read is ``vanished``, an error when it is a target and not in ``reported`` (pids
+        whose exit another probe already reported); one marked vanished since :func:`start_processes`
+        (:func:`recheck_gone`) keeps that, with no CPU and no second error.
+        """
+        vanished = set(self.vanished)
+        for info in self.infos:
+            cpu = (readings or {}).get(info.pid)
+            if cpu is None or info.status == VANISHED:
+                continue
+            if cpu.failure == VANISHED:
+                info.status = VANISHED
+                if info.pid not in reported:
+                    vanished.add(info.pid)
+            elif cpu.failure is not None:
+                self.denied.setdefault(info.pid, []).append("cpu")
+            else:
+                info.cpu_percent, info.cpu_time = cpu.percent, cpu.seconds
+        errors.extend(self.truncated)
+        if self.denied:
+            errors.append(_denied_error(self.denied))
+        if self.namespace_failures:
+            errors.append(ProbeError(
+                PROBE, "permission", "could not read the container hostname (UTS namespace) of "
+                + ", ".join(self.namespace_failures[:10]) + ": their workers' hashes cannot be matched to them",
+                hint="run rqdoctor as root (it uses nsenter -u), see docs/containers.md", subject="uts namespace"))
+        errors.extend([_vanished_error(i.pid) for i in self.infos if i.pid in vanished and i.pid in self.targets])
 
 
 def _targets(table: dict[int, _Row], workers: list[WorkerInfo], hostname: str, extra_pids: list[int]) -> set[int]:
@@ -329,17 +410,19 @@ def environ_value(block: str, name: str) -> str | None:
     return next((entry[len(prefix):] for entry in reversed(entries) if entry.startswith(prefix)), None)
 
 
-def _measure_cpu(proc: psutil.Process, info: ProcessInfo, denied: dict[int, list[str]]) -> None:
-    """CPU percent since the priming call, and user + system CPU seconds."""
+def _read_cpu(proc: psutil.Process) -> CpuReading:
+    """CPU percent since the priming call, and user + system CPU seconds (a pid reused meanwhile: vanished)."""
     try:
+        if not proc.is_running():
+            return CpuReading(failure=VANISHED)
         with proc.oneshot():
-            info.cpu_percent = proc.cpu_percent(None)
+            percent = proc.cpu_percent(None)
             times = proc.cpu_times()
-            info.cpu_time = times.user + times.system
+        return CpuReading(percent, times.user + times.system)
     except psutil.NoSuchProcess:
-        info.status = VANISHED
+        return CpuReading(failure=VANISHED)
     except psutil.AccessDenied:
-        denied.setdefault(proc.pid, []).append("cpu")
+        return CpuReading(failure="denied")
 
 
 def recheck_gone(processes: list[ProcessInfo], pids: list[int], errors: list[ProbeError]) -> None:
