@@ -153,6 +153,7 @@ class Target:
             redis_url=redact_url(self.redis_url),
             redis_url_source=self.redis_url_source,
             bench_path=os.path.realpath(self.bench) if self.bench else None,
+            bench_dirs=[d for d in (dir_id(self.bench), dir_id(self.bench / "sites")) if d] if self.bench else [],
             bench_source=self.bench_source,
             bench_id=self.bench_id,
             bench_id_source=self.bench_id_source,
@@ -255,6 +256,15 @@ def _checked_bench(path: Path, source: str) -> Path:
         raise ConfigError(f"{path / COMMON_CONFIG}: not found (bench given by {source})",
                           "point --bench at the bench root, the folder holding sites/ and apps/")
     return path
+
+
+def dir_id(path: str | Path) -> str | None:
+    """``<st_dev>:<st_ino>`` of a directory (None: unreadable): one directory's identity across mount namespaces."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
 
 
 def running_benches() -> dict[Path, list[int]]:

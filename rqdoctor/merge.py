@@ -44,7 +44,7 @@ def merge(sources: list[tuple[str, Snapshot]]) -> Snapshot:
     for name, snap in sources:
         used = snap is base
         merged.hosts.append(HostSnapshot(snap.host, snap.generated_at, snap.rqdoctor_version, name, used,
-                                         snap.target.bench_path))
+                                         snap.target.bench_path, list(snap.target.bench_dirs)))
         merged.processes += [_stamped(p, snap.host) for p in snap.processes]
         merged.stacks += [dataclasses.replace(s, host=s.host or snap.host) for s in snap.stacks]
         # Another host's Redis read is not the one diagnosed: its failure says nothing about the state shown.

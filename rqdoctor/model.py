@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -89,6 +90,9 @@ class TargetInfo:
     """RQ's key prefix (``RQ_KEY_PREFIX``, rq 3.0): every key read or written starts with ``<key_prefix>:``."""
     key_prefix_source: str = ""
     """How it was chosen (``--key-prefix``, the workers' environment, default…)."""
+    bench_dirs: list[str] = field(default_factory=list)
+    """``<st_dev>:<st_ino>`` of the bench root and of its ``sites`` folder: the same directories by whatever path
+    a process in another mount namespace (a container) knows them (empty: not read)."""
 
 
 @dataclass
@@ -376,6 +380,9 @@ class ProcessInfo:
     (a process briefly stopped by a debugger or ``py-spy --blocking`` is running again by then)."""
     identity: ProcessIdentity | None = None
     """Schema v2: host, pid and PID-namespace identity (None only when built by hand)."""
+    cwd_dir: str | None = None
+    """``<st_dev>:<st_ino>`` of its working directory (``stat`` through ``/proc/<pid>/cwd``, which reaches it from
+    any mount namespace; None: not read). In a container ``cwd`` is the path inside it."""
 
     def ident(self, host: str) -> ProcessIdentity:
         """:attr:`identity`, or a plain host one (``host``, pid, start time) when it was not recorded."""
@@ -805,6 +812,8 @@ class HostSnapshot:
     """Its Redis state is the one diagnosed (the newest snapshot's)."""
     bench_path: str | None = None
     """Its bench's root (each host's own: its workers run there)."""
+    bench_dirs: list[str] = field(default_factory=list)
+    """Its :attr:`TargetInfo.bench_dirs`."""
     health_used: bool = False
     """Its scheduler and bench health is the one diagnosed (the host whose scheduler runs, else the newest)."""
 
@@ -847,6 +856,18 @@ class Snapshot:
         """The bench root on ``host`` (merged: that host's own, from its snapshot)."""
         found = next((h for h in self.hosts if h.name == host), None)
         return found.bench_path if found is not None else self.target.bench_path
+
+    def in_bench(self, p: ProcessInfo, host: str) -> bool | None:
+        """Whether ``p`` works in the bench root or its ``sites`` folder on ``host``, by directory identity when
+        both were read (a container's cwd is a path inside it), else by path; None: its cwd or the bench unknown."""
+        found = next((h for h in self.hosts if h.name == host), None)
+        dirs = found.bench_dirs if found is not None else self.target.bench_dirs
+        if dirs and p.cwd_dir:
+            return p.cwd_dir in dirs
+        bench = self.bench_of(host)
+        if bench is None or p.cwd is None:
+            return None
+        return p.cwd in {os.path.realpath(bench), os.path.realpath(os.path.join(bench, "sites"))}
 
     def stacks_of(self, key: ProcKey) -> ProcessStacks | None:
         """The stack samples of a process."""

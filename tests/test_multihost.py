@@ -332,3 +332,20 @@ def test_the_header_names_each_hosts_bench_path() -> None:
 
     rows = dict(facts(_benches("/srv/b-bench/sites")))
     assert rows["bench"] == "/srv/a-bench on host-a, /srv/b-bench on host-b"
+
+
+def test_a_container_worker_is_in_the_bench_by_directory_identity_whatever_path_it_sees() -> None:
+    # one host; its worker runs in a container whose cwd is the bench's sites folder mounted at another path
+    snap = host_a()
+    snap.target.bench_path, snap.target.queue_filter, snap.target.bench_id = "/srv/volume/bench", "bench:", "bench"
+    snap.target.bench_dirs = ["64768:11", "64768:12"]  # the bench root and its sites folder, by st_dev:st_ino
+    assert snap.redis is not None
+    for w in snap.redis.workers:
+        w.queues = ["bench:short"]
+    for p in snap.processes:
+        p.cwd, p.cwd_dir = "/home/frappe/frappe-bench/sites", "64768:12"
+    assert [f for f in diagnose(snap).findings if f.code == "RQD609"] == []
+    for p in snap.processes:
+        p.cwd_dir = "64768:99"  # another directory: another bench's worker
+    [foreign] = [f for f in diagnose(snap).findings if f.code == "RQD609"]
+    assert foreign.evidence[1].endswith("runs in /home/frappe/frappe-bench/sites, not in /srv/volume/bench")

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from rqdoctor.commands.common import load_snapshot
+from rqdoctor.config import dir_id
 from tests.harness.bench import Bench
 from tests.harness.workers import Workers, wait_for_job_started, wait_for_worker_registered
 from tests.test_hangs_cli import SCN, enqueue_many, job_spec, run_cli, selected_flavours, stop_quickly
@@ -119,6 +120,8 @@ def test_collect_writes_this_hosts_snapshot_of_a_running_job(tmp_path: Path, ben
     assert snap.redis.job_scan is not None and snap.health is not None and snap.health.processes_read
     assert snap.health.lock is not None and snap.health.lock.path == str(bench.root / "config" / "scheduler_process")
     [horse] = [p for p in snap.processes if p.pid == started.horse.pid]
+    assert snap.target.bench_dirs == [dir_id(bench.root), dir_id(bench.sites_path)]
+    assert horse.cwd_dir == dir_id(bench.sites_path)  # its cwd by directory identity, as from any namespace
     assert horse.identity is not None and horse.identity.host == snap.host
     assert any(s.pid == horse.pid and s.samples for s in snap.stacks)
     report = json.loads(run_cli("hangs", "--from", str(out), "--format", "json", "--min-age", "0").stdout)

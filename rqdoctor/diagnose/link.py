@@ -385,7 +385,7 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
                 continue  # a worker this Redis does not know: another Redis's (or a SimpleWorker's own title)
             lines.append(f"its title names worker {own_title[0]} of this Redis")
         bench = (snapshot.bench_of(tree.key(p).host) or "").rstrip("/")  # its own host's bench
-        if bench and p.cwd and (p.cwd + "/").startswith(bench + "/"):
+        if bench and p.cwd and ((p.cwd + "/").startswith(bench + "/") or snapshot.in_bench(p, tree.key(p).host)):
             lines.append(f"its working directory {p.cwd} is in the bench {bench}")
         if own_title is None:
             peer = next((c.raddr for c in p.connections if endpoint and _same_endpoint(c.raddr, endpoint)), None)

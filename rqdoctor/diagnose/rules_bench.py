@@ -5,7 +5,6 @@ jobs killed by RQ's timeout or SIGKILL, an unreachable ``redis_queue``.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 
@@ -33,9 +32,9 @@ def foreign_workers(ctx: Context) -> Iterator[Hit]:
     for wl in ctx.links.workers:
         p = wl.process
         bench = ctx.snapshot.bench_of(wl.host) if wl.host is not None else None  # its own host's bench
-        if p is None or p.cwd is None or bench is None or not _ours(ctx, wl.worker.queues):
+        if p is None or wl.host is None or bench is None or not _ours(ctx, wl.worker.queues):
             continue
-        if p.cwd in {os.path.realpath(bench), os.path.realpath(os.path.join(bench, "sites"))}:
+        if ctx.snapshot.in_bench(p, wl.host) is not False:  # in it, or its cwd unknown: no verdict
             continue
         yield Hit(f"worker {wl.worker.name}", worker=wl.worker.name, pid=p.pid, host=wl.host, evidence=[
             f"it listens on {', '.join(wl.worker.queues)}: this bench's queues ({ctx.snapshot.target.queue_filter}*)",

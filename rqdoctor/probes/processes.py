@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import psutil
 
+from rqdoctor.config import dir_id
 from rqdoctor.diagnose.link import BIRTH_SLACK, VANISHED
 from rqdoctor.model import Connection, ProbeError, ProcessInfo, WorkerInfo
 from rqdoctor.probes.namespaces import NamespaceReader, last_nspid, ns_inode
@@ -364,6 +365,7 @@ def _describe(pid: int, row: _Row, denied: dict[int, list[str]],
         "rss": lambda: proc.memory_info().rss,
         "num_threads": proc.num_threads,
         "cwd": proc.cwd,
+        "cwd_dir": lambda: dir_id(f"/proc/{pid}/cwd"),
         "supervisor_program": lambda: _environ_value(proc, "SUPERVISOR_PROCESS_NAME"),
         "connections": lambda: _connections(pid, lambda: tcp(pid)),
     }
