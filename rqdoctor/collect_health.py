@@ -8,9 +8,11 @@ connections, the newest failed jobs' errors and the workers' cgroup OOM kills.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rqdoctor.collect import _guard
 from rqdoctor.collect_stuck import add_stuck_facts, collect_stuck
-from rqdoctor.config import Target, discover
+from rqdoctor.config import Target
 from rqdoctor.deadline import JOIN_GRACE_S, Background, Deadline
 from rqdoctor.model import HealthState, ProbeError, Snapshot
 from rqdoctor.redact import redact_url
@@ -80,12 +82,13 @@ def _redis(target: Target, snapshot: Snapshot, health: HealthState, deadline: De
                                           "raise --timeout"))
 
 
-def add_report_health(snapshot: Snapshot, redis_url: str | None, bench: str | None, all_queues: bool,
-                      timeout: float, key_prefix: str | None = None, database: bool = True) -> None:
-    """``report`` and ``collect``: add to its snapshot what ``stuck`` and ``scheduler`` read, under the run's
-    deadline (``database`` False: ``--no-db``, no site database is read)."""
-    target = discover(redis_url=redis_url, bench=bench, all_queues=all_queues, key_prefix=key_prefix)
-    deadline = Deadline.for_run(timeout).for_probes()
-    add_stuck_facts(target, snapshot, deadline, database)
-    snapshot.health = health = HealthState()
-    add_health(target, snapshot, health, deadline, database)
+def report_facts(timeout: float, database: bool = True) -> Callable[[Target, Snapshot], None]:
+    """``report`` and ``collect``: what ``stuck`` and ``scheduler`` read besides, to add to the snapshot under the
+    run's deadline while the CPU window is open (``then`` of :func:`~rqdoctor.collect.collect`; ``database``
+    False: ``--no-db``, no site database is read)."""
+    def add(target: Target, snapshot: Snapshot) -> None:
+        deadline = Deadline.for_run(timeout).for_probes()
+        add_stuck_facts(target, snapshot, deadline, database)
+        snapshot.health = health = HealthState()
+        add_health(target, snapshot, health, deadline, database)
+    return add

@@ -33,11 +33,10 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
     """
     options = collect_options(timeout, samples, interval, blocking, native, with_locals, not no_db)
     options.root_db = not no_root_db
-    snapshot = snapshot_for(None, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix)
-    from rqdoctor.collect_health import add_report_health  # what stuck, scheduler and report read besides
+    from rqdoctor.collect_health import report_facts  # what stuck, scheduler and report read besides
 
-    add_report_health(snapshot, redis_url, str(bench) if bench else None, all_queues, timeout, key_prefix,
-                      not no_db)
+    snapshot = snapshot_for(None, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix,
+                            then=report_facts(timeout, not no_db))
     body = json.dumps(snapshot.to_dict(), indent=2, default=str) + "\n"
     if output is None:
         sys.stdout.write(body)

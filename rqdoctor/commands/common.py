@@ -15,7 +15,10 @@ from rqdoctor.commands.options import Format
 from rqdoctor.errors import RqdoctorError
 
 if TYPE_CHECKING:  # imported where used: ``--help`` needs none of them, ``--from`` neither the probes nor the rules
+    from collections.abc import Callable
+
     from rqdoctor.collect import CollectOptions
+    from rqdoctor.config import Target
     from rqdoctor.diagnose.run import Diagnosis
     from rqdoctor.model import PreflightCheck, Snapshot
     from rqdoctor.render.document import Block, Check, Report, Section
@@ -24,8 +27,10 @@ EXIT_HEALTHY, EXIT_PROBLEMS, EXIT_CANNOT_DIAGNOSE = 0, 1, 2
 
 
 def snapshot_for(from_file: list[Path] | None, options: CollectOptions, redis_url: str | None, bench: Path | None,
-                 all_queues: bool, db_urls: list[str] | None = None, key_prefix: str | None = None) -> Snapshot:
-    """A saved snapshot (``--from``; several: merged), or a fresh one gathered from this host."""
+                 all_queues: bool, db_urls: list[str] | None = None, key_prefix: str | None = None,
+                 then: Callable[[Target, Snapshot], None] | None = None) -> Snapshot:
+    """A saved snapshot (``--from``; several: merged), or a fresh one gathered from this host (``then``: the
+    command's further reads, done while the processes' CPU window is open, see :func:`rqdoctor.collect.collect`)."""
     if from_file:
         return load_snapshots(from_file)
     from rqdoctor.collect import collect
@@ -33,7 +38,7 @@ def snapshot_for(from_file: list[Path] | None, options: CollectOptions, redis_ur
 
     target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
                       db_urls=db_urls, key_prefix=key_prefix)
-    return collect(target, options)
+    return collect(target, options, then=(lambda snapshot: then(target, snapshot)) if then else None)
 
 
 def load_snapshots(paths: list[Path]) -> Snapshot:

@@ -51,12 +51,10 @@ def command(redis_url: RedisUrl = None, bench: Bench = None, all_queues: AllQueu
                             "its JSON is always written beside the report")
     options = collect_options(timeout, samples, interval, False, False, False, not no_db)
     options.root_db = not no_root_db
-    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix)
-    if not from_file:
-        from rqdoctor.collect_health import add_report_health
+    from rqdoctor.collect_health import report_facts  # what stuck and scheduler read besides
 
-        add_report_health(snapshot, redis_url, str(bench) if bench else None, all_queues, timeout, key_prefix,
-                          not no_db)
+    snapshot = snapshot_for(from_file, options, redis_url, bench, all_queues, db_url, key_prefix=key_prefix,
+                            then=report_facts(timeout, not no_db))
     fatal = require_redis(snapshot, Format.json)  # the bundle records the failure, then exit 2
     diagnosis = diagnose(snapshot, min_age_s=min_age)
     views = {"jobs": job_rows(diagnosis), "workers": worker_rows(diagnosis), "queues": queue_rows(diagnosis),
