@@ -68,6 +68,7 @@ def test_cli_escalates_a_sigterm_ignoring_horse_and_the_worker_takes_the_next_jo
     assert not dead(horse) and redis_client.hget(f"rq:job:{job}", "status") == "started" and not audit.exists()
 
     os.kill(started.worker_pid, signal.SIGSTOP)  # its worker loop does not answer RQ's stop command
+    wait_until(lambda: psutil.Process(started.worker_pid).status() == psutil.STATUS_STOPPED, "the worker to stop")
 
     def resume() -> None:
         try:
@@ -103,7 +104,8 @@ def test_cli_stops_an_orphaned_horse_and_fails_its_job(bench: Bench, workers: Wo
     wait_until(lambda: horse.ppid() != started.worker_pid, "the horse to be re-parented")
     audit = tmp_path / "audit.jsonl"
     code, report, err = kill_cli(bench, audit, "--dry-run")
-    assert code == 1 and [p["action"] for p in report["plan"]] == ["stop_orphan"], (err, report)
+    why = [(f["code"], f["subject"], f["evidence"]) for f in report.get("findings", [])]
+    assert code == 1 and [p["action"] for p in report["plan"]] == ["stop_orphan"], (err, why, horse.pid)
     assert not dead(horse) and not audit.exists()
     code, report, err = kill_cli(bench, audit, "--yes")
     assert code == 0, (err, report)

@@ -156,6 +156,8 @@ def test_sigterm_ignoring_horse_is_escalated_to_sigkill(bench: Bench, workers: W
     snapshot = snapshot_of(bench, redis_url)
     horse = started.horse
     os.kill(started.worker_pid, signal.SIGSTOP)
+    # the stop takes effect a moment later: rqdoctor must see the worker stopped, as the test means it to be
+    wait_until(lambda: psutil.Process(started.worker_pid).status() == psutil.STATUS_STOPPED, "the worker to stop")
 
     def resume_worker_once_horse_dies() -> None:
         try:

@@ -216,6 +216,18 @@ def test_orphaned_horse_matched_by_start_time_when_untitled() -> None:
     assert links.orphan_evidence[links.local(410)][0].startswith("its parent is pid 1")
 
 
+def test_another_benchs_orphan_of_the_same_moment_does_not_take_this_jobs_match() -> None:
+    # one OOM kill or restart took the workers of two benches on this host: both horses are orphans that
+    # started within 40 ms; the other bench's is even closer to this job's start, but nothing ties it to us
+    ours = _proc(410, 1, pgid=410, sid=410, created=T0 + 49.43, cwd="/b/sites")
+    theirs = _proc(420, 1, pgid=420, sid=420, created=T0 + 49.47, cwd="/other-bench/sites")
+    job = _job("j", worker_name="gone", started_at=T0 + 49.78)
+    links = link(_snapshot([_worker("gone", 300, birth=T0)], [job], [ours, theirs], bench_path="/b"))
+    jl = links.jobs[0]
+    assert (jl.runner, jl.runner_role, jl.matched_by) == (ours, "orphaned-horse", "started_at")
+    assert links.orphans == [ours] and links.unmatched == set()
+
+
 def test_untitled_orphan_of_a_loaded_host_matched_by_its_execution() -> None:
     # rq >= 2 writes the execution just before the fork; the horse sets started_at only once it runs the job,
     # which on a loaded host can be many seconds later

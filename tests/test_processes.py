@@ -87,6 +87,12 @@ def fake_tree(argv: list[str] = FAKE_ARGV) -> Iterator[FakeTree]:
         assert ready, "fake worker did not report its tree"
         info = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
         horse = info["horse"]
+        # Popen returns once the child's exec has replaced its memory, a moment before the kernel has set its
+        # arguments: until then /proc/<pid>/cmdline reads empty
+        end = time.monotonic() + 10
+        while psutil.Process(info["child"]).cmdline() != ["sleep", "30"]:
+            assert time.monotonic() < end, "the horse's child did not exec sleep"
+            time.sleep(0.01)
         yield FakeTree(proc.pid, horse, info["child"], port, info["worker_port"], info["own_port"])
     finally:
         if horse:

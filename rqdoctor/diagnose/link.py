@@ -153,10 +153,14 @@ def link(snapshot: Snapshot) -> Links:
     _resolve_shared_pids(wlinks, tree)
     for wl in wlinks:
         _attach_horse(wl, tree)
-    candidates = _orphan_candidates(wlinks, tree)
+    # Only orphans tied to this bench or Redis may be matched to its jobs: another bench's orphan that started at
+    # the same moment (one OOM kill or restart took both benches' workers) would otherwise take this job's match.
+    found = [(p, _ties(snapshot, p, tree)) for p in _orphan_candidates(wlinks, tree)]
+    ties = {tree.key(p): lines for p, lines in found if lines is not None}
+    candidates = [p for p, lines in found if lines is not None]
     links = Links(workers=wlinks, gone=gone_pids(snapshot), host=snapshot.host)
     links.jobs = _link_jobs(snapshot.redis.jobs, wlinks, candidates, tree)
-    links.orphans, links.orphan_evidence = _ours(snapshot, candidates, tree, links)
+    links.orphans, links.orphan_evidence = _ours(candidates, ties, tree, links)
     orphans = {tree.key(p) for p in links.orphans}
     for jl in links.jobs:
         if jl.runner_role == "orphaned-horse" and jl.runner is not None and tree.key(jl.runner) not in orphans:
@@ -360,44 +364,51 @@ def _orphan_candidates(wlinks: list[WorkerLink], tree: _Tree) -> list[ProcessInf
     return sorted(out, key=tree.key)
 
 
-def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
-          links: Links) -> tuple[list[ProcessInfo], dict[ProcKey, list[str]]]:
-    """The candidates that are orphaned horses of the diagnosed bench or Redis, with the evidence.
+def _ties(snapshot: Snapshot, p: ProcessInfo, tree: _Tree) -> list[str] | None:
+    """What ties an orphan candidate to the diagnosed bench or Redis (None: nothing, it is another's).
 
-    A titled horse (``Processing``) belongs only when its title names a worker this Redis knows (a worker hash,
+    A titled horse (``Processing``) is tied only when its title names a worker this Redis knows (a worker hash,
     or the worker of a started job): a title naming another worker is another Redis's horse, or a SimpleWorker
     of another Redis running its job in-process, whatever its cwd. An untitled one (Frappe v15 has no
-    setproctitle: worker and horse share one command line) must also have been matched to a started job of
-    this Redis whose worker is not alive here, and be in the bench or connected to the target Redis.
+    setproctitle: worker and horse share one command line) must be in the bench or connected to the target Redis.
     """
     redis = snapshot.redis
     assert redis is not None
-    names = {w.name for w in redis.workers} | {j.worker_name for j in redis.jobs if j.worker_name}
-    endpoint = _redis_endpoint(snapshot.target.redis_url)
+    own_title = parse_title(p)
+    lines = []
+    if own_title is not None:
+        if own_title[0] not in {w.name for w in redis.workers} | {j.worker_name for j in redis.jobs if j.worker_name}:
+            return None  # a worker this Redis does not know: another Redis's (or a SimpleWorker's own title)
+        lines.append(f"its title names worker {own_title[0]} of this Redis")
+    host = tree.key(p).host
+    bench = (snapshot.bench_of(host) or "").rstrip("/")  # its own host's bench
+    if bench and p.cwd and ((p.cwd + "/").startswith(bench + "/") or snapshot.in_bench(p, host)):
+        lines.append(f"its working directory {p.cwd} is in the bench {bench}")
+    if own_title is None:
+        endpoint = _redis_endpoint(snapshot.target.redis_url)
+        peer = next((c.raddr for c in p.connections if endpoint and _same_endpoint(c.raddr, endpoint)), None)
+        if peer:
+            lines.append(f"it is connected to the diagnosed Redis at {peer}")
+    return lines or None
+
+
+def _ours(candidates: list[ProcessInfo], ties: dict[ProcKey, list[str]], tree: _Tree,
+          links: Links) -> tuple[list[ProcessInfo], dict[ProcKey, list[str]]]:
+    """The candidates (each tied to the bench or Redis: :func:`_ties`) that are its orphaned horses, with the
+    evidence: a titled one always; an untitled one when it was matched to a started job of this Redis whose
+    worker is not alive here, or might be running one (it is then ``links.unmatched``)."""
     matched = {tree.key(jl.runner): jl for jl in links.jobs if jl.runner_role == "orphaned-horse" and jl.runner}
     waiting = _waiting(links.jobs, links.workers)
     out, evidence = [], {}
     for p in candidates:
-        own_title = parse_title(p)
-        lines = []
-        if own_title is not None:
-            if own_title[0] not in names:
-                continue  # a worker this Redis does not know: another Redis's (or a SimpleWorker's own title)
-            lines.append(f"its title names worker {own_title[0]} of this Redis")
-        bench = (snapshot.bench_of(tree.key(p).host) or "").rstrip("/")  # its own host's bench
-        if bench and p.cwd and ((p.cwd + "/").startswith(bench + "/") or snapshot.in_bench(p, tree.key(p).host)):
-            lines.append(f"its working directory {p.cwd} is in the bench {bench}")
-        if own_title is None:
-            peer = next((c.raddr for c in p.connections if endpoint and _same_endpoint(c.raddr, endpoint)), None)
-            if peer:
-                lines.append(f"it is connected to the diagnosed Redis at {peer}")
-            jl = matched.get(tree.key(p))
+        lines = list(ties[tree.key(p)])
+        jl = matched.get(tree.key(p))
+        if parse_title(p) is None and jl is None:
             could = [w for w in waiting if _could_run(p, w.job) and _same_host(tree, p, w)]
-            if not lines or (jl is None and not could):
+            if not could:
                 continue
-            if jl is None:
-                links.unmatched.add(tree.key(p))
-                lines.append(_unmatched_line(p, could))
+            links.unmatched.add(tree.key(p))
+            lines.append(_unmatched_line(p, could))
         parent = tree.parent(p)
         if p.ppid == 1:
             why = "its parent is pid 1 (re-parented: the worker that forked it is gone)"
@@ -405,7 +416,6 @@ def _ours(snapshot: Snapshot, candidates: list[ProcessInfo], tree: _Tree,
             why = f"its parent {p.ppid} is not an RQ worker (it adopted it, as a subreaper does: the worker is gone)"
         else:
             why = f"its parent {p.ppid} (`{' '.join(parent.cmdline)[:80]}`) is not a live RQ worker"
-        jl = matched.get(tree.key(p))
         if jl is not None:
             how = "its title" if jl.matched_by == "title" else "its start time (the job's started_at)"
             lines.append(f"runs job {jl.job.job_id} of worker {jl.job.worker_name} (matched by {how})")
