@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from rqdoctor.model import ProcessInfo, Snapshot, WorkerInfo
+from rqdoctor.model import ProcessInfo, Snapshot
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,3 @@ class Hosts:
         if host is None:
             return Resolution(False)
         return dataclasses.replace(resolve(hostname, pid, host, self.processes[host]), host=host)
-
-
-def resolve_worker(w: WorkerInfo, snapshot: Snapshot) -> Resolution:
-    """:func:`resolve` for a worker hash of ``snapshot``, on the collected host its hostname names."""
-    return Hosts(snapshot).resolve(w.hostname, w.pid)
-
