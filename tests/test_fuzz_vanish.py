@@ -66,7 +66,7 @@ def assert_no_verdict(outcome: Outcome, report: dict[str, Any] | None, started: 
     """No kill line or command names those pids, no finding is about the horse, the job gets no job verdict."""
     assert started.horse is not None
     for line in (outcome.stdout + outcome.stderr).splitlines():
-        if re.search(r"\bkill(pg)?\b", line):
+        if re.search(r"\bkill(pg)?\b", line) and "no --kill remedy" not in line:  # a refusal names the pid
             assert not [p for p in pids if mentions(line, p)], (line, str(outcome))
     if report is None:
         return
