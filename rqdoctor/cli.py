@@ -9,6 +9,8 @@ Exit codes (documented in docs/usage.md):
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import sys
 from typing import Any
@@ -102,6 +104,8 @@ def _root(
 
 def main() -> None:
     """Console entry point: run the app (its deadline counting from the process start), known failures as one line."""
+    collecting = gc.isenabled()
+    gc.disable()  # a run lasts seconds and makes few reference cycles (freed at exit); collections cost 5-10 %
     start_at_process_start()
     try:
         app(standalone_mode=True)
@@ -115,3 +119,9 @@ def main() -> None:
     except KeyboardInterrupt:
         print("rqdoctor: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if collecting:  # as it was for a caller in the same process (the fuzz tests)
+            gc.enable()
+
+
+atexit.register(gc.freeze)  # the interpreter's last collection skips what the run made: exit 0.06-0.1 s sooner

@@ -19,9 +19,11 @@ from rqdoctor.redact import redact_text, redact_url
 if TYPE_CHECKING:
     import redis
 
-    from rqdoctor.probes.processes import CpuWindow
+    from rqdoctor.probes.processes import CpuWindow, EarlyCpu
 
 T = TypeVar("T")
+EARLY_WAIT_S = 0.25
+"""The most the start of a run waits for the early CPU baselines (10 ms on a host of a few hundred processes)."""
 
 
 @dataclass
@@ -51,7 +53,22 @@ class CollectOptions:
     """Count ``timeout`` from the process start; False: from the call (``demo``, whose set-up comes first)."""
 
 
-def collect(target: Target, options: CollectOptions, then: Callable[[Snapshot], None] | None = None) -> Snapshot:
+def open_cpu_window_early(options: CollectOptions) -> EarlyCpu | None:
+    """Prime the worker-like processes' CPU times before the bench and Redis are read
+    (:func:`~rqdoctor.probes.processes.prime_early`); None when the run measures no CPU, or when the scan fails
+    or takes over :data:`EARLY_WAIT_S` (it runs in a daemon thread, abandoned then)."""
+    if not options.processes or options.cpu_window is None:
+        return None
+    from rqdoctor.probes.processes import prime_early
+
+    try:
+        return Background(prime_early, "rqdoctor-cpu-early").result(EARLY_WAIT_S)
+    except Exception:  # a /proc read stuck on a hung process, or any failure: the process probe primes them all
+        return None
+
+
+def collect(target: Target, options: CollectOptions, then: Callable[[Snapshot], None] | None = None,
+            early: EarlyCpu | None = None) -> Snapshot:
     """Gather every requested fact by the deadline; probe failures become ``snapshot.errors``, never exceptions.
 
     The deadline counts from the process start (:meth:`Deadline.for_run`); the probes stop
@@ -59,10 +76,11 @@ def collect(target: Target, options: CollectOptions, then: Callable[[Snapshot], 
     the databases are read in daemon threads, so a peer that answers a byte a second is abandoned
     at the deadline, with an error entry saying so, while the rest of the report goes on.
 
-    The processes' CPU window (``options.cpu_window``) opens with the process probe and closes last, after
-    the stacks, the databases and ``then`` (more reads of the caller's: ``stuck``'s, ``scheduler``'s), waiting
-    only for what remains of it: until then ``cpu_percent`` and ``cpu_time`` are None, and the process
-    probe's errors are not yet in ``snapshot.errors``; nothing before may read them.
+    The processes' CPU window (``options.cpu_window``) opens with the process probe (or before the bench was
+    read, for the processes ``early`` primed: :func:`open_cpu_window_early`) and closes last, after the stacks,
+    the databases and ``then`` (more reads of the caller's: ``stuck``'s, ``scheduler``'s), waiting only for what
+    remains of it: until then ``cpu_percent`` and ``cpu_time`` are None, and the process probe's errors are not
+    yet in ``snapshot.errors``; nothing before may read them.
     """
     run = Deadline.for_run(options.timeout) if options.since_process_start else Deadline(options.timeout)
     deadline = run.for_probes()
@@ -71,7 +89,7 @@ def collect(target: Target, options: CollectOptions, then: Callable[[Snapshot], 
     window: CpuWindow | None = None
     try:
         with progress.status() as show:
-            window = _collect(target, options, deadline, snapshot, show)
+            window = _collect(target, options, deadline, snapshot, show, early)
         if then is not None:
             then(snapshot)
     finally:
@@ -81,7 +99,7 @@ def collect(target: Target, options: CollectOptions, then: Callable[[Snapshot], 
 
 
 def _collect(target: Target, options: CollectOptions, deadline: Deadline, snapshot: Snapshot,
-             show: progress.Show) -> CpuWindow | None:
+             show: progress.Show, early: EarlyCpu | None) -> CpuWindow | None:
     """Every probe of :func:`collect`; the processes' CPU window is left open."""
     window = None
     database = None
@@ -92,7 +110,7 @@ def _collect(target: Target, options: CollectOptions, deadline: Deadline, snapsh
         _guard(snapshot.errors, "redis", lambda: _redis(target, deadline, snapshot))
     if options.processes:
         show("reading the processes…")
-        window = _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options, deadline))
+        window = _guard(snapshot.errors, "processes", lambda: _processes(snapshot, options, deadline, early))
     if options.stacks:
         _guard(snapshot.errors, "stacks", lambda: _stacks(snapshot, options, deadline, show))
         _guard(snapshot.errors, "preflight", lambda: _preflight(snapshot, deadline))
@@ -166,7 +184,7 @@ def _prefix_of_titled(client: redis.Redis, target: Target, snapshot: Snapshot, o
     return True
 
 
-def _processes(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) -> CpuWindow:
+def _processes(snapshot: Snapshot, options: CollectOptions, deadline: Deadline, early: EarlyCpu | None) -> CpuWindow:
     """The local processes, in a daemon thread abandoned at the deadline (a busy host has thousands); their CPU
     window is left open (:func:`_close_cpu_window`)."""
     from rqdoctor.probes.processes import start_processes
@@ -174,7 +192,7 @@ def _processes(snapshot: Snapshot, options: CollectOptions, deadline: Deadline) 
     workers = snapshot.redis.workers if snapshot.redis else []
 
     def read() -> CpuWindow:
-        return start_processes(workers, snapshot.host, options.cpu_window, options.stack_pids)
+        return start_processes(workers, snapshot.host, options.cpu_window, options.stack_pids, early)
 
     try:
         window = Background(read, "rqdoctor-processes").result(deadline.remaining() + JOIN_GRACE_S)

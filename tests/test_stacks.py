@@ -331,7 +331,8 @@ def test_not_a_python_process() -> None:
 @needs_py_spy
 def test_one_failing_pid_does_not_affect_the_others(sleeper: Target) -> None:
     result, errors = probe_stacks([sleeper.pid, 999_999_999], Deadline(10), samples=2, interval=0.1)
-    assert len(result[0].samples) == 2 and result[0].error is None
+    # a reading py-spy had no stack near is dropped (a loaded machine): at least one, not exactly two
+    assert 1 <= len(result[0].samples) <= 2 and result[0].error is None
     assert result[1].error is not None and [e.kind for e in errors] == ["vanished"]
 
 

@@ -33,12 +33,13 @@ def snapshot_for(from_file: list[Path] | None, options: CollectOptions, redis_ur
     command's further reads, done while the processes' CPU window is open, see :func:`rqdoctor.collect.collect`)."""
     if from_file:
         return load_snapshots(from_file)
-    from rqdoctor.collect import collect
+    from rqdoctor.collect import collect, open_cpu_window_early
     from rqdoctor.config import discover
 
+    early = open_cpu_window_early(options)
     target = discover(redis_url=redis_url, bench=str(bench) if bench else None, all_queues=all_queues,
                       db_urls=db_urls, key_prefix=key_prefix)
-    return collect(target, options, then=(lambda snapshot: then(target, snapshot)) if then else None)
+    return collect(target, options, then=(lambda snapshot: then(target, snapshot)) if then else None, early=early)
 
 
 def load_snapshots(paths: list[Path]) -> Snapshot:

@@ -91,8 +91,33 @@ def probe_processes(
     return window.infos
 
 
+@dataclass
+class EarlyCpu:
+    """CPU baselines taken as the command starts, before Redis is read (:func:`prime_early`)."""
+
+    procs: dict[int, psutil.Process]
+    """pid → its process, primed (CPU times taken) by :attr:`started`."""
+    started: float
+    """``time.monotonic()`` once all are primed."""
+
+
+def prime_early() -> EarlyCpu:
+    """Open the CPU window of the worker-like processes and their descendants before Redis is read.
+
+    Their command lines say what they are, so no Redis is needed to find them; the command's start-up (bench
+    discovery, the Redis client's import, the Redis read) then runs inside the window instead of before it.
+    :func:`start_processes` reuses these baselines for the processes it selects that are still the same
+    (same pid, same start time), and primes the others itself.
+    """
+    table = _scan()
+    pids = _select(table, [], "", [], [])
+    _complete(table, pids)
+    procs = _prime(table, pids)
+    return EarlyCpu(procs, time.monotonic())  # after the last priming: no process's window is the shorter
+
+
 def start_processes(workers: list[WorkerInfo], hostname: str, cpu_window: float | None = 0.2,
-                    extra_pids: list[int] | None = None) -> CpuWindow:
+                    extra_pids: list[int] | None = None, early: EarlyCpu | None = None) -> CpuWindow:
     """Read every field but CPU of the processes :func:`probe_processes` collects, and open their CPU window.
 
     CPU percent is measured over one shared window for all processes (None: CPU not read), of at least
@@ -101,7 +126,8 @@ def start_processes(workers: list[WorkerInfo], hostname: str, cpu_window: float 
     data, never an exception, plus an entry in the errors :meth:`CpuWindow.finish` adds: for denied access
     always, for a vanished process only when it is a target (:func:`_targets`); any other process that exits
     before the window closes (a horse's short-lived child, another Redis's worker) is no error, its ``status``
-    just says ``vanished``. The host's TCP table is read once, for all of them.
+    just says ``vanished``. The host's TCP table is read once, for all of them. ``early``: baselines of
+    :func:`prime_early`; when every primed process has one, the window counts from then.
     """
     table = _scan()
     namespaces = NamespaceReader(hostname)
@@ -114,18 +140,46 @@ def start_processes(workers: list[WorkerInfo], hostname: str, cpu_window: float 
     _complete(table, pids)
     started = time.monotonic()
     primed: dict[int, psutil.Process] = {}
-    for pid in pids:
-        proc = table[pid].proc
-        if proc is not None and cpu_window is not None:
-            with contextlib.suppress(psutil.Error):
-                proc.cpu_percent(None)
-                primed[pid] = proc
+    if cpu_window is not None:
+        reused = _same_processes(early, table, pids) if early is not None else {}
+        primed = reused | _prime(table, [pid for pid in pids if pid not in reused])
+        if early is not None and reused and len(reused) == len(primed):
+            started = early.started
     denied: dict[int, list[str]] = {}
     tcp = _tcp_tables()
     infos = [_describe(pid, table[pid], denied, tcp, namespaces) for pid in pids]
     return CpuWindow(infos, primed, cpu_window, started, truncated, denied, list(namespaces.failures),
                      _targets(table, workers, hostname, extra_pids or []),
                      {i.pid for i in infos if i.status == VANISHED})
+
+
+def _prime(table: dict[int, _Row], pids: list[int]) -> dict[int, psutil.Process]:
+    """Take the CPU times of each process (psutil's ``cpu_percent`` baseline); pid → the primed process."""
+    primed = {}
+    for pid in pids:
+        proc = table[pid].proc
+        if proc is not None:
+            with contextlib.suppress(psutil.Error):
+                proc.cpu_percent(None)
+                primed[pid] = proc
+    return primed
+
+
+def _same_processes(early: EarlyCpu, table: dict[int, _Row], pids: list[int]) -> dict[int, psutil.Process]:
+    """The early-primed processes among ``pids`` that are still the ones primed (same start time: no reused pid)."""
+    same = {}
+    for pid in pids:
+        proc, row = early.procs.get(pid), table[pid]
+        if proc is not None and row.create_time is not None and _create_time(proc) == row.create_time:
+            same[pid] = proc
+    return same
+
+
+def _create_time(proc: psutil.Process) -> float | None:
+    try:
+        return proc.create_time()
+    except psutil.Error:  # psutil caches it from the first look; gone or denied since, then: not the same
+        return None
 
 
 class CpuReading(NamedTuple):

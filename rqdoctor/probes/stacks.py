@@ -164,8 +164,9 @@ class _Options:
     """Read the scheduler's marks of every thread around each dump (see :func:`_mark_quiet`)."""
     sources: dict[str, list[str] | None] = field(default_factory=dict)
     """Lines of the source files read so far (None: unreadable)."""
-    trees: dict[str, ast.Module | None] = field(default_factory=dict)
-    """Per source file: its syntax tree (None: it does not parse)."""
+    trees: dict[tuple[str, int], tuple[int, ast.Module | None]] = field(default_factory=dict)
+    """Per (source file, first line of a top-level statement): its syntax tree and the line offset it was parsed
+    at (the whole file's under first line 0; None: it does not parse), see :func:`_tree_around`."""
     code_at: dict[tuple[str, int], str | None] = field(default_factory=dict)
     """Redacted source line per (file, line), as frames repeat across samples and processes."""
     loop_at: dict[tuple[str, int], list[str] | None] = field(default_factory=dict)
@@ -551,17 +552,56 @@ def _loop_source(frame: Frame, options: _Options) -> list[str] | None:
     lines = options.sources.get(frame.filename)
     if lines is None:
         return None
-    if frame.filename not in options.trees:
-        options.trees[frame.filename] = _parse("\n".join(lines))
-    tree = options.trees[frame.filename]
+    offset, tree = _tree_around(frame.filename, lines, frame.line, options.trees)
     if tree is None:
         return None
-    around = _innermost_block(tree, frame.line)
+    around = _innermost_block(tree, frame.line - offset)
     if around is None or not around[2]:
         return []  # the innermost block around the line is a function (or nothing): no loop
-    first, last, _ = around
+    first, last = around[0] + offset, around[1] + offset
     body = [redact_text(line.rstrip()[:MAX_CODE_CHARS]) for line in lines[first - 1 : last]]
     return body if len(body) <= MAX_LOOP_LINES else [*body[: MAX_LOOP_LINES - 1], "…"]
+
+
+def _tree_around(filename: str, lines: list[str], line: int,
+                 trees: dict[tuple[str, int], tuple[int, ast.Module | None]]) -> tuple[int, ast.Module | None]:
+    """(line offset, syntax tree) of the top-level statement around ``line``, else of the whole file.
+
+    Parsing only that statement (its ``def`` or ``class``, up to the next line that starts in column 0)
+    is 10-40 x faster than the whole module (``http.client``: 44 ms). A column-0 line inside a string cuts
+    such a chunk where no statement ends, so it does not parse: then the whole file is parsed, as when the
+    line is in module-level code.
+    """
+    first, end = _top_level_statement(lines, line)
+    if first is not None and (filename, first) not in trees:
+        trees[filename, first] = (first - 1, _parse("\n".join(lines[first - 1 : end])))
+    if first is not None and trees[filename, first][1] is not None:
+        return trees[filename, first]
+    if (filename, 0) not in trees:
+        trees[filename, 0] = (0, _parse("\n".join(lines)))
+    return trees[filename, 0]
+
+
+def _top_level_statement(lines: list[str], line: int) -> tuple[int | None, int]:
+    """(first line, last line) of the ``def``, ``async def`` or ``class`` statement, decorators included, that
+    starts in column 0 at or above ``line`` with no other column-0 code between; (None, 0) when there is none
+    (or the line is not in the file: changed on disk since the process loaded it)."""
+    if not 0 < line <= len(lines):
+        return None, 0
+    first = next((n for n in range(line, 0, -1) if _starts_statement(lines[n - 1])), None)
+    if first is None or not lines[first - 1].startswith(("def ", "async def ", "class ", "@")):
+        return None, 0
+    while first > 1 and lines[first - 2].startswith("@"):
+        first -= 1
+    end = next((n - 1 for n in range(max(line, first) + 1, len(lines) + 1) if _starts_statement(lines[n - 1])),
+               len(lines))
+    return first, end
+
+
+def _starts_statement(text: str) -> bool:
+    """A line that may start a statement: in column 0, with code (not a comment, nor the closing bracket of a
+    signature or call that ``black`` puts in column 0)."""
+    return bool(text) and not text[0].isspace() and text[0] not in "#)]}"
 
 
 def _parse(text: str) -> ast.Module | None:
