@@ -110,7 +110,7 @@ def prime_early() -> EarlyCpu:
     (same pid, same start time), and primes the others itself.
     """
     table = _scan()
-    pids = _select(table, [], "", [], [])
+    pids = _select(table, workers=[], hostname="", errors=[], extra_pids=[])  # worker-like ones: no Redis yet
     _complete(table, pids)
     procs = _prime(table, pids)
     return EarlyCpu(procs, time.monotonic())  # after the last priming: no process's window is the shorter
@@ -143,7 +143,7 @@ def start_processes(workers: list[WorkerInfo], hostname: str, cpu_window: float 
     if cpu_window is not None:
         reused = _same_processes(early, table, pids) if early is not None else {}
         primed = reused | _prime(table, [pid for pid in pids if pid not in reused])
-        if early is not None and reused and len(reused) == len(primed):
+        if reused and len(reused) == len(primed):
             started = early.started
     denied: dict[int, list[str]] = {}
     tcp = _tcp_tables()

@@ -573,10 +573,11 @@ def _tree_around(filename: str, lines: list[str], line: int,
     line is in module-level code.
     """
     first, end = _top_level_statement(lines, line)
-    if first is not None and (filename, first) not in trees:
-        trees[filename, first] = (first - 1, _parse("\n".join(lines[first - 1 : end])))
-    if first is not None and trees[filename, first][1] is not None:
-        return trees[filename, first]
+    if first is not None:
+        if (filename, first) not in trees:
+            trees[filename, first] = (first - 1, _parse("\n".join(lines[first - 1 : end])))
+        if trees[filename, first][1] is not None:
+            return trees[filename, first]
     if (filename, 0) not in trees:
         trees[filename, 0] = (0, _parse("\n".join(lines)))
     return trees[filename, 0]
